@@ -1,0 +1,175 @@
+"""Audio adapter: wav2vec2-style conv feature extractor + conv positional embedding."""
+import ast
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..components import SamePad, TransposeLast, make_layer_norm, trunc_normal_
+from ..relative_position import make_token_bucket_position, token_bucket_count
+from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions
+
+FIXED_AUDIO_POSITIONS = 1026
+
+
+def parse_feature_encoder_spec(spec) -> List[Tuple[int, int, int]]:
+    """Safely evaluate a spec such as ``"[(512, 10, 5)] + [(512, 3, 2)] * 4"``.
+
+    Only list/tuple literals of ints combined with ``+`` and ``*`` are accepted (the
+    official code ``eval``s the string).
+    """
+    if spec is None or spec == "" or isinstance(spec, (list, tuple)):
+        return [tuple(layer) for layer in (spec or [])]
+
+    def evaluate(node):
+        if isinstance(node, ast.Expression):
+            return evaluate(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [evaluate(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = evaluate(node.left), evaluate(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(f"unsupported element in feature_encoder_spec {spec!r}: {ast.dump(node)}")
+
+    layers = evaluate(ast.parse(str(spec), mode="eval"))
+    if not isinstance(layers, list) or not all(isinstance(l, tuple) and len(l) == 3 for l in layers):
+        raise ValueError(f"feature_encoder_spec must be a list of (dim, kernel, stride) tuples: {spec!r}")
+    return layers
+
+
+def conv_output_frames(num_samples: int, spec: Sequence[Tuple[int, int, int]]) -> int:
+    length = num_samples
+    for _, kernel, stride in spec:
+        length = math.floor((length - kernel) / stride) + 1
+    return length
+
+
+class ConvFeatureExtractor(nn.Module):
+    """Strided 1-D convs over the waveform, each followed by channel LayerNorm and GELU."""
+
+    def __init__(self, spec, dropout=0.0, conv_bias=False):
+        super().__init__()
+        in_dim = 1
+        layers = []
+        for dim, kernel, stride in spec:
+            conv = nn.Conv1d(in_dim, dim, kernel, stride=stride, bias=conv_bias)
+            nn.init.kaiming_normal_(conv.weight)
+            layers.append(nn.Sequential(
+                conv,
+                nn.Dropout(dropout),
+                nn.Sequential(TransposeLast(), make_layer_norm(dim), TransposeLast()),
+                nn.GELU(),
+            ))
+            in_dim = dim
+        self.conv_layers = nn.ModuleList(layers)
+
+    def forward(self, waveform):  # (B, N) -> (B, C, T)
+        x = waveform.unsqueeze(1)
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+
+def conv_positional_embedding(embed_dim, width, depth, groups, pre_ln=False):
+    kernel = max(3, width // depth)
+    blocks = [
+        nn.Sequential(
+            nn.Conv1d(embed_dim, embed_dim, kernel, padding=kernel // 2, groups=groups),
+            SamePad(kernel),
+            TransposeLast(),
+            nn.LayerNorm(embed_dim, elementwise_affine=False),
+            TransposeLast(),
+            nn.GELU(),
+        )
+        for _ in range(depth)
+    ]
+    head = [nn.LayerNorm(embed_dim, elementwise_affine=False)] if pre_ln else []
+    return nn.Sequential(*head, TransposeLast(), *blocks, TransposeLast())
+
+
+class AudioAdapter(ModalityAdapter):
+    def __init__(self, cfg, embed_dim, attention_heads, num_tables=1, max_positions=1024):
+        super().__init__(cfg, embed_dim, attention_heads, token_bucket_count(cfg.bucket_size), num_tables)
+        self.spec = parse_feature_encoder_spec(cfg.feature_encoder_spec)
+        self.embed_audios = None
+        if self.spec:
+            feature_dim = self.spec[-1][0]
+            self.embed_audios = nn.Sequential(
+                ConvFeatureExtractor(self.spec, conv_bias=cfg.conv_bias),
+                TransposeLast(),
+                make_layer_norm(feature_dim),
+                nn.Linear(feature_dim, embed_dim),
+            )
+        self.abs_pos_type = cfg.abs_pos_type
+        self.cls_pos_embed = None
+        if cfg.abs_pos_type == "conv":
+            self.embed_positions = conv_positional_embedding(
+                embed_dim, cfg.conv_pos_width, cfg.conv_pos_depth, cfg.conv_pos_groups, cfg.conv_pos_pre_ln
+            )
+            self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            trunc_normal_(self.cls_pos_embed)
+        elif cfg.abs_pos_type == "fixed":
+            self.embed_positions = nn.Embedding(FIXED_AUDIO_POSITIONS, embed_dim)
+        else:
+            raise ValueError(f"unknown audio abs_pos_type {cfg.abs_pos_type!r} (expected conv or fixed)")
+        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        trunc_normal_(self.cls_embedding)
+        self.mask_embedding = nn.Parameter(torch.zeros(1, embed_dim))  # kept for checkpoints; unused
+        trunc_normal_(self.mask_embedding)
+        self.max_positions = max_positions
+        if self.use_attn_bias:
+            self.register_buffer("rp_bucket", make_token_bucket_position(cfg.bucket_size, max_positions))
+
+    def num_frames(self, num_samples: int) -> int:
+        return conv_output_frames(num_samples, self.spec)
+
+    def add_positions(self, frames: torch.Tensor) -> torch.Tensor:
+        """CLS + frames, plus conv (or fixed) absolute positions."""
+        bsz, length = frames.size(0), frames.size(1) + 1
+        x = torch.cat([self.cls_embedding.expand(bsz, -1, -1), frames], dim=1)
+        if self.abs_pos_type == "conv":
+            # Computed over the (possibly padded) frame sequence, as the official code does.
+            pos = self.embed_positions(frames)
+            return x + torch.cat([self.cls_pos_embed.expand(bsz, -1, -1), pos], dim=1)
+        return x + self.embed_positions.weight[:length].unsqueeze(0)
+
+    def forward(self, src_audios, audio_padding_masks, preserve_ids=None):
+        if self.embed_audios is None:
+            raise RuntimeError("this audio adapter has no feature extractor (decoder adapter)")
+        if src_audios.dim() != 2:
+            raise ValueError(f"src_audios must be (B, num_samples), got {tuple(src_audios.shape)}")
+        frames = self.embed_audios(src_audios)  # B, T, D
+        length = frames.size(1) + 1
+        if length > self.max_positions:
+            raise ValueError(
+                f"audio of {frames.size(1)} frames exceeds the {self.max_positions - 1} supported "
+                f"(about {(self.max_positions - 1) / 50:.1f} s); shorten it (max_duration)"
+            )
+        if audio_padding_masks is None:
+            audio_padding_masks = torch.zeros(frames.size(0), length, dtype=torch.bool, device=frames.device)
+        if audio_padding_masks.shape != (frames.size(0), length):
+            raise ValueError(
+                f"audio_padding_masks has shape {tuple(audio_padding_masks.shape)} but the waveform gives "
+                f"{length} positions (frames + CLS)"
+            )
+        bucket = self.rp_bucket[:length, :length] if self.use_attn_bias else None
+        padding_mask = audio_padding_masks
+        if preserve_ids is not None:
+            index, padding_mask = preserve_positions(preserve_ids)
+            # Keep the frames first, then compute conv positions on the compacted sequence.
+            frames = gather_tokens(frames, index[:, 1:] - 1)
+            bucket = gather_bucket(bucket, index) if bucket is not None else None
+        x = self.add_positions(frames)
+        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self)
+
+    def forward_decoder(self, embeds, preserve_ids, mask_token, audio_padding_masks):
+        length = audio_padding_masks.size(1)
+        x = self.scatter_decoder_input(embeds, preserve_ids, mask_token, length)
+        if self.abs_pos_type != "fixed":
+            raise ValueError("the pretraining decoder's audio adapter needs abs_pos_type='fixed'")
+        x = x + self.embed_positions.weight[:length].unsqueeze(0)
+        return AdapterOutput(self.finish_embedding(x), audio_padding_masks, None, self)

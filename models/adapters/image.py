@@ -1,0 +1,104 @@
+"""Image adapter: hierarchical-MLP patch embedding + CLS + 2-D abs/rel positions."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..components import LayerNorm2D, trunc_normal_
+from ..relative_position import image_bucket_count, make_image_bucket_position
+from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions
+
+PATCH_SIZE = 16
+
+
+def build_patch_embedding(kind: str, embed_dim: int):
+    if kind == "hmlp":
+        # Non-overlapping convs with total stride 16: 4 -> 2 -> 2 (indices are state-dict keys).
+        hidden = embed_dim // 4
+        return nn.Sequential(
+            nn.Conv2d(3, hidden, kernel_size=4, stride=4),
+            LayerNorm2D(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, kernel_size=2, stride=2),
+            LayerNorm2D(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, embed_dim, kernel_size=2, stride=2),
+        )
+    if kind == "mlp":
+        return nn.Conv2d(3, embed_dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE, bias=False)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown vision_encoder_type {kind!r} (expected hmlp, mlp or none)")
+
+
+def resize_grid_pos_embed(pos_embed: torch.Tensor, window: int) -> torch.Tensor:
+    """Bicubically resize the grid part of a (g*g+1, D) table to window*window (+CLS row)."""
+    grid = int(math.isqrt(pos_embed.size(0) - 1))
+    if grid == window:
+        return pos_embed
+    cls_pos, grid_pos = pos_embed[:1], pos_embed[1:]
+    grid_pos = grid_pos.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    # Interpolated in float32 like the official code, whatever the model dtype.
+    grid_pos = F.interpolate(grid_pos.float(), size=(window, window), mode="bicubic", align_corners=False)
+    grid_pos = grid_pos.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(window * window, -1)
+    return torch.cat([cls_pos, grid_pos], dim=0)
+
+
+class ImageAdapter(ModalityAdapter):
+    def __init__(self, cfg, embed_dim, attention_heads, num_tables=1):
+        super().__init__(cfg, embed_dim, attention_heads, image_bucket_count(cfg.rel_bucket_size), num_tables)
+        self.bucket_size = cfg.bucket_size
+        self.rel_bucket_size = cfg.rel_bucket_size
+        self.embed_images = build_patch_embedding(cfg.vision_encoder_type, embed_dim)
+        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        trunc_normal_(self.cls_embedding)
+        num_positions = cfg.bucket_size ** 2 + 1
+        self.pos_embed = nn.Parameter(torch.zeros(num_positions, embed_dim))
+        trunc_normal_(self.pos_embed)
+        self.register_buffer("position_idx", torch.arange(num_positions))
+        if cfg.add_type_embedding:
+            self.type_embedding_2 = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            trunc_normal_(self.type_embedding_2)
+        else:
+            self.type_embedding_2 = None
+        if self.use_attn_bias:
+            self.register_buffer("rp_bucket", make_image_bucket_position(cfg.rel_bucket_size))
+
+    def positions(self, window: int) -> torch.Tensor:
+        return resize_grid_pos_embed(self.pos_embed, window).unsqueeze(0)
+
+    def forward(self, src_images, preserve_ids=None, is_second_image=False):
+        if self.embed_images is None:
+            raise RuntimeError("this image adapter has no patch embedding (decoder adapter)")
+        if src_images.dim() != 4 or src_images.size(1) != 3:
+            raise ValueError(f"src_images must be (B, 3, H, W), got {tuple(src_images.shape)}")
+        height, width = src_images.shape[-2:]
+        if height != width or height % PATCH_SIZE:
+            raise ValueError(f"images must be square with a side divisible by {PATCH_SIZE}, got {height}x{width}")
+        window = height // PATCH_SIZE
+        if self.use_attn_bias and window != self.rel_bucket_size:
+            raise ValueError(
+                f"{height}px images need image_adapter.rel_bucket_size={window} (the model was built with "
+                f"{self.rel_bucket_size}); build the model with patch_image_size={height}"
+            )
+        bsz = src_images.size(0)
+        x = self.embed_images(src_images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_embedding.expand(bsz, -1, -1), x], dim=1)
+        x = x + self.positions(window)
+        if is_second_image and self.type_embedding_2 is not None:
+            x = x + self.type_embedding_2
+        padding_mask = torch.zeros(bsz, x.size(1), dtype=torch.bool, device=x.device)
+        bucket = self.rp_bucket if self.use_attn_bias else None
+        if preserve_ids is not None:
+            index, padding_mask = preserve_positions(preserve_ids)
+            x = gather_tokens(x, index)
+            bucket = gather_bucket(bucket, index) if bucket is not None else None
+        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self)
+
+    def forward_decoder(self, embeds, preserve_ids, mask_token, num_patches):
+        length = num_patches + 1
+        x = self.scatter_decoder_input(embeds, preserve_ids, mask_token, length)
+        x = x + self.positions(int(math.isqrt(num_patches)))
+        padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        return AdapterOutput(self.finish_embedding(x), padding_mask, None, self)

@@ -1,0 +1,57 @@
+"""Text adapter: token embeddings + CLS + learned absolute positions + T5 rel-pos buckets."""
+import torch
+import torch.nn as nn
+
+from ..components import trunc_normal_
+from ..relative_position import make_token_bucket_position, token_bucket_count
+from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions
+
+TEXT_POSITIONS = 514  # fixed table size, independent of the config
+
+
+class TextAdapter(ModalityAdapter):
+    def __init__(self, cfg, embed_dim, attention_heads, vocab_size=None, pad_idx=1, num_tables=1,
+                 max_positions=1024):
+        super().__init__(cfg, embed_dim, attention_heads, token_bucket_count(cfg.bucket_size), num_tables)
+        self.pad_idx = pad_idx
+        self.embed_tokens = None
+        if vocab_size is not None:  # the pretraining decoder has no token table
+            self.embed_tokens = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_idx)
+            trunc_normal_(self.embed_tokens.weight)
+            nn.init.zeros_(self.embed_tokens.weight[pad_idx])
+        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        trunc_normal_(self.cls_embedding)
+        self.embed_positions = nn.Embedding(TEXT_POSITIONS, embed_dim)
+        trunc_normal_(self.embed_positions.weight)
+        if self.use_attn_bias:
+            self.register_buffer("rp_bucket", make_token_bucket_position(cfg.bucket_size, max_positions))
+
+    def padding_mask(self, src_tokens):
+        cls_pad = src_tokens.new_zeros(src_tokens.size(0), 1, dtype=torch.bool)
+        return torch.cat([cls_pad, src_tokens.eq(self.pad_idx)], dim=1)
+
+    def forward(self, src_tokens, preserve_ids=None):
+        if self.embed_tokens is None:
+            raise RuntimeError("this text adapter has no token table (decoder adapter)")
+        if src_tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"src_tokens must be an integer tensor, got {src_tokens.dtype}")
+        bsz, num_tokens = src_tokens.shape
+        length = num_tokens + 1
+        if length > TEXT_POSITIONS:
+            raise ValueError(f"text of {num_tokens} tokens exceeds the {TEXT_POSITIONS - 1} positions")
+        x = torch.cat([self.cls_embedding.expand(bsz, -1, -1), self.embed_tokens(src_tokens)], dim=1)
+        x = x + self.embed_positions.weight[:length].unsqueeze(0)
+        padding_mask = self.padding_mask(src_tokens)
+        bucket = self.rp_bucket[:length, :length] if self.use_attn_bias else None
+        if preserve_ids is not None:
+            index, padding_mask = preserve_positions(preserve_ids)
+            x = gather_tokens(x, index)
+            bucket = gather_bucket(bucket, index) if bucket is not None else None
+        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self)
+
+    def forward_decoder(self, embeds, preserve_ids, mask_token, src_tokens):
+        """Full-length decoder input from the kept encoder tokens (no rel-pos bias)."""
+        length = src_tokens.size(1) + 1
+        x = self.scatter_decoder_input(embeds, preserve_ids, mask_token, length)
+        x = x + self.embed_positions.weight[:length].unsqueeze(0)
+        return AdapterOutput(self.finish_embedding(x), self.padding_mask(src_tokens), None, self)

@@ -1,0 +1,105 @@
+"""Small building blocks shared by adapters, the fusion encoder and the heads."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    # The official init truncates at +-1 std (a=-std, b=std), not the usual +-2.
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-std, b=std)
+
+
+def make_layer_norm(dim: int, eps: float = 1e-5, elementwise_affine: bool = True) -> nn.LayerNorm:
+    """LayerNorm that switches to the fused Triton kernel on CUDA half precision.
+
+    Same parameters and state-dict keys as ``torch.nn.LayerNorm``.
+    """
+    try:
+        from .kernels import FusedLayerNorm
+    except ImportError:  # kernels package unavailable: plain LayerNorm
+        return nn.LayerNorm(dim, eps=eps, elementwise_affine=elementwise_affine)
+    return FusedLayerNorm(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+
+class LayerNorm2D(nn.Module):
+    """Channels-last LayerNorm for (B, C, H, W) feature maps (key prefix ``layer_norm``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.layer_norm = make_layer_norm(dim)
+
+    def forward(self, x):
+        return self.layer_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class TransposeLast(nn.Module):
+    def forward(self, x):
+        return x.transpose(-2, -1)
+
+
+class SamePad(nn.Module):
+    """Drops the extra frame an even-width 'same' convolution produces."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.remove = 1 if kernel_size % 2 == 0 else 0
+
+    def forward(self, x):
+        return x[:, :, : -self.remove] if self.remove else x
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops whole residual branches per sample (batch-first)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class GeGLU(nn.Module):
+    """gelu(W0 x) * (W1 x); keys ``wi_0`` / ``wi_1`` (no biases)."""
+
+    def __init__(self, embed_dim: int, ffn_dim: int):
+        super().__init__()
+        self.wi_0 = nn.Linear(embed_dim, ffn_dim, bias=False)
+        self.wi_1 = nn.Linear(embed_dim, ffn_dim, bias=False)
+
+    def forward(self, x):
+        return F.gelu(self.wi_0(x)) * self.wi_1(x)
+
+
+def modality_ffn(embed_dim: int, ffn_dim: int, activation_dropout: float, scale_fc: bool) -> nn.Sequential:
+    """Per-modality feed-forward: GeGLU -> dropout -> LN(F) (Magneto sub-LN) -> Linear.
+
+    Indices 0/2/3 are the official state-dict indices (``text_ffn.0.wi_0`` ...).
+    """
+    return nn.Sequential(
+        GeGLU(embed_dim, ffn_dim),
+        nn.Dropout(activation_dropout),
+        make_layer_norm(ffn_dim) if scale_fc else nn.Identity(),
+        nn.Linear(ffn_dim, embed_dim),
+    )
+
+
+def init_one_peace_params(module: nn.Module):
+    """Official initialisation, applied with ``model.apply``."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d) and module.bias is not None:
+        nn.init.zeros_(module.bias)

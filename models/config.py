@@ -1,0 +1,144 @@
+"""Configuration dataclasses with every field (and default) of the official config.
+
+An official checkpoint stores its resolved config as a nested dict; fairseq merges it
+into these dataclasses, so every key it contains must exist here, including fields the
+model never reads (``normalize_before``, ``learned_pos``, ``freeze_extractor`` ...).
+
+The classes derive from ``FairseqDataclass`` when fairseq is importable (needed for
+registration) and from a plain dataclass otherwise, so ``one_peace.models`` keeps
+working without fairseq (e.g. on a bare GPU machine for kernel work).
+"""
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+try:  # fairseq is optional for the model core
+    from fairseq.dataclass import FairseqDataclass
+except ImportError:  # pragma: no cover - exercised on machines without fairseq
+
+    @dataclass
+    class FairseqDataclass:  # type: ignore[no-redef]
+        _name: Optional[str] = None
+
+
+DEFAULT_FEATURE_ENCODER_SPEC = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"
+
+
+@dataclass
+class TextAdapterConfig(FairseqDataclass):
+    bucket_size: int = 256
+    layernorm_embedding: bool = False
+    add_type_embedding: bool = False
+    shrink_alpha: float = 1.0
+    dropout: float = 0.0
+    use_attn_bias: bool = False
+
+
+@dataclass
+class ImageAdapterConfig(FairseqDataclass):
+    bucket_size: int = 16
+    rel_bucket_size: int = 16
+    layernorm_embedding: bool = False
+    add_type_embedding: bool = False
+    vision_encoder_type: str = "hmlp"  # mlp | hmlp | none
+    shrink_alpha: float = 1.0
+    dropout: float = 0.0
+    use_attn_bias: bool = False
+
+
+@dataclass
+class AudioAdapterConfig(FairseqDataclass):
+    feature_embed_dim: int = 512  # not read: the extractor width comes from the spec
+    feature_encoder_spec: Optional[str] = DEFAULT_FEATURE_ENCODER_SPEC
+    abs_pos_type: str = "conv"  # conv | fixed
+    conv_pos_depth: int = 5
+    conv_pos_width: int = 95
+    conv_pos_groups: int = 16
+    conv_pos_pre_ln: bool = False
+    bucket_size: int = 256
+    layernorm_embedding: bool = False
+    add_type_embedding: bool = False
+    shrink_alpha: float = 1.0
+    dropout: float = 0.0
+    use_attn_bias: bool = False
+    conv_bias: bool = False
+    freeze_extractor: bool = False  # kept for config compatibility; not read
+
+
+@dataclass
+class EncoderConfig(FairseqDataclass):
+    """``AdjustEncDecConfig``: fairseq's EncDecBaseConfig fields + ONE-PEACE fields."""
+
+    embed_path: Optional[str] = None
+    embed_dim: int = 512
+    ffn_embed_dim: int = 2048
+    layers: int = 6
+    attention_heads: int = 8
+    normalize_before: bool = False  # unused: ONE-PEACE is always pre-LN
+    learned_pos: bool = False  # unused
+    layerdrop: float = 0.0
+    layers_to_keep: Optional[Any] = None
+    text_adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
+    image_adapter: ImageAdapterConfig = field(default_factory=ImageAdapterConfig)
+    audio_adapter: AudioAdapterConfig = field(default_factory=AudioAdapterConfig)
+    drop_path_rate: float = 0.0
+    magneto_scale_attn: bool = False
+    scale_attn: bool = True
+    scale_fc: bool = True
+    scale_heads: bool = True
+    use_text_moe: bool = True
+    use_image_moe: bool = True
+    use_audio_moe: bool = True
+    use_layer_scale: bool = True
+    layer_scale_init_value: float = 1e-2
+    activation_fn: str = "gelu"  # unused: GeGLU uses exact GELU
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    max_positions: int = 1024
+    checkpoint_activations: bool = False
+    fsdp_checkpoint_wrap_layer_preserve_frequency: int = 1
+    fsdp_checkpoint_wrap_layer_skip_frequency: int = 1000
+    offload_activations: bool = False
+
+
+@dataclass
+class OnePeaceBaseConfig(FairseqDataclass):
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+@dataclass
+class OnePeaceRetrievalConfig(OnePeaceBaseConfig):
+    copy_rel_pos_table: bool = False
+
+
+@dataclass
+class OnePeaceClassifyConfig(OnePeaceBaseConfig):
+    head_scale_ratio: int = 1
+    use_pooler: bool = False
+    pooler_dropout: float = 0.0
+    attn_pooling: bool = False
+    use_image_features: bool = False
+    freeze_finetune_updates: int = 0
+
+
+@dataclass
+class OnePeacePretrainConfig(OnePeaceBaseConfig):
+    reset_logit_scale: bool = False
+    logit_scale_init: float = 1 / 0.07
+    stage2_pretrain: bool = False
+
+
+def modalities_of(head_type: str):
+    """Which branches a head type needs (``val`` = all three)."""
+    table = {
+        "text": ("text",),
+        "image": ("image",),
+        "audio": ("audio",),
+        "vl": ("text", "image"),
+        "al": ("text", "audio"),
+        "val": ("text", "image", "audio"),
+    }
+    if head_type not in table:
+        raise ValueError(f"unknown head_type {head_type!r}; expected one of {sorted(table)}")
+    return table[head_type]

@@ -1,0 +1,55 @@
+"""Installs the repository root as the package ``one_peace``.
+
+Nothing is installed under generic top-level names (``models``, ``tasks`` ...):
+each top-level source folder becomes a sub-package of ``one_peace``.
+"""
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIRS = ["models", "data_utils", "tasks", "criterions", "user_src", "metrics"]
+
+
+def find_subpackages():
+    packages, package_dir = ["one_peace"], {"one_peace": "."}
+    for top in SOURCE_DIRS:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            if "__init__.py" not in filenames:
+                continue
+            rel = os.path.relpath(dirpath, ROOT)
+            name = "one_peace." + rel.replace(os.sep, ".")
+            packages.append(name)
+            package_dir[name] = rel
+    return packages, package_dir
+
+
+packages, package_dir = find_subpackages()
+
+setup(
+    name="one-peace",
+    version="0.1.0",
+    description="ONE-PEACE (vision/audio/language representation model) as a fairseq user-dir plugin",
+    packages=packages,
+    package_dir=package_dir,
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "ve-fairseq==0.12.3",
+        "numpy",
+        "regex",
+        "soundfile",
+        "scipy",
+        "Pillow",
+        "tensorboardX",
+        "omegaconf",
+        'triton; platform_system == "Linux" and platform_machine == "x86_64"',
+    ],
+    extras_require={"dev": ["pytest", "scikit-learn"]},
+    entry_points={
+        "console_scripts": [
+            "one-peace-evaluate=one_peace.evaluate:cli_main",
+        ]
+    },
+)
