@@ -71,7 +71,8 @@ class FusionEncoder(nn.Module):
         super().__init__()
         self.modalities = tuple(modalities)
         num_layers = cfg.layers
-        rates = torch.linspace(0, cfg.drop_path_rate, num_layers).tolist() if num_layers > 1 else [0.0]
+        # Linearly increasing stochastic depth (python floats: works on the meta device).
+        rates = [cfg.drop_path_rate * i / (num_layers - 1) if num_layers > 1 else 0.0 for i in range(num_layers)]
         self.layers = nn.ModuleList([TransformerEncoderLayer(cfg, rates[i], modalities) for i in range(num_layers)])
         self.layerdrop = float(cfg.layerdrop)
         self.checkpoint_activations = bool(cfg.checkpoint_activations)

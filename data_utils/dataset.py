@@ -1,0 +1,93 @@
+"""TSV-backed dataset base: row loading with bad-sample handling, and batch collation.
+
+A row whose media is missing/corrupt or whose fields are missing is reported with the
+file, row number and reason.  In training it is skipped (``skip_bad_samples``): the
+batch carries the count as ``num_skipped`` so criteria can log it even when the data
+loader runs in worker processes.  With skipping off it raises ``BadSampleError``.
+"""
+import logging
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .tsv import TSVReader, TSVRowError
+
+logger = logging.getLogger(__name__)
+
+
+class BadSampleError(ValueError):
+    def __init__(self, path, row, reason):
+        self.path, self.row, self.reason = path, row, reason
+        super().__init__(f"{path}, row {row}: {reason}")
+
+
+class TSVDataset(torch.utils.data.Dataset):
+    """Subclasses implement ``load_item(index, row) -> dict`` and ``collate(samples) -> dict``."""
+
+    def __init__(self, split: str, reader: TSVReader, skip_bad_samples: bool = True):
+        self.split = split
+        self.reader = reader
+        self.skip_bad_samples = skip_bad_samples
+        self.num_skipped = 0  # per process (workers keep their own count)
+
+    def __len__(self):
+        return len(self.reader)
+
+    def row_number(self, index: int) -> int:
+        """1-based line number of a data row in the file (the header is line 1)."""
+        row_of = getattr(self.reader, "line_number", None)
+        return row_of(index) if callable(row_of) else index + 2
+
+    def load_item(self, index: int, row: Dict[str, str]) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
+        try:
+            row = self.reader[index]
+            item = self.load_item(index, row)
+        except TSVRowError as err:
+            bad = BadSampleError(err.path, err.row, err.reason)
+            return self._bad(bad, err)
+        except (FileNotFoundError, ValueError, OSError, KeyError) as err:
+            bad = BadSampleError(self.reader.path, self.row_number(index), str(err))
+            return self._bad(bad, err)
+        item.setdefault("id", index)
+        return item
+
+    def _bad(self, bad: BadSampleError, cause: Exception):
+        if not self.skip_bad_samples:
+            raise bad from cause
+        self.num_skipped += 1
+        logger.warning("skipping bad sample (%s); %d skipped so far in this process", bad, self.num_skipped)
+        return None
+
+    def collater(self, samples: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
+        kept = [s for s in samples if s is not None]
+        skipped = len(samples) - len(kept)
+        if not kept:
+            return {"num_skipped": skipped} if skipped else {}
+        batch = self.collate(kept)
+        batch["num_skipped"] = skipped
+        batch.setdefault("nsentences", len(kept))
+        batch.setdefault("id", torch.tensor([s["id"] for s in kept]))
+        return batch
+
+    # fairseq dataset protocol (batching is by sample count only)
+    def num_tokens(self, index):
+        return 1
+
+    def size(self, index):
+        return 1
+
+    def ordered_indices(self):
+        return list(range(len(self)))
+
+    @property
+    def supports_prefetch(self):
+        return False
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch

@@ -1,0 +1,143 @@
+"""fairseq registration of the three ONE-PEACE models and their size architectures.
+
+The fairseq classes add only what fairseq needs (``build_model`` from a task and a
+config, ``load_state_dict`` with the official upgrades); the networks themselves are
+the plain-torch models of ``one_peace.models.one_peace``.
+"""
+import logging
+
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
+from omegaconf import open_dict
+
+from . import checkpoint as ckpt
+from .architectures import PRESETS, apply_preset
+from .config import (OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig,
+                     modalities_of)
+from .one_peace import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRetrievalModel
+
+logger = logging.getLogger(__name__)
+
+ckpt.register_safe_globals()
+
+
+def _task_value(task, name, default=None):
+    cfg = getattr(task, "cfg", None)
+    return getattr(cfg, name, default) if cfg is not None else default
+
+
+def _vocab_size(task):
+    dictionary = getattr(task, "source_dictionary", None)
+    return len(dictionary) if dictionary is not None else None
+
+
+def _configure_from_task(cfg, task, modalities, model_name):
+    """Official build-time adjustments: branches from head_type, image geometry from the task."""
+    with open_dict(cfg):
+        cfg._name = model_name  # saved checkpoints then carry the full config under the model name
+        for m in ("text", "image", "audio"):
+            setattr(cfg.encoder, f"use_{m}_moe", m in modalities)
+        patch = _task_value(task, "patch_image_size")
+        if patch:
+            cfg.encoder.image_adapter.rel_bucket_size = patch // 16
+
+
+class _FairseqGlue(BaseFairseqModel):
+    @classmethod
+    def add_args(cls, parser):
+        # Nested configs get prefixed flags (--encoder-embed-dim ...) instead of colliding.
+        dc = getattr(cls, "__dataclass", None)
+        if dc is not None:
+            gen_parser_from_dataclass(parser, dc(), delete_default=True, with_prefix="")
+
+    def _upgrade_options(self):
+        return {}
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        if not strict:
+            return super(BaseFairseqModel, self).load_state_dict(state_dict, strict=False)
+        return ckpt.load_into(self, state_dict, source="checkpoint", **self._upgrade_options())
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        return state_dict  # upgrades happen in load_state_dict, which sees the whole model
+
+
+@register_model("one_peace_retrieval", dataclass=OnePeaceRetrievalConfig)
+class OnePeaceRetrieval(OnePeaceRetrievalModel, _FairseqGlue):
+    @classmethod
+    def build_model(cls, cfg, task):
+        head_type = _task_value(task, "head_type", "val")
+        modalities = modalities_of(head_type)
+        _configure_from_task(cfg, task, modalities, "one_peace_retrieval")
+        return cls(cfg, head_type=head_type, vocab_size=_vocab_size(task),
+                   copy_rel_pos_table=cfg.copy_rel_pos_table)
+
+
+@register_model("one_peace_classify", dataclass=OnePeaceClassifyConfig)
+class OnePeaceClassify(OnePeaceClassifyModel, _FairseqGlue):
+    @classmethod
+    def build_model(cls, cfg, task):
+        head_type = _task_value(task, "head_type", "vl")
+        num_classes = _task_value(task, "num_classes")
+        if not num_classes:
+            raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for one_peace_classify")
+        _configure_from_task(cfg, task, modalities_of(head_type), "one_peace_classify")
+        return cls(cfg, head_type=head_type, num_classes=num_classes, vocab_size=_vocab_size(task),
+                   use_two_images=bool(_task_value(task, "use_two_images", False)))
+
+
+@register_model("one_peace_pretrain", dataclass=OnePeacePretrainConfig)
+class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
+    @classmethod
+    def build_model(cls, cfg, task):
+        with open_dict(cfg):
+            cfg._name = "one_peace_pretrain"
+            patch = _task_value(task, "patch_image_size")
+            if patch and cfg.encoder.use_image_moe:
+                cfg.encoder.image_adapter.rel_bucket_size = patch // 16
+                cfg.decoder.image_adapter.bucket_size = patch // 16
+        model = cls(cfg, vocab_size=_vocab_size(task))
+        model.stage2_pretrain = bool(cfg.stage2_pretrain)
+        model.reset_logit_scale = bool(cfg.reset_logit_scale)
+        if model.stage2_pretrain:
+            freeze_for_stage2(model)
+        return model
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        options = {}
+        if self.stage2_pretrain:
+            # Stage-2 upgrades apply to a stage-1 checkpoint, not when resuming stage 2.
+            from_stage1 = any("image_adapter" in k for k in state_dict) or not any(
+                "audio_adapter" in k for k in state_dict)
+            if from_stage1:
+                options = {"reset_logit_scale": self.reset_logit_scale, "drop_image": True}
+        elif self.reset_logit_scale:
+            options = {"reset_logit_scale": True}
+        return ckpt.load_into(self, state_dict, source="checkpoint", **options)
+
+
+def freeze_for_stage2(model):
+    """Stage 2 trains the audio branch, decoder, heads and logit scale; the rest is frozen."""
+    for p in model.text_proj.parameters():
+        p.requires_grad = False
+    for p in model.encoder_wrapper.parameters():
+        p.requires_grad = False
+    trainable = [model.encoder_wrapper.audio_adapter, model.encoder_wrapper.fusion_model.audio_layer_norm]
+    trainable += [layer.audio_ffn for layer in model.encoder_wrapper.fusion_model.layers]
+    for module in trainable:
+        for p in module.parameters():
+            p.requires_grad = True
+
+
+def _register_architectures():
+    for model_name, dc in (("one_peace_retrieval", OnePeaceRetrievalConfig),
+                           ("one_peace_classify", OnePeaceClassifyConfig),
+                           ("one_peace_pretrain", OnePeacePretrainConfig)):
+        for size, preset in PRESETS.items():
+            def arch(cfg, preset=preset, dc=dc):
+                apply_preset(cfg, preset, dc())
+
+            register_model_architecture(model_name, f"{model_name}_{size}")(arch)
+
+
+_register_architectures()
