@@ -120,7 +120,8 @@ def resize_image_rel_pos_table(table: torch.Tensor, new_size: int) -> torch.Tens
     values = grid.float().numpy()
     for head in range(num_heads):
         z = values[:, head].reshape(src_side, src_side)
-        spline = RectBivariateSpline(src_coords, src_coords, z, kx=3, ky=3)
+        order = min(3, src_side - 1)  # cubic where the grid allows it
+        spline = RectBivariateSpline(src_coords, src_coords, z, kx=order, ky=order)
         resized.append(torch.from_numpy(spline(dst_coords, dst_coords)).reshape(-1, 1))
     new_grid = torch.cat(resized, dim=1).to(table.dtype)
     return torch.cat([new_grid, extra], dim=0)

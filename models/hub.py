@@ -59,7 +59,14 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
         task_overrides["bpe_dir"] = bpe_dir
     if task_overrides:
         overrides["task"] = task_overrides
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
+    # What fairseq's load_checkpoint_to_cpu does, on the state we already loaded safely.
+    from omegaconf import OmegaConf
+    from fairseq.dataclass.utils import overwrite_args_by_name
+
+    state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
+    overwrite_args_by_name(state["cfg"], overrides)
+    state = checkpoint_utils._upgrade_state_dict(state)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], state=state)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return OnePeaceHubInterface(models[0], task, cfg, device=device, dtype=DTYPES[dtype])

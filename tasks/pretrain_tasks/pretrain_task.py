@@ -1,0 +1,77 @@
+"""Pretraining tasks: ``image_text_pretrain`` (stage 1) and ``audio_text_pretrain`` (stage 2)."""
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from fairseq.tasks import register_task
+
+from ...data_utils.audio import parse_feature_encoder_spec
+from ...data_utils.pretrain_datasets import AudioTextPretrainDataset, ImageTextPretrainDataset
+from ...data_utils.tsv import TSVReader
+from ..base_task import BaseTask, BaseTaskConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageTextPretrainConfig(BaseTaskConfig):
+    valid_file: Optional[str] = None
+    text_mask_ratio: float = 0.15
+    image_mask_ratio: float = 0.75
+    vl_text_mask_ratio: float = 0.4
+    vl_image_mask_ratio: float = 0.6875
+    min_scale: float = 0.9
+
+
+@dataclass
+class AudioTextPretrainConfig(BaseTaskConfig):
+    valid_file: Optional[str] = None
+    audio_mask_ratio: float = 0.55
+    al_text_mask_ratio: float = 0.4
+    al_audio_mask_ratio: float = 0.45
+    audio_mask_prob_adjust: float = 0.1
+    audio_mask_length: int = 5
+
+
+class _PretrainTask(BaseTask):
+    DEFAULT_COLS = ""
+
+    def reader(self, split, epoch):
+        path = self.data_file(split, epoch)
+        cols = self.cfg.selected_cols or self.DEFAULT_COLS
+        return TSVReader(path, selected_cols=cols, separator=self.cfg.reader_separator, data_root=self.cfg.data_root)
+
+    def common_kwargs(self):
+        # fairseq seeds torch with --seed before datasets are built.
+        return dict(seed=torch.initial_seed() % (2 ** 31), data_root=self.cfg.data_root,
+                    skip_bad_samples=self.cfg.skip_bad_samples)
+
+
+@register_task("image_text_pretrain", dataclass=ImageTextPretrainConfig)
+class ImageTextPretrainTask(_PretrainTask):
+    DEFAULT_COLS = "image_id,image,caption"
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        cfg = self.cfg
+        self.datasets[split] = ImageTextPretrainDataset(
+            split, self.reader(split, epoch), self.tokenizer, patch_image_size=cfg.patch_image_size,
+            min_scale=cfg.min_scale, text_mask_ratio=cfg.text_mask_ratio, image_mask_ratio=cfg.image_mask_ratio,
+            vl_text_mask_ratio=cfg.vl_text_mask_ratio, vl_image_mask_ratio=cfg.vl_image_mask_ratio,
+            **self.common_kwargs())
+        logger.info("%s %s: %d image-text pairs", cfg._name, split, len(self.datasets[split]))
+
+
+@register_task("audio_text_pretrain", dataclass=AudioTextPretrainConfig)
+class AudioTextPretrainTask(_PretrainTask):
+    DEFAULT_COLS = "uniq_id,audio,text,duration"
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        cfg = self.cfg
+        self.datasets[split] = AudioTextPretrainDataset(
+            split, self.reader(split, epoch), self.tokenizer,
+            feature_spec=parse_feature_encoder_spec(cfg.feature_encoder_spec), max_duration=cfg.max_duration,
+            audio_mask_ratio=cfg.audio_mask_ratio, al_text_mask_ratio=cfg.al_text_mask_ratio,
+            al_audio_mask_ratio=cfg.al_audio_mask_ratio, audio_mask_prob_adjust=cfg.audio_mask_prob_adjust,
+            audio_mask_length=cfg.audio_mask_length, **self.common_kwargs())
+        logger.info("%s %s: %d audio-text pairs", cfg._name, split, len(self.datasets[split]))

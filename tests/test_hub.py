@@ -1,0 +1,129 @@
+"""Hub interface: official names/behaviour, parity with the official hub, bad input."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from conftest import FIXTURES, load_fixture
+from one_peace.models import from_pretrained
+
+
+@pytest.fixture(scope="module")
+def retrieval_checkpoint(tmp_path_factory, fixtures_dir):
+    """The fixture's retrieval model: pretrain weights restricted to the retrieval keys + retrieval cfg."""
+    hub_ref = load_fixture("retrieval_hub.pt")
+    state_dict = load_fixture("pretrain_state_dict.pt")
+    cfg = json.loads((fixtures_dir / "config.json").read_text())["retrieval_cfg"]
+    path = tmp_path_factory.mktemp("retrieval") / "retrieval.pt"
+    keys = [k for k in hub_ref["retrieval_state_dict_keys"] if k in state_dict]
+    torch.save({"args": None, "cfg": cfg, "model": {k: state_dict[k] for k in keys}}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def media_files(tmp_path_factory):
+    inputs = load_fixture("inputs.pt")
+    out = tmp_path_factory.mktemp("media")
+    images, audios = [], []
+    for i, array in enumerate(inputs["raw_images_uint8_HWC"]):
+        images.append(str(out / f"image{i}.png"))
+        Image.fromarray(array.numpy()).save(images[-1])
+    for i, wav in enumerate(inputs["raw_audios_16k_float32"]):
+        audios.append(str(out / f"audio{i}.wav"))
+        sf.write(audios[-1], wav.numpy(), 16000, subtype="FLOAT")
+    return images, audios
+
+
+@pytest.fixture(scope="module")
+def hub(retrieval_checkpoint, fixture_bpe_dir):
+    return from_pretrained(retrieval_checkpoint, model_type="one_peace_retrieval", device="cpu",
+                           dtype="float32", bpe_dir=fixture_bpe_dir)
+
+
+def test_hub_matches_official_hub(hub, media_files):
+    ref = load_fixture("retrieval_hub.pt")
+    inputs = load_fixture("inputs.pt")
+    images, audios = media_files
+    tokens = hub.process_text(inputs["captions"])
+    assert torch.equal(tokens, ref["hub_src_tokens"])
+    src_images = hub.process_image(images)
+    torch.testing.assert_close(src_images, inputs["src_images"], atol=1e-6, rtol=0)
+    src_audios, masks = hub.process_audio(audios)
+    torch.testing.assert_close(src_audios, inputs["src_audios"], atol=1e-6, rtol=0)
+    assert torch.equal(masks, inputs["audio_padding_masks"])
+    torch.testing.assert_close(hub.extract_text_features(tokens), ref["text_embeddings"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(hub.extract_image_features(src_images), ref["image_embeddings"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(hub.extract_audio_features(src_audios, masks), ref["audio_embeddings"],
+                               atol=1e-5, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(hub.model(return_logit_scale=True), ref["logit_scale_exp"], atol=1e-5, rtol=0)
+
+
+def test_image_sizes_and_any_pil_mode(hub, tmp_path):
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (40, 24), (10, 200, 30, 128)).save(rgba)
+    grey = tmp_path / "grey.png"
+    Image.new("L", (20, 20), 99).save(grey)
+    images, widths, heights = hub.process_image([str(rgba), str(grey)], return_image_sizes=True)
+    assert images.shape == (2, 3, 32, 32)
+    assert widths.tolist() == [40, 20] and heights.tolist() == [24, 20]
+
+
+def test_audio_any_rate_and_channels(hub, tmp_path):
+    t = np.arange(int(44100 * 1.5)) / 44100
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1).astype(np.float32)
+    path = tmp_path / "stereo44k.flac"
+    sf.write(path, stereo, 44100)
+    audios, masks = hub.process_audio([str(path)])
+    assert audios.shape == (1, 24000)  # 1.5 s at 16 kHz, mono
+    assert masks.shape == (1, 75)
+    assert hub.extract_audio_features(audios, masks).shape == (1, 64)
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
+def test_half_precision_keeps_integer_tokens(retrieval_checkpoint, fixture_bpe_dir, dtype, torch_dtype):
+    hub = from_pretrained(retrieval_checkpoint, device="cpu", dtype=dtype, bpe_dir=fixture_bpe_dir)
+    tokens = hub.process_text(["a dog on the street"])
+    assert tokens.dtype == torch.int64
+    emb = hub.extract_text_features(tokens)
+    assert emb.dtype == torch_dtype and torch.isfinite(emb.float()).all()
+    ref = from_pretrained(retrieval_checkpoint, device="cpu", bpe_dir=fixture_bpe_dir).extract_text_features(tokens)
+    assert (emb.float() - ref).abs().max() < 0.05
+
+
+def test_bad_inputs_name_the_input(hub, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        hub.process_text(["a caption", "   "])
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        hub.process_image([str(tmp_path / "nope.png")])
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="corrupt.jpg"):
+        hub.process_image([str(corrupt)])
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        hub.process_audio([str(tmp_path / "missing.wav")])
+    bad_audio = tmp_path / "bad.flac"
+    bad_audio.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="bad.flac"):
+        hub.process_audio([str(bad_audio)])
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(ValueError, match="empty.wav"):
+        hub.process_audio([str(empty)])
+
+
+def test_classify_checkpoints_through_hub(fixture_bpe_dir):
+    inputs = load_fixture("inputs.pt")
+    audio_ref = load_fixture("classify_audio.pt")
+    hub = from_pretrained(str(FIXTURES / "classify_audio_checkpoint.pt"), model_type="one_peace_classify",
+                          device="cpu", bpe_dir=fixture_bpe_dir)
+    logits = hub.extract_audio_features(inputs["src_audios"], inputs["audio_padding_masks"])
+    torch.testing.assert_close(logits, audio_ref["logits"], atol=1e-5, rtol=0)
+    vl_ref = load_fixture("classify_vl.pt")
+    hub = from_pretrained(str(FIXTURES / "classify_vl_checkpoint.pt"), model_type="one_peace_classify",
+                          device="cpu", bpe_dir=fixture_bpe_dir)
+    logits = hub.extract_vl_features(inputs["src_images"], inputs["src_tokens"])
+    torch.testing.assert_close(logits, vl_ref["logits"], atol=1e-5, rtol=0)
