@@ -127,3 +127,22 @@ def test_classify_checkpoints_through_hub(fixture_bpe_dir):
                           device="cpu", bpe_dir=fixture_bpe_dir)
     logits = hub.extract_vl_features(inputs["src_images"], inputs["src_tokens"])
     torch.testing.assert_close(logits, vl_ref["logits"], atol=1e-5, rtol=0)
+
+
+def test_readme_embedding_example_runs_as_written(retrieval_checkpoint, fixture_bpe_dir, media_dir, tmp_path,
+                                                  monkeypatch):
+    """The README's python block, verbatim, with one-peace.pt = the fixture's tri-modal retrieval model."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### Embeddings and retrieval.*?```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "one-peace.pt").symlink_to(retrieval_checkpoint)
+    for name in ("dog.JPEG", "elephant.JPEG", "dog.flac", "cow.flac"):
+        (tmp_path / name).symlink_to(media_dir / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ONE_PEACE_BPE_DIR", fixture_bpe_dir)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["text"].shape == (2, 64) and namespace["image"].shape == (2, 64)
+    assert namespace["audio"].shape == (2, 64)
