@@ -1,0 +1,333 @@
+"""Fused attention kernel: output and every gradient against a float64 reference.
+
+CPU: the Triton kernels run under Triton's interpreter.  ``TRITON_INTERPRET=1`` is set
+per test (``interpret`` fixture) rather than for the whole process: the kernels pick
+compiled or interpreted code at launch time (see ``kernels/_triton_utils.py``), so the
+order in which pytest imported triton does not matter, and other test modules are not
+silently switched to the interpreter.
+
+GPU (``torch.cuda.is_available()``): full ONE-PEACE shapes, compiled kernels.
+"""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from one_peace.models.kernels import fused_attention, fused_attention_supported, triton_available
+from one_peace.models.kernels import attention as attn_mod
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+
+# Max abs error allowed, relative to max(1, max |reference|): a few units of the dtype's
+# rounding step (fp32 runs exact dots in the interpreter; half rounds P and dS).
+TOL = {torch.float32: 2e-5, torch.float16: 6e-3, torch.bfloat16: 4.7e-2}
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def reference(q, k, v, bias=None, key_padding_mask=None, dtype=torch.float64):
+    scores = q.to(dtype) @ k.to(dtype).transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias.to(dtype)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v.to(dtype)
+
+
+def make_mask(kind, batch, seq, device="cpu"):
+    if kind == "none":
+        return None
+    mask = torch.zeros(batch, seq, dtype=torch.bool, device=device)
+    if kind == "rows":  # the last sample has its last third padded
+        mask[-1, seq - seq // 3:] = True
+    elif kind == "first_only":  # the first sample keeps only its first key
+        mask[0, 1:] = True
+        mask[-1, seq - seq // 2:] = True
+    else:
+        raise ValueError(kind)
+    return mask
+
+
+def make_inputs(batch, heads, seq, dim, dtype, bias_kind, device="cpu", seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype).requires_grad_()
+
+    q = rand(batch, heads, seq, dim, scale=dim ** -0.5 * 2)  # pre-scaled q, somewhat peaky softmax
+    k, v = rand(batch, heads, seq, dim), rand(batch, heads, seq, dim)
+    bias_shape = {None: None, "bcast": (1, heads, seq, seq), "batch": (batch, heads, seq, seq),
+                  "bcast_all": (1, 1, seq, seq), "2d": (seq, seq)}[bias_kind]
+    bias = rand(*bias_shape) if bias_shape is not None else None
+    return q, k, v, bias
+
+
+def assert_close(actual, expected, dtype, name):
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
+    err = (actual.double() - expected.double()).abs().max().item()
+    scale = max(1.0, expected.abs().max().item())
+    assert err <= TOL[dtype] * scale, f"{name}: max abs err {err:.3e} > {TOL[dtype] * scale:.3e} ({dtype})"
+
+
+def check_against_reference(q, k, v, bias, mask, dtype, bias_dtype=None):
+    out = fused_attention(q, k, v, bias=bias, key_padding_mask=mask)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, out.dtype)
+    inputs = [t for t in (q, k, v, bias) if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(out, inputs, grad_out)
+
+    leaves = [t.detach().double().requires_grad_(t.requires_grad) if t is not None else None for t in (q, k, v, bias)]
+    ref = reference(*leaves, key_padding_mask=mask)
+    ref_inputs = [t for t in leaves if t is not None and t.requires_grad]
+    ref_grads = torch.autograd.grad(ref, ref_inputs, grad_out.double())
+
+    assert_close(out, ref, dtype, "out")
+    names = ["dq", "dk", "dv", "dbias"]
+    for name, g, rg, t in zip(names, grads, ref_grads, inputs):
+        assert g.dtype == t.dtype, f"{name} dtype {g.dtype} != {t.dtype}"
+        assert_close(g, rg, bias_dtype if (name == "dbias" and bias_dtype) else dtype, name)
+    return out, grads
+
+
+# (S, padding, bias): every S, padding pattern and bias shape appears; S = 33 and 70
+# span several 32-wide interpreter tiles with a ragged last one.
+CASES = [
+    (1, "none", None),
+    (1, "rows", "batch"),
+    (5, "rows", "bcast"),
+    (5, "first_only", "batch"),
+    (17, "none", "batch"),
+    (17, "first_only", "bcast"),
+    (33, "rows", None),
+    (33, "first_only", "bcast"),
+    (70, "rows", "batch"),
+    (70, "first_only", "bcast"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("seq,pad,bias_kind", CASES)
+def test_interpreter_matches_reference(interpret, dtype, seq, pad, bias_kind):
+    q, k, v, bias = make_inputs(2, 2, seq, 16, dtype, bias_kind)
+    check_against_reference(q, k, v, bias, make_mask(pad, 2, seq), dtype)
+
+
+@pytest.mark.parametrize("dim", [32, 64, 128])
+def test_interpreter_head_dims(interpret, dim):
+    # bias (1, 1, S, S) with B = 2: the dbias reduction over batch and heads.
+    q, k, v, bias = make_inputs(2, 1, 19, dim, torch.float16, "bcast_all", seed=dim)
+    check_against_reference(q, k, v, bias, make_mask("rows", 2, 19), torch.float16)
+
+
+@pytest.mark.parametrize("bias_kind", ["bcast_all", "2d"])
+def test_interpreter_broadcast_bias_shapes(interpret, bias_kind):
+    q, k, v, bias = make_inputs(2, 3, 20, 16, torch.bfloat16, bias_kind, seed=3)
+    check_against_reference(q, k, v, bias, make_mask("first_only", 2, 20), torch.bfloat16)
+
+
+def test_interpreter_float32_bias_with_half_inputs(interpret):
+    q, k, v, _ = make_inputs(2, 2, 21, 16, torch.float16, None, seed=4)
+    bias = torch.randn(1, 2, 21, 21, dtype=torch.float32, requires_grad=True)
+    _, grads = check_against_reference(q, k, v, bias, make_mask("rows", 2, 21), torch.float16,
+                                       bias_dtype=torch.float16)
+    assert grads[3].dtype == torch.float32
+
+
+def test_interpreter_bias_without_grad(interpret):
+    q, k, v, bias = make_inputs(2, 2, 9, 16, torch.float16, "batch", seed=5)
+    bias.requires_grad_(False)
+    check_against_reference(q, k, v, bias, None, torch.float16)
+
+
+def test_interpreter_small_tiles(interpret, monkeypatch):
+    # 16-wide tiles: S = 33 gives three query and key blocks (last one of a single row).
+    cfg = attn_mod.LaunchConfig(16, 16, 16, 16, 16, 16, 4, 1)
+    monkeypatch.setattr(attn_mod, "_launch_config", lambda head_dim, interpret: cfg)
+    q, k, v, bias = make_inputs(2, 2, 33, 16, torch.float16, "bcast", seed=6)
+    check_against_reference(q, k, v, bias, make_mask("rows", 2, 33), torch.float16)
+
+
+def test_interpreter_model_layout_and_table_grad(interpret):
+    """The encoder's call: q/k/v are transposed views of (B, S, H, Dh) and the bias is
+    ``table(bucket).permute(2, 0, 1)[None]`` (non-contiguous); the table gets the grad."""
+    torch.manual_seed(7)
+    B, S, H, D, buckets = 2, 23, 3, 16, 11
+    dtype = torch.float16
+    x = torch.randn(B, S, 3, H, D).to(dtype)
+    table = torch.randn(buckets, H, dtype=dtype, requires_grad=True)
+    bucket = torch.randint(0, buckets, (S, S))
+    mask = make_mask("rows", B, S)
+
+    def run(fn, q_src, tab):
+        q, k, v = (q_src[:, :, i].transpose(1, 2) for i in range(3))
+        bias = tab[bucket].permute(2, 0, 1).unsqueeze(0)
+        return fn(q, k, v, bias, mask)
+
+    xs = x.clone().requires_grad_()
+    out = run(lambda q, k, v, b, m: fused_attention(q, k, v, bias=b, key_padding_mask=m), xs, table)
+    assert out.transpose(1, 2).is_contiguous()  # (B, S, H, D) memory order: the reshape is free
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    dx, dtable = torch.autograd.grad(out, (xs, table), g)
+
+    xr = x.double().requires_grad_()
+    tr = table.detach().double().requires_grad_()
+    ref = run(reference, xr, tr)
+    rdx, rdtable = torch.autograd.grad(ref, (xr, tr), g.double())
+    assert_close(out, ref, dtype, "out")
+    assert_close(dx, rdx, dtype, "dqkv")
+    assert_close(dtable, rdtable, dtype, "dtable")
+
+
+def test_interpreter_fully_masked_sample(interpret):
+    # Every key of sample 0 padded: its rows return 0 and its gradients are 0 (not NaN).
+    q, k, v, bias = make_inputs(2, 2, 12, 16, torch.float16, "bcast", seed=8)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0] = True
+    mask[1, 7:] = True
+    out = fused_attention(q, k, v, bias=bias, key_padding_mask=mask)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).double()
+    dq, dk, dv, dbias = torch.autograd.grad((out.double() * weight).sum(), (q, k, v, bias))
+    for name, t in zip(["out", "dq", "dk", "dv", "dbias"], [out, dq, dk, dv, dbias]):
+        assert torch.isfinite(t).all(), name
+    assert out[0].abs().max() == 0 and dq[0].abs().max() == 0
+    assert dk[0].abs().max() == 0 and dv[0].abs().max() == 0
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    ref = reference(leaves[0][1:], leaves[1][1:], leaves[2][1:], leaves[3], mask[1:])
+    rdq, rdk, rdv, rdbias = torch.autograd.grad((ref * weight[1:]).sum(), leaves)
+    assert_close(out[1:], ref, torch.float16, "out")
+    for name, g, rg in zip(["dq", "dk", "dv"], [dq, dk, dv], [rdq, rdk, rdv]):
+        assert_close(g[1:], rg[1:], torch.float16, name)
+    assert_close(dbias, rdbias, torch.float16, "dbias")
+
+
+def test_supported_and_errors(monkeypatch):
+    q = torch.zeros(1, 2, 5, 16, dtype=torch.float16)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not fused_attention_supported(q)  # CPU, no interpreter (or no triton)
+    with pytest.raises(ValueError, match="needs CUDA" if triton_available() else "triton is not installed"):
+        fused_attention(q, q, q)
+    if not triton_available():
+        return
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert fused_attention_supported(q)
+    assert fused_attention_supported(q.bfloat16()) and fused_attention_supported(q.float())
+    assert not fused_attention_supported(q.double())
+    odd = torch.zeros(1, 2, 5, 48, dtype=torch.float16)
+    assert not fused_attention_supported(odd)
+    with pytest.raises(ValueError, match="head_dim 48"):
+        fused_attention(odd, odd, odd)
+    with pytest.raises(ValueError, match="bias must be"):
+        fused_attention(q, q, q, bias=torch.zeros(1, 3, 5, 5))
+    with pytest.raises(ValueError, match="key_padding_mask must be bool"):
+        fused_attention(q, q, q, key_padding_mask=torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="same dtype"):
+        fused_attention(q, q.float(), q)
+
+
+@needs_triton
+def test_kernel_modes_are_independent_of_import_order(monkeypatch):
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    from one_peace.models.kernels._triton_utils import kernel_module
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the compiled copy must ignore this
+    compiled_mod = kernel_module(attn_mod._KERNELS, interpret=False)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    interpreted_mod = kernel_module(attn_mod._KERNELS, interpret=True)
+    assert isinstance(compiled_mod.attn_fwd, JITFunction)
+    assert isinstance(interpreted_mod.attn_fwd, InterpretedFunction)
+    assert "TRITON_INTERPRET" not in __import__("os").environ  # env restored
+
+
+def test_import_without_triton():
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "triton" or name.startswith("triton."):
+                    raise ImportError("triton blocked for this test")
+        sys.meta_path.insert(0, Block())
+        import torch
+        import one_peace.models.kernels as K
+        assert not K.triton_available()
+        q = torch.zeros(1, 1, 3, 16, dtype=torch.float16)
+        assert not K.fused_attention_supported(q)
+        ln = K.FusedLayerNorm(8)
+        x = torch.randn(2, 8)
+        assert torch.equal(ln(x), torch.nn.functional.layer_norm(x, (8,), ln.weight, ln.bias))
+        r, y, g = torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(8)
+        assert torch.allclose(K.fused_residual_gamma_add(r, y, g), r + g * y)
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------- GPU (compiled kernels)
+
+def _gpu_reference_grads(q, k, v, bias, mask, grad_out):
+    leaves = [t.detach().float().requires_grad_(t.requires_grad) if t is not None else None for t in (q, k, v, bias)]
+    ref = reference(*leaves, key_padding_mask=mask, dtype=torch.float32)
+    return ref, torch.autograd.grad(ref, [t for t in leaves if t is not None and t.requires_grad], grad_out.float())
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("seq,bias_kind", [(257, "bcast"), (577, "bcast"), (751, "bcast"), (329, "batch"),
+                                           (329, "bcast")])
+def test_gpu_full_shapes(compiled, dtype, seq, bias_kind):
+    B, H, D = 8, 24, 64
+    q, k, v, bias = make_inputs(B, H, seq, D, dtype, bias_kind, device="cuda", seed=seq)
+    mask = make_mask("first_only", B, seq, device="cuda")
+    out = fused_attention(q, k, v, bias=bias, key_padding_mask=mask)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to("cuda", dtype)
+    grads = torch.autograd.grad(out, (q, k, v, bias), grad_out)
+    ref, ref_grads = _gpu_reference_grads(q, k, v, bias, mask, grad_out)
+    assert_close(out, ref, dtype, "out")
+    for name, g, rg in zip(["dq", "dk", "dv", "dbias"], grads, ref_grads):
+        assert_close(g, rg, dtype, name)
+    # No atomics anywhere: a second backward is bitwise identical.
+    grads2 = torch.autograd.grad(fused_attention(q, k, v, bias=bias, key_padding_mask=mask),
+                                 (q, k, v, bias), grad_out)
+    for g, g2 in zip(grads, grads2):
+        assert torch.equal(g, g2)
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("dim", [16, 32, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gpu_head_dims(compiled, dim, dtype):
+    q, k, v, bias = make_inputs(4, 4, 137, dim, dtype, "bcast", device="cuda", seed=dim)
+    mask = make_mask("rows", 4, 137, device="cuda")
+    out = fused_attention(q, k, v, bias=bias, key_padding_mask=mask)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v, bias), grad_out)
+    ref, ref_grads = _gpu_reference_grads(q, k, v, bias, mask, grad_out)
+    assert_close(out, ref, dtype, "out")
+    for name, g, rg in zip(["dq", "dk", "dv", "dbias"], grads, ref_grads):
+        assert_close(g, rg, dtype, name)
+
+
+@needs_cuda
+@needs_triton
+def test_gpu_supported(compiled):
+    q = torch.zeros(1, 2, 5, 64, dtype=torch.bfloat16, device="cuda")
+    assert fused_attention_supported(q)
+    assert not fused_attention_supported(q.float())  # fp32 on GPU goes to SDPA
