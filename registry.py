@@ -5,5 +5,6 @@ package: Python's module cache makes every registration happen exactly once.
 """
 from . import fairseq_compat as _compat  # noqa: F401
 from .models import registration as _models  # noqa: F401
+from .models import registration_av as _models_av  # noqa: F401
 from . import tasks as _tasks  # noqa: F401
 from . import criterions as _criterions  # noqa: F401

@@ -1,0 +1,7 @@
+"""Evaluation metrics: recall@K, macro mAP, accuracy (fairseq-free), and their fairseq logging glue.
+
+Every metric is reported in percent.
+"""
+from .accuracy import accuracy, accuracy_sum
+from .average_precision import average_precision, mean_average_precision
+from .retrieval import first_match_rank, recall_at_k, recall_counts, retrieval_metrics

@@ -135,7 +135,10 @@ def _register_architectures():
                            ("one_peace_pretrain", OnePeacePretrainConfig)):
         for size, preset in PRESETS.items():
             def arch(cfg, preset=preset, dc=dc):
-                apply_preset(cfg, preset, dc())
+                # fairseq also calls this on the flat argparse namespace: presets apply to the
+                # nested model config only, at build time.
+                if hasattr(cfg, "encoder"):
+                    apply_preset(cfg, preset, dc())
 
             register_model_architecture(model_name, f"{model_name}_{size}")(arch)
 

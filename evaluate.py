@@ -1,0 +1,261 @@
+"""Evaluate a ONE-PEACE checkpoint on a data split, fairseq-generate style.
+
+    one-peace-evaluate --path checkpoint.pt --gen-subset valid \
+        --valid-data test.tsv --bpe-dir bpe/ --batch-size 16 --results-path results/ [--cpu] [--bf16]
+
+    # zero-shot: model from the checkpoint, task (and its options) from the command line
+    one-peace-evaluate --path one-peace.pt --task audio_text_retrieval --zero-shot \
+        --head-type al --use-template --valid-file esc50_label.json --valid-data esc50.tsv ...
+
+Without ``--zero-shot`` the task is the one saved in the checkpoint; task options given
+on the command line (those differing from the task's defaults, e.g. ``--valid-data``,
+``--bpe-dir``) and ``--model-overrides "{'task': {...}, 'model': {...}}"`` (a Python
+literal) override the saved values.  ``--task`` defaults to the checkpoint's task.
+
+Prints the split metrics and writes ``{results_path}/{gen_subset}_predict.json`` (one
+entry per row, in row order) and ``{results_path}/{gen_subset}_metrics.json``.  Runs on
+CPU (``--cpu`` or no GPU) or GPU; under ``torchrun`` every worker evaluates a share of
+the split and the results are gathered.
+"""
+import ast
+import json
+import logging
+import os
+import sys
+from typing import Dict, List, Optional
+
+import torch
+
+logger = logging.getLogger("one_peace.evaluate")
+
+
+# ---- checkpoint and task ---------------------------------------------------------------------
+def _peek_saved_cfg(path: str):
+    """The checkpoint's saved config, without reading the weights into memory when possible."""
+    from .models.checkpoint import load_checkpoint_file, register_safe_globals
+
+    register_safe_globals()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped
+        state = load_checkpoint_file(path)
+    return _saved_cfg(state, path)
+
+
+def _saved_cfg(state: dict, path: str):
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    if state.get("cfg") is not None:
+        cfg = state["cfg"]
+        return cfg if OmegaConf.is_config(cfg) else OmegaConf.create(cfg, flags={"allow_objects": True})
+    if state.get("args") is not None:
+        return convert_namespace_to_omegaconf(state["args"])
+    raise ValueError(f"{path} holds no saved configuration ('cfg' or 'args'); cannot rebuild its task and model")
+
+
+def _checkpoint_task_name(argv: List[str]) -> Optional[str]:
+    """Task name saved in the ``--path`` checkpoint, used when ``--task`` is not given."""
+    if any(a == "--task" or a.startswith("--task=") for a in argv):
+        return None
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--path" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--path="):
+            path = arg.split("=", 1)[1]
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return _peek_saved_cfg(path).task._name
+
+
+def _parse_overrides(text: Optional[str]) -> Dict:
+    if not text:
+        return {}
+    try:
+        value = ast.literal_eval(text)  # a literal only: fairseq itself eval()s this string
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"--model-overrides must be a Python dict literal, got {text!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--model-overrides must be a dict, got {type(value).__name__}")
+    return value
+
+
+def _explicit_task_options(task_cfg) -> Dict:
+    """Task options from the command line that differ from the task's defaults."""
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    defaults = TASK_DATACLASS_REGISTRY[task_cfg._name]()
+    out = {}
+    for key in task_cfg:
+        if key in ("_name", "zero_shot") or not hasattr(defaults, key):
+            continue
+        if task_cfg[key] != getattr(defaults, key):
+            out[key] = task_cfg[key]
+    return out
+
+
+def load_task_and_model(cfg):
+    """Rebuild (task, model) from ``cfg.common_eval.path`` as described in the module doc."""
+    from fairseq import checkpoint_utils, tasks
+    from fairseq.dataclass.utils import overwrite_args_by_name
+    from omegaconf import open_dict
+
+    from .models.checkpoint import load_checkpoint_file
+
+    path = cfg.common_eval.path
+    state = load_checkpoint_file(path)
+    saved = _saved_cfg(state, path)
+    overrides = _parse_overrides(cfg.common_eval.model_overrides)
+    if overrides:
+        overwrite_args_by_name(saved, overrides)
+    if cfg.task.zero_shot:
+        task = tasks.setup_task(cfg.task)
+    else:
+        if cfg.task._name != saved.task._name:
+            raise ValueError(f"{path} was trained with task {saved.task._name!r}; evaluate it with --task "
+                             f"{saved.task._name} or pass --zero-shot to use task {cfg.task._name!r}")
+        with open_dict(saved.task):
+            for key, value in _explicit_task_options(cfg.task).items():
+                saved.task[key] = value
+        task = tasks.setup_task(saved.task)
+    state["cfg"] = saved
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
+    return task, models[0]
+
+
+# ---- evaluation loop -------------------------------------------------------------------------
+def _world():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj):
+    import torch.distributed as dist
+
+    rank, world = _world()
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _prepare(sample, device, dtype):
+    from fairseq import utils
+
+    def convert(t):
+        t = t.to(device)
+        return t.to(dtype) if t.is_floating_point() and dtype != torch.float32 else t
+
+    return utils.apply_to_sample(convert, sample)
+
+
+def evaluate(task, model, subset: str, batch_size: int, device, dtype=torch.float32, num_workers: int = 0,
+             criterion=None):
+    """(metrics dict, predictions list) of ``model`` on ``subset``; every worker returns both."""
+    from fairseq import metrics
+
+    rank, world = _world()
+    model.to(device=device, dtype=dtype).eval()
+    task.load_dataset(subset)
+    dataset = task.dataset(subset)
+    itr = task.get_batch_iterator(dataset, max_sentences=batch_size, num_shards=world, shard_id=rank,
+                                  num_workers=num_workers).next_epoch_itr(shuffle=False)
+    task.begin_valid_epoch(1, model)
+    logs, predictions = [], []
+    with torch.no_grad():
+        for sample in itr:
+            if not sample or "net_input" not in sample:  # padding batch of a worker, or all rows bad
+                continue
+            sample = _prepare(sample, device, dtype)
+            if hasattr(task, "eval_step"):
+                log, preds = task.eval_step(model, sample)
+            else:  # a task without eval_step: its valid_step and the saved criterion
+                _, _, log = task.valid_step(sample, model, criterion)
+                preds = []
+            ids = sample["id"].tolist()
+            for i, pred in enumerate(preds):
+                pred["index"] = ids[i]
+            logs.append(log)
+            predictions.extend(preds)
+    gathered = _gather((logs, predictions))
+    logs = [log for part in gathered for log in part[0]]
+    predictions = sorted((p for part in gathered for p in part[1]), key=lambda p: p["index"])
+    with metrics.aggregate(new_root=True) as agg:
+        if hasattr(task, "reduce_split_metrics"):
+            task.reduce_split_metrics(logs)
+        else:
+            task.reduce_metrics(logs, criterion)
+        results = {k: _plain(v) for k, v in agg.get_smoothed_values().items()}
+    return results, predictions
+
+
+def _plain(value):
+    if torch.is_tensor(value):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return float(value) if hasattr(value, "__float__") and not isinstance(value, int) else value
+
+
+def main(cfg, **unused):
+    from fairseq import utils
+
+    utils.import_user_module(cfg.common)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stdout)
+    use_cuda = torch.cuda.is_available() and not cfg.common.cpu
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    dtype = torch.bfloat16 if cfg.common.bf16 else torch.float16 if cfg.common.fp16 else torch.float32
+    if dtype == torch.float16 and not use_cuda:
+        raise ValueError("--fp16 needs a GPU; use --bf16 or float32 on CPU")
+    task, model = load_task_and_model(cfg)
+    criterion = None
+    if not hasattr(task, "eval_step"):
+        criterion = task.build_criterion(cfg.criterion)
+    batch_size = cfg.dataset.batch_size or 1
+    subset = cfg.dataset.gen_subset
+    results, predictions = evaluate(task, model, subset, batch_size, device, dtype,
+                                    num_workers=cfg.dataset.num_workers, criterion=criterion)
+    rank, _ = _world()
+    if rank == 0:
+        logger.info("%s | %s | %s", task.cfg._name, subset,
+                    " | ".join(f"{k} {v}" for k, v in results.items()))
+        print(json.dumps({"task": task.cfg._name, "subset": subset, **results}), flush=True)
+        if cfg.common_eval.results_path:
+            os.makedirs(cfg.common_eval.results_path, exist_ok=True)
+            with open(os.path.join(cfg.common_eval.results_path, f"{subset}_predict.json"), "w") as fh:
+                json.dump(predictions, fh)
+            with open(os.path.join(cfg.common_eval.results_path, f"{subset}_metrics.json"), "w") as fh:
+                json.dump(results, fh, indent=1)
+    return results
+
+
+def _optional_data(parser):
+    """The task's positional ``data`` (training files) is not needed to evaluate."""
+    for action in parser._actions:
+        if action.dest == "data" and not action.option_strings:
+            action.nargs, action.default, action.required = "?", None, False
+
+
+def cli_main(argv: Optional[List[str]] = None):
+    from fairseq import distributed_utils, options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from . import registry  # noqa: F401 - registers the ONE-PEACE tasks, models and criteria
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = options.get_generation_parser(default_task=_checkpoint_task_name(argv) or "vggsound")
+    args = options.parse_args_and_arch(parser, input_args=argv, modify_parser=_optional_data)
+    if not args.path:
+        parser.error("--path (the checkpoint to evaluate) is required")
+    cfg = convert_namespace_to_omegaconf(args)
+    distributed_utils.call_main(cfg, main)
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,42 @@
+"""fairseq registration of the audio-visual classify model (``one_peace_classify_av``).
+
+Kept apart from ``registration.py`` so the official three models stay untouched; it
+is imported by the ``vggsound_av`` task module.  Checkpoint loading (official upgrades,
+fresh classification head, missing image branch when starting from an audio-only
+checkpoint) is the same as for ``one_peace_classify``.
+"""
+from dataclasses import dataclass
+
+from fairseq.models import register_model, register_model_architecture
+
+from .architectures import PRESETS, apply_preset
+from .audio_visual import AV_MODALITIES, OnePeaceAudioVisualClassifyModel
+from .config import OnePeaceClassifyConfig
+from .registration import _configure_from_task, _FairseqGlue, _task_value
+
+
+@dataclass
+class OnePeaceClassifyAVConfig(OnePeaceClassifyConfig):
+    pass
+
+
+@register_model("one_peace_classify_av", dataclass=OnePeaceClassifyAVConfig)
+class OnePeaceClassifyAV(OnePeaceAudioVisualClassifyModel, _FairseqGlue):
+    @classmethod
+    def build_model(cls, cfg, task):
+        num_classes = _task_value(task, "num_classes")
+        if not num_classes:
+            raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for one_peace_classify_av")
+        _configure_from_task(cfg, task, AV_MODALITIES, "one_peace_classify_av")
+        return cls(cfg, num_classes=num_classes)
+
+
+def _register_architectures():
+    for size, preset in PRESETS.items():
+        def arch(cfg, preset=preset):
+            apply_preset(cfg, preset, OnePeaceClassifyAVConfig())
+
+        register_model_architecture("one_peace_classify_av", f"one_peace_classify_av_{size}")(arch)
+
+
+_register_architectures()

@@ -1,0 +1,35 @@
+"""The user dir and the package register every official name exactly once."""
+import argparse
+import importlib
+
+
+def test_user_dir_and_package_import_register_once(user_dir):
+    from fairseq import utils
+    from fairseq.criterions import CRITERION_REGISTRY
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+    from fairseq.tasks import TASK_REGISTRY
+
+    # a second user-dir import and a package import must not re-register (fairseq would raise)
+    utils.import_user_module(argparse.Namespace(user_dir=user_dir))
+    importlib.import_module("one_peace.registry")
+    for name in ("one_peace_retrieval", "one_peace_classify", "one_peace_pretrain"):
+        assert name in MODEL_REGISTRY
+        for size in ("tiny", "base", "4b"):
+            assert f"{name}_{size}" in ARCH_MODEL_REGISTRY
+    for name in ("base_task", "image_text_pretrain", "audio_text_pretrain"):
+        assert name in TASK_REGISTRY
+    for name in ("image_text_pretrain_loss", "audio_text_pretrain_loss"):
+        assert name in CRITERION_REGISTRY
+
+
+def test_fairseq_train_parser_sees_the_plugin(user_dir):
+    from fairseq import options
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, input_args=[
+        "--user-dir", user_dir, "--task", "image_text_pretrain", "--arch", "one_peace_pretrain_tiny",
+        "--criterion", "image_text_pretrain_loss", "train.tsv", "--stage2-pretrain",
+        "--dcl-text-alpha", "0.25", "--patch-image-size", "64"])
+    assert args.arch == "one_peace_pretrain_tiny"
+    assert args.dcl_text_alpha == 0.25 and args.stage2_pretrain and args.patch_image_size == 64
+    assert args.data == "train.tsv"
