@@ -1,0 +1,351 @@
+"""A small procedural image-text and audio-text dataset for the quickstart and CI.
+
+Images: one coloured shape (colour x shape = the caption) of random size and position on a
+random, noisy, possibly graded background.  Audio: 16 kHz mono clips of 1-2 s (steady tones
+at three pitch ranges, rising/falling chirps, vibrato, beep counts, noise bursts, rumble,
+click trains, fading tones) at random pitch, timing and noise level.
+
+Train and held-out ("valid") splits are independent random draws of the same caption set
+(the held-out split is class balanced).  Everything is deterministic for a seed.
+
+    python -m one_peace.data_utils.synthetic --out DIR [--seed 1] [--n-train-images 2400] ...
+
+writes into DIR::
+
+    image_text_train.tsv  image_text_valid.tsv   image_id<TAB>image<TAB>caption
+    audio_text_train.tsv  audio_text_valid.tsv   uniq_id<TAB>audio<TAB>text<TAB>duration
+    image_captions.json   audio_captions.json    the distinct captions of each kind
+    images/{train,valid}/*.png  audio/{train,valid}/*.wav
+
+Media paths in the TSVs are relative to DIR (the tasks' default ``data_root``).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SAMPLE_RATE = 16000
+IMAGE_SIZE = 64
+_SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled (anti-aliasing)
+
+COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (35, 175, 55),
+    "blue": (40, 70, 225),
+    "yellow": (235, 210, 30),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+
+# (caption, generator name); the generators are the _audio_* functions below.
+AUDIO_CLASSES: Tuple[Tuple[str, str], ...] = (
+    ("a low steady tone", "low_tone"),
+    ("a medium steady tone", "mid_tone"),
+    ("a high steady tone", "high_tone"),
+    ("a rising chirp", "rising_chirp"),
+    ("a falling chirp", "falling_chirp"),
+    ("a warbling tone", "warble"),
+    ("two short beeps", "two_beeps"),
+    ("three short beeps", "three_beeps"),
+    ("a burst of white noise", "noise_burst"),
+    ("a low rumbling noise", "rumble"),
+    ("a fast clicking sound", "clicks"),
+    ("a tone that fades out", "fade_out"),
+)
+
+
+def image_captions() -> List[str]:
+    return [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
+
+
+def audio_captions() -> List[str]:
+    return [caption for caption, _ in AUDIO_CLASSES]
+
+
+# ---- images ------------------------------------------------------------------------------------
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A float (size, size, 3) background in [0, 1]: greyish base, optional gradient, noise."""
+    base = rng.uniform(0.1, 0.9)
+    tint = rng.normal(0.0, 0.04, size=3)  # low saturation so the shape colour stays the cue
+    img = np.full((size, size, 3), base, dtype=np.float32) + tint.astype(np.float32)
+    if rng.random() < 0.5:  # linear gradient in a random direction
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1) - 0.5
+        ramp = np.cos(angle) * xx + np.sin(angle) * yy
+        img += (rng.uniform(0.1, 0.35) * ramp)[..., None]
+    img += rng.normal(0.0, rng.uniform(0.0, 0.06), size=img.shape).astype(np.float32)
+    return np.clip(img, 0.0, 1.0)
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float):
+    if shape == "square":
+        pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+        scale = r * 0.85
+    elif shape == "triangle":
+        pts = [(np.cos(a), np.sin(a)) for a in (-np.pi / 2, np.pi / 6, 5 * np.pi / 6)]
+        scale = r * 1.1
+    elif shape == "cross":
+        w = 0.33
+        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
+               (-w, -w)]
+        scale = r
+    else:
+        raise ValueError(shape)
+    c, s = np.cos(angle), np.sin(angle)
+    return [(cx + scale * (x * c - y * s), cy + scale * (x * s + y * c)) for x, y in pts]
+
+
+def render_image(colour: str, shape: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
+    """One shape of random size/position/rotation on a random background."""
+    big = size * _SUPERSAMPLE
+    bg = (_background(rng, size) * 255).astype(np.uint8)
+    canvas = Image.fromarray(bg).resize((big, big), Image.BILINEAR)
+    mask = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(mask)
+    r = rng.uniform(0.14, 0.34) * big  # "radius": small to large shapes
+    margin = r * 1.1
+    cx, cy = rng.uniform(margin, big - margin, size=2)
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        # Small rotations keep the shapes recognisable (a 45-degree square is a diamond).
+        draw.polygon(_shape_polygon(shape, cx, cy, r, rng.uniform(-0.3, 0.3)), fill=255)
+    rgb = np.array(COLOURS[colour], dtype=np.float32) + rng.normal(0, 12, size=3)
+    fill = Image.new("RGB", (big, big), tuple(int(v) for v in np.clip(rgb, 0, 255)))
+    canvas.paste(fill, (0, 0), mask)
+    img = canvas.resize((size, size), Image.LANCZOS)
+    arr = np.asarray(img, dtype=np.float32)
+    arr += rng.normal(0, rng.uniform(0, 6), size=arr.shape)  # sensor noise over everything
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+# ---- audio -------------------------------------------------------------------------------------
+def _t(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.float64) / SAMPLE_RATE
+
+
+def _envelope(n: int, attack: float = 0.01) -> np.ndarray:
+    """Short linear attack/release so onsets do not click."""
+    k = max(1, min(n // 2, int(attack * SAMPLE_RATE)))
+    env = np.ones(n)
+    env[:k] = np.linspace(0, 1, k)
+    env[-k:] = np.linspace(1, 0, k)
+    return env
+
+
+def _tone(freq, n, rng, harmonics=True):
+    phase = 2 * np.pi * np.cumsum(np.broadcast_to(freq, (n,))) / SAMPLE_RATE + rng.uniform(0, 2 * np.pi)
+    wave = np.sin(phase)
+    if harmonics:  # a random timbre: a little 2nd/3rd harmonic
+        wave += rng.uniform(0, 0.3) * np.sin(2 * phase) + rng.uniform(0, 0.15) * np.sin(3 * phase)
+    return wave
+
+
+def _lowpass_noise(n, rng, cutoff_hz):
+    spec = np.fft.rfft(rng.normal(size=n))
+    freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    spec *= 1.0 / (1.0 + (freqs / cutoff_hz) ** 4)
+    out = np.fft.irfft(spec, n)
+    return out / (np.abs(out).max() + 1e-8)
+
+
+def _segment(n, rng, lo=0.6, hi=0.95):
+    """A sub-span [start, start+length) of the clip covering lo..hi of it."""
+    length = int(n * rng.uniform(lo, hi))
+    start = int(rng.integers(0, n - length + 1))
+    return start, length
+
+
+def _place(n, start, piece):
+    out = np.zeros(n)
+    out[start:start + len(piece)] = piece
+    return out
+
+
+def _steady(n, rng, f_lo, f_hi):
+    start, length = _segment(n, rng)
+    f = np.exp(rng.uniform(np.log(f_lo), np.log(f_hi)))
+    return _place(n, start, _tone(f, length, rng) * _envelope(length))
+
+
+def _chirp(n, rng, rising):
+    start, length = _segment(n, rng)
+    f0, f1 = np.exp(rng.uniform(np.log(200), np.log(500))), np.exp(rng.uniform(np.log(1500), np.log(4000)))
+    if not rising:
+        f0, f1 = f1, f0
+    freq = np.exp(np.linspace(np.log(f0), np.log(f1), length))
+    return _place(n, start, _tone(freq, length, rng) * _envelope(length))
+
+
+def _beeps(n, rng, count):
+    f = np.exp(rng.uniform(np.log(500), np.log(2500)))
+    beep = int(SAMPLE_RATE * rng.uniform(0.08, 0.15))
+    gap = int(SAMPLE_RATE * rng.uniform(0.1, 0.2))
+    total = count * beep + (count - 1) * gap
+    start = int(rng.integers(0, max(1, n - total)))
+    out = np.zeros(n)
+    for i in range(count):
+        s = start + i * (beep + gap)
+        out[s:s + beep] = _tone(f, beep, rng) * _envelope(beep, 0.005)
+    return out
+
+
+def _audio_low_tone(n, rng):
+    return _steady(n, rng, 150, 300)
+
+
+def _audio_mid_tone(n, rng):
+    return _steady(n, rng, 550, 1000)
+
+
+def _audio_high_tone(n, rng):
+    return _steady(n, rng, 2000, 4000)
+
+
+def _audio_rising_chirp(n, rng):
+    return _chirp(n, rng, rising=True)
+
+
+def _audio_falling_chirp(n, rng):
+    return _chirp(n, rng, rising=False)
+
+
+def _audio_warble(n, rng):
+    start, length = _segment(n, rng)
+    f = np.exp(rng.uniform(np.log(400), np.log(1500)))
+    rate, depth = rng.uniform(5, 9), rng.uniform(0.1, 0.2)
+    freq = f * (1 + depth * np.sin(2 * np.pi * rate * _t(length)))
+    return _place(n, start, _tone(freq, length, rng) * _envelope(length))
+
+
+def _audio_two_beeps(n, rng):
+    return _beeps(n, rng, 2)
+
+
+def _audio_three_beeps(n, rng):
+    return _beeps(n, rng, 3)
+
+
+def _audio_noise_burst(n, rng):
+    start, length = _segment(n, rng, 0.25, 0.5)
+    return _place(n, start, rng.normal(size=length) * _envelope(length) * 0.5)
+
+
+def _audio_rumble(n, rng):
+    start, length = _segment(n, rng)
+    return _place(n, start, _lowpass_noise(length, rng, rng.uniform(80, 200)) * _envelope(length, 0.05))
+
+
+def _audio_clicks(n, rng):
+    rate = rng.uniform(15, 30)
+    out = np.zeros(n)
+    start, length = _segment(n, rng)
+    click = np.exp(-np.arange(40) / 8.0) * rng.choice([-1, 1], size=40)
+    for pos in np.arange(start, start + length - 40, SAMPLE_RATE / rate).astype(int):
+        out[pos:pos + 40] += click
+    return out
+
+
+def _audio_fade_out(n, rng):
+    start, length = _segment(n, rng, 0.7, 0.95)
+    f = np.exp(rng.uniform(np.log(300), np.log(2000)))
+    decay = np.exp(-_t(length) * rng.uniform(3.5, 6.0) / (length / SAMPLE_RATE))
+    return _place(n, start, _tone(f, length, rng) * decay * _envelope(length, 0.005))
+
+
+def render_audio(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A float32 clip of 1-2 s: the sound of ``kind`` plus background noise at a random level."""
+    n = int(SAMPLE_RATE * rng.uniform(1.0, 2.0))
+    wave = globals()[f"_audio_{kind}"](n, rng)
+    wave = wave / (np.abs(wave).max() + 1e-8)
+    wave += rng.normal(0, rng.uniform(0.003, 0.03), size=n)  # background hiss (SNR 30-50 dB)
+    wave *= rng.uniform(0.3, 0.8) / (np.abs(wave).max() + 1e-8)
+    return wave.astype(np.float32)
+
+
+# ---- splits ------------------------------------------------------------------------------------
+def _labels(rng: np.random.Generator, n: int, num_classes: int, balanced: bool) -> np.ndarray:
+    """``n`` class ids: each class about n / num_classes times (shuffled)."""
+    labels = np.arange(n) % num_classes
+    if not balanced:
+        rng.shuffle(labels)
+    return labels
+
+
+def _write_tsv(path: str, header: Sequence[str], rows: Sequence[Sequence]):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\t".join(header) + "\n")
+        for row in rows:
+            f.write("\t".join(str(v) for v in row) + "\n")
+
+
+def write_image_split(out: str, split: str, n: int, seed: int) -> List[Tuple[str, str, str]]:
+    import itertools
+
+    combos = list(itertools.product(COLOURS, SHAPES))
+    rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1])
+    os.makedirs(os.path.join(out, "images", split), exist_ok=True)
+    rows = []
+    for i, label in enumerate(_labels(rng, n, len(combos), balanced=split != "train")):
+        colour, shape = combos[label]
+        rel = f"images/{split}/{split}_{i:06d}.png"
+        render_image(colour, shape, rng).save(os.path.join(out, rel), compress_level=1)
+        rows.append((f"{split}_{i}", rel, f"a {colour} {shape}"))
+    _write_tsv(os.path.join(out, f"image_text_{split}.tsv"), ("image_id", "image", "caption"), rows)
+    return rows
+
+
+def write_audio_split(out: str, split: str, n: int, seed: int) -> List[Tuple[str, str, str, str]]:
+    import soundfile as sf
+
+    rng = np.random.default_rng([seed, 2, 0 if split == "train" else 1])
+    os.makedirs(os.path.join(out, "audio", split), exist_ok=True)
+    rows = []
+    for i, label in enumerate(_labels(rng, n, len(AUDIO_CLASSES), balanced=split != "train")):
+        caption, kind = AUDIO_CLASSES[label]
+        wave = render_audio(kind, rng)
+        rel = f"audio/{split}/{split}_{i:06d}.wav"
+        sf.write(os.path.join(out, rel), wave, SAMPLE_RATE, subtype="PCM_16")
+        rows.append((f"{split}_{i}", rel, caption, f"{len(wave) / SAMPLE_RATE:.3f}"))
+    _write_tsv(os.path.join(out, f"audio_text_{split}.tsv"), ("uniq_id", "audio", "text", "duration"), rows)
+    return rows
+
+
+def generate(out: str, seed: int = 1, n_train_images: int = 2400, n_valid_images: int = 320,
+             n_train_audio: int = 1440, n_valid_audio: int = 240) -> Dict[str, int]:
+    """Write the whole dataset into ``out``; returns the row count of each TSV."""
+    os.makedirs(out, exist_ok=True)
+    counts = {}
+    for split, n in (("train", n_train_images), ("valid", n_valid_images)):
+        counts[f"image_text_{split}"] = len(write_image_split(out, split, n, seed))
+    for split, n in (("train", n_train_audio), ("valid", n_valid_audio)):
+        counts[f"audio_text_{split}"] = len(write_audio_split(out, split, n, seed))
+    for name, captions in (("image_captions.json", image_captions()), ("audio_captions.json", audio_captions())):
+        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+            json.dump(captions, f, indent=1)
+    return counts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m one_peace.data_utils.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--n-train-images", type=int, default=2400)
+    parser.add_argument("--n-valid-images", type=int, default=320)
+    parser.add_argument("--n-train-audio", type=int, default=1440)
+    parser.add_argument("--n-valid-audio", type=int, default=240)
+    args = parser.parse_args(argv)
+    start = time.time()
+    counts = generate(args.out, args.seed, args.n_train_images, args.n_valid_images, args.n_train_audio,
+                      args.n_valid_audio)
+    summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    print(f"synthetic data in {args.out} ({summary}; {len(image_captions())} image captions, "
+          f"{len(audio_captions())} audio captions) in {time.time() - start:.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

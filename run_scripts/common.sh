@@ -1,0 +1,67 @@
+# Shared helpers of the run scripts; source it:  . "$(dirname "$0")/../common.sh"
+#
+# Environment (all optional except where a script says otherwise):
+#   NUM_GPUS             GPUs per node (default 1); > 1 launches torchrun
+#   MASTER_PORT          torchrun port (default 29500)
+#   ONE_PEACE_CHECKPOINT pretrained checkpoint to fine-tune from (one-peace.pt)
+#   BPE_DIR              dir with encoder.json, vocab.bpe, dict.txt (default: $ONE_PEACE_BPE_DIR / the cache)
+#   SAVE_DIR, RESULTS_DIR  outputs (defaults under ./checkpoints and ./results)
+ONE_PEACE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NUM_GPUS="${NUM_GPUS:-1}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+
+die() { echo "error: $*" >&2; exit 1; }
+
+need_file() {  # need_file PATH WHAT
+  [ -n "$1" ] || die "$2 is not set"
+  [ -f "$1" ] || die "$2 not found: $1"
+}
+
+tsv_rows() {  # data rows of a TSV (header excluded)
+  echo $(( $(wc -l < "$1") - 1 ))
+}
+
+# schedule TRAIN_TSV BATCH_PER_GPU UPDATE_FREQ EPOCHS -> sets MAX_UPDATE and WARMUP_UPDATES
+# (the official adjust_cosine derives warmup = 10% of all updates from the epoch length).
+schedule() {
+  local rows per_epoch
+  rows=$(tsv_rows "$1")
+  per_epoch=$(( (rows + $2 * NUM_GPUS - 1) / ($2 * NUM_GPUS) ))
+  per_epoch=$(( (per_epoch + $3 - 1) / $3 ))
+  MAX_UPDATE=$(( per_epoch * $4 ))
+  WARMUP_UPDATES=$(( MAX_UPDATE / 10 ))
+  [ "$MAX_UPDATE" -gt 0 ] || die "no training rows in $1"
+}
+
+# one_peace_train CONFIG_DIR CONFIG_NAME [hydra overrides...]
+one_peace_train() {
+  local config_dir=$1 config_name=$2
+  shift 2
+  local args=(--config-dir "$config_dir" --config-name "$config_name"
+              "common.user_dir=$ONE_PEACE_ROOT/user_src" hydra.job.chdir=False hydra.output_subdir=null
+              "hydra.run.dir=." "distributed_training.distributed_world_size=$NUM_GPUS")
+  if [ -n "${BPE_DIR:-}" ]; then args+=("task.bpe_dir=$BPE_DIR"); fi
+  if [ -n "${ONE_PEACE_CHECKPOINT:-}" ]; then
+    need_file "$ONE_PEACE_CHECKPOINT" ONE_PEACE_CHECKPOINT
+    # Starts from the pretrained weights on the first launch only; a restarted run resumes
+    # from SAVE_DIR/checkpoint_last.pt (the official reset_* flags would restart from scratch).
+    args+=("checkpoint.finetune_from_model=$ONE_PEACE_CHECKPOINT")
+  fi
+  if [ "$NUM_GPUS" -gt 1 ]; then
+    torchrun --nproc_per_node="$NUM_GPUS" --master_port="$MASTER_PORT" \
+      "$(command -v fairseq-hydra-train)" "${args[@]}" "$@"
+  else
+    fairseq-hydra-train "${args[@]}" "$@"
+  fi
+}
+
+# one_peace_evaluate [one-peace-evaluate arguments...]
+one_peace_evaluate() {
+  local args=()
+  if [ -n "${BPE_DIR:-}" ]; then args+=(--bpe-dir "$BPE_DIR"); fi
+  if [ "$NUM_GPUS" -gt 1 ]; then
+    torchrun --nproc_per_node="$NUM_GPUS" --master_port="$MASTER_PORT" -m one_peace.evaluate "${args[@]}" "$@"
+  else
+    one-peace-evaluate "${args[@]}" "$@"
+  fi
+}
