@@ -15,11 +15,16 @@ import textwrap
 import pytest
 import torch
 
-from one_peace.models.kernels import fused_attention, fused_attention_supported, triton_available
+from one_peace.models.kernels import (fused_attention, fused_attention_bucketed, fused_attention_supported,
+                                      triton_available)
 from one_peace.models.kernels import attention as attn_mod
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+_skip_no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+
+
+def needs_cuda(test):  # the project's ``gpu`` marker + skipped (with the reason) without CUDA
+    return pytest.mark.gpu(_skip_no_cuda(test))
 
 # Max abs error allowed, relative to max(1, max |reference|): a few units of the dtype's
 # rounding step (fp32 runs exact dots in the interpreter; half rounds P and dS).
@@ -155,8 +160,9 @@ def test_interpreter_bias_without_grad(interpret):
 
 def test_interpreter_small_tiles(interpret, monkeypatch):
     # 16-wide tiles: S = 33 gives three query and key blocks (last one of a single row).
-    cfg = attn_mod.LaunchConfig(16, 16, 16, 16, 16, 16, 4, 1)
-    monkeypatch.setattr(attn_mod, "_launch_config", lambda head_dim, interpret: cfg)
+    tile = attn_mod.KernelConfig(16, 16, 4, 1)
+    cfg = attn_mod.LaunchConfig(tile, tile, tile, tile)
+    monkeypatch.setattr(attn_mod, "_launch_config", lambda *args, **kwargs: cfg)
     q, k, v, bias = make_inputs(2, 2, 33, 16, torch.float16, "bcast", seed=6)
     check_against_reference(q, k, v, bias, make_mask("rows", 2, 33), torch.float16)
 
@@ -212,6 +218,51 @@ def test_interpreter_fully_masked_sample(interpret):
     for name, g, rg in zip(["dq", "dk", "dv"], [dq, dk, dv], [rdq, rdk, rdv]):
         assert_close(g[1:], rg[1:], torch.float16, name)
     assert_close(dbias, rdbias, torch.float16, "dbias")
+
+
+@pytest.mark.parametrize("dtype,seq,per_sample,pad", [
+    (torch.float16, 70, True, "rows"),
+    (torch.bfloat16, 17, False, "first_only"),
+    (torch.bfloat16, 33, True, "first_only"),
+    (torch.float32, 33, False, "none"),
+], ids=str)
+def test_interpreter_bucketed_bias(interpret, dtype, seq, per_sample, pad):
+    """bias[b, h, i, j] = table[index[(b,) i, j], h] gathered in-kernel; d(table) via atomics."""
+    B, H, D, buckets = 2, 2, 16, 13
+    q, k, v, _ = make_inputs(B, H, seq, D, dtype, None, seed=seq)
+    gen = torch.Generator().manual_seed(seq + 1)
+    table = torch.randn(buckets, H, generator=gen).to(dtype).requires_grad_()
+    index = torch.randint(0, buckets, (B, seq, seq) if per_sample else (seq, seq), generator=gen)
+    mask = make_mask(pad, B, seq)
+    out = fused_attention_bucketed(q, k, v, table, index, key_padding_mask=mask)
+    grad_out = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v, table), grad_out)
+
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v, table)]
+    bias = leaves[3][index]  # (.., S, S, H)
+    bias = bias.permute(2, 0, 1)[None] if bias.dim() == 3 else bias.permute(0, 3, 1, 2)
+    ref = reference(*leaves[:3], bias=bias, key_padding_mask=mask)
+    ref_grads = torch.autograd.grad(ref, leaves, grad_out.double())
+    assert_close(out, ref, dtype, "out")
+    for name, g, rg, t in zip(["dq", "dk", "dv", "dtable"], grads, ref_grads, (q, k, v, table)):
+        assert g.dtype == t.dtype, name
+        assert_close(g, rg, dtype, name)
+
+
+def test_bucketed_errors(monkeypatch):
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q = torch.zeros(2, 3, 5, 16)
+    table = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="table must be"):
+        fused_attention_bucketed(q, q, q, torch.zeros(4, 2), torch.zeros(5, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        fused_attention_bucketed(q, q, q, table, torch.zeros(5, 5))
+    with pytest.raises(ValueError, match="bucket_index must be"):
+        fused_attention_bucketed(q, q, q, table, torch.zeros(3, 5, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"lie in \[0, 4\)"):
+        fused_attention_bucketed(q, q, q, table, torch.full((5, 5), 4))
 
 
 def test_supported_and_errors(monkeypatch):
@@ -278,6 +329,57 @@ def test_import_without_triton():
     assert res.returncode == 0 and "ok" in res.stdout, res.stdout + res.stderr
 
 
+@pytest.fixture(scope="module")
+def tiny_pretrain(fixtures_dir):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from conftest import load_fixture
+    from one_peace.models import OnePeacePretrainModel
+    from one_peace.models.checkpoint import load_into
+
+    cfg = json.loads((fixtures_dir / "config.json").read_text())["pretrain_cfg_image_text"]["model"]
+    model = OnePeacePretrainModel(OmegaConf.create(cfg), vocab_size=256)
+    return load_into(model, load_fixture("pretrain_state_dict.pt")).eval()
+
+
+def test_interpreter_tiny_model_matches_official_and_reference_grads(interpret, monkeypatch, tiny_pretrain):
+    """The whole tiny fixture model with ONE_PEACE_ATTENTION=fused and FusedLayerNorm both
+    on the interpreter (float32): official outputs, and every parameter gradient --
+    relative-position tables included -- equal to the plain-torch reference run."""
+    from conftest import load_fixture
+    from one_peace.models.attention import set_attention_impl
+
+    inputs, official = load_fixture("inputs.pt"), load_fixture("encoder_outputs.pt")
+    model = tiny_pretrain
+
+    def image_grads():
+        model.zero_grad()
+        _, feats = model(src_images=inputs["src_images"], encoder_type="image")
+        (feats * torch.linspace(-1, 1, feats.numel()).view_as(feats)).sum().backward()
+        return feats.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    set_attention_impl("fused")
+    try:
+        with torch.no_grad():
+            _, text = model(src_tokens=inputs["src_tokens"], encoder_type="text")
+        feats, grads = image_grads()
+        monkeypatch.delenv("TRITON_INTERPRET")  # reference run: torch attention and LayerNorm
+        set_attention_impl("reference")
+        ref_feats, ref_grads = image_grads()
+    finally:
+        set_attention_impl(None)
+        model.zero_grad()
+    torch.testing.assert_close(text, official["text_features"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats, official["image_features"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats, ref_feats, atol=1e-5, rtol=0)
+    assert set(grads) == set(ref_grads) and any("rel_pos" in n for n in grads)
+    for name, g in grads.items():
+        scale = ref_grads[name].abs().max().item()
+        assert (g - ref_grads[name]).abs().max().item() <= 2e-5 * max(scale, 1e-6), name
+
+
 # ---------------------------------------------------------------- GPU (compiled kernels)
 
 def _gpu_reference_grads(q, k, v, bias, mask, grad_out):
@@ -331,3 +433,61 @@ def test_gpu_supported(compiled):
     q = torch.zeros(1, 2, 5, 64, dtype=torch.bfloat16, device="cuda")
     assert fused_attention_supported(q)
     assert not fused_attention_supported(q.float())  # fp32 on GPU goes to SDPA
+
+
+@needs_triton
+def test_kernels_compile_for_gpu_without_one():
+    """AOT-compile (TTIR -> PTX -> ptxas cubin, no GPU needed) the attention kernels at
+    head_dim 64 and the LayerNorm/residual kernels at width 1536 for sm_90 with the
+    launch configurations the host uses.  The interpreter cannot catch code-generator
+    errors, unsupported dot shapes or shared-memory overflow; this does."""
+    import warnings
+
+    from one_peace.models.kernels import compile_check as cc
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        get_ptxas(90).path
+    except Exception as exc:  # a triton build without the NVIDIA backend / ptxas
+        pytest.skip(f"no NVIDIA ptxas in this triton install: {exc!r}")
+    rows = []
+    for kernel, const, cfg in cc.attention_variants(64, arch=90):
+        rows.append(cc.compile_kernel(cc._ATTN, kernel, "bf16", const, cfg.num_warps, cfg.num_stages, 90))
+    for kernel, const, warps in cc.layer_norm_variants(1536):
+        rows.append(cc.compile_kernel(cc._LN, kernel, "bf16", const, warps, 1, 90))
+    assert len(rows) == 12
+    for r in rows:
+        assert r["shared"] <= 227 * 1024, f"{r['kernel']}: {r['shared']} bytes of shared memory > H100 limit"
+        assert 0 < r["regs"] <= 255, r
+        if r["spill_bytes"]:
+            warnings.warn(f"{r['kernel']} spills {r['spill_bytes']} bytes of registers ({r['config']}): retune")
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_gpu_bucketed_real_bucket_maps(compiled, dtype, kind):
+    from one_peace.models import relative_position as rp
+
+    if kind == "image":  # 24 x 24 patches + CLS = 577 tokens
+        index, buckets = rp.make_image_bucket_position(24), rp.image_bucket_count(24)
+    else:
+        index, buckets = rp.make_token_bucket_position(256)[:72, :72], rp.token_bucket_count(256)
+    seq = index.shape[0]
+    B, H, D = 8, 24, 64
+    q, k, v, _ = make_inputs(B, H, seq, D, dtype, None, device="cuda", seed=seq)
+    table = (torch.randn(buckets, H, device="cuda")).to(dtype).requires_grad_()
+    index = index.cuda()
+    mask = make_mask("rows", B, seq, device="cuda")
+    out = fused_attention_bucketed(q, k, v, table, index, key_padding_mask=mask)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v, table), grad_out)
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v, table)]
+    ref = reference(*leaves[:3], bias=leaves[3][index].permute(2, 0, 1)[None], key_padding_mask=mask,
+                    dtype=torch.float32)
+    ref_grads = torch.autograd.grad(ref, leaves, grad_out.float())
+    assert_close(out, ref, dtype, "out")
+    for name, g, rg in zip(["dq", "dk", "dv", "dtable"], grads, ref_grads):
+        assert_close(g, rg, dtype, name)

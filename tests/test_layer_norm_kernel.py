@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from one_peace.models.kernels import FusedLayerNorm, fused_layer_norm, fused_residual_gamma_add, triton_available
 from one_peace.models.kernels.layer_norm import residual_gamma_add_reference
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+_skip_no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+
+
+def needs_cuda(test):  # the project's ``gpu`` marker + skipped (with the reason) without CUDA
+    return pytest.mark.gpu(_skip_no_cuda(test))
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 # Max abs error relative to max(1, max |reference|).

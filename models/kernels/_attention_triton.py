@@ -6,6 +6,12 @@ All reductions and accumulators are float32.  Loaded on demand by
 ``_triton_utils.kernel_module`` in compiled or interpreted form; see ``attention.py``
 for the host side and docs/KERNELS.md for the design.
 
+Bias modes (``BIAS_MODE``): 0 none; 1 dense, ``Bias`` is the (B|1, H|1, S, S) tensor
+with strides ``stride_b*``; 2 bucketed, ``Bias`` is the (num_buckets, H) table (row
+stride ``stride_t``, head stride ``stride_bh``) and ``Index`` the (B|1, S, S) bucket map
+with strides ``stride_bb, stride_bm, stride_bn`` -- the bias is gathered per tile and
+never materialised.
+
 ``DOT_F32`` upcasts every matmul operand to float32 after it has been rounded to the
 input dtype: Triton's CPU interpreter keeps bfloat16 as raw uint16 bits and its
 ``tl.dot``/arithmetic on them is wrong, while its float32<->bfloat16 casts are exact.
@@ -31,16 +37,31 @@ if _ADD is None or _MAX is None:  # private names moved: same maths, slower inte
 
 
 @triton.jit
-def attn_fwd(Q, K, V, Bias, Mask, Out, Lse,
+def _bias_tile(Bias, Index, b, h, rows, cols, tile_ok, stride_bb, stride_bh, stride_row, stride_col, stride_t,
+               BIAS_MODE: tl.constexpr):
+    # float32 bias tile [rows, cols].  The dK/dV kernel asks for the transposed tile by
+    # passing keys as rows and swapping the two strides.
+    if BIAS_MODE == 1:
+        tile = tl.load(Bias + b * stride_bb + h * stride_bh + rows[:, None] * stride_row + cols[None, :] * stride_col,
+                       mask=tile_ok, other=0.0)
+    else:
+        idx = tl.load(Index + b * stride_bb + rows[:, None] * stride_row + cols[None, :] * stride_col,
+                      mask=tile_ok, other=0)
+        tile = tl.load(Bias + idx.to(tl.int64) * stride_t + h * stride_bh, mask=tile_ok, other=0.0)
+    return tile.to(tl.float32)
+
+
+@triton.jit
+def attn_fwd(Q, K, V, Bias, Index, Mask, Out, Lse,
              stride_qb, stride_qh, stride_qm,
              stride_kb, stride_kh, stride_kn,
              stride_vb, stride_vh, stride_vn,
              stride_ob, stride_oh, stride_om,
-             stride_bb, stride_bh, stride_bm, stride_bn,
+             stride_bb, stride_bh, stride_bm, stride_bn, stride_t,
              stride_mb,
              H, S,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, DOT_F32: tl.constexpr):
+             BIAS_MODE: tl.constexpr, HAS_MASK: tl.constexpr, DOT_F32: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)  # int64: bias offsets of large batches pass 2**31
@@ -55,7 +76,6 @@ def attn_fwd(Q, K, V, Bias, Mask, Out, Lse,
         q = q.to(tl.float32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    bias_base = Bias + b * stride_bb + h * stride_bh
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -68,10 +88,9 @@ def attn_fwd(Q, K, V, Bias, Mask, Out, Lse,
         if DOT_F32:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k))
-        if HAS_BIAS:
-            bias = tl.load(bias_base + offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn,
-                           mask=row_ok[:, None] & key_ok[None, :], other=0.0)
-            s += bias.to(tl.float32)
+        if BIAS_MODE != 0:
+            s += _bias_tile(Bias, Index, b, h, offs_m, offs_n, row_ok[:, None] & key_ok[None, :],
+                            stride_bb, stride_bh, stride_bm, stride_bn, stride_t, BIAS_MODE)
         if HAS_MASK:
             pad = tl.load(Mask + b * stride_mb + offs_n, mask=key_ok, other=1)
             key_ok = key_ok & (pad == 0)
@@ -122,18 +141,18 @@ def attn_bwd_delta(Out, DO, Delta,
 
 
 @triton.jit
-def attn_bwd_dkdv(Q, K, V, Bias, Mask, DO, Lse, Delta, DK, DV,
+def attn_bwd_dkdv(Q, K, V, Bias, Index, Mask, DO, Lse, Delta, DK, DV,
                   stride_qb, stride_qh, stride_qm,
                   stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn,
                   stride_dob, stride_doh, stride_dom,
                   stride_dkb, stride_dkh, stride_dkn,
                   stride_dvb, stride_dvh, stride_dvn,
-                  stride_bb, stride_bh, stride_bm, stride_bn,
+                  stride_bb, stride_bh, stride_bm, stride_bn, stride_t,
                   stride_mb,
                   H, S,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, DOT_F32: tl.constexpr):
+                  BIAS_MODE: tl.constexpr, HAS_MASK: tl.constexpr, DOT_F32: tl.constexpr):
     # One program owns a block of keys and walks over every query block; working on the
     # transposed tiles (keys x queries) avoids transposing P and dS before the dots.
     pid_n = tl.program_id(0)
@@ -157,7 +176,6 @@ def attn_bwd_dkdv(Q, K, V, Bias, Mask, DO, Lse, Delta, DK, DV,
 
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_dob + h * stride_doh
-    bias_base = Bias + b * stride_bb + h * stride_bh
     row_base = pid_bh.to(tl.int64) * S
     dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, tl.float32)
     dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, tl.float32)
@@ -173,10 +191,9 @@ def attn_bwd_dkdv(Q, K, V, Bias, Mask, DO, Lse, Delta, DK, DV,
             q = q.to(tl.float32)
             do = do.to(tl.float32)
         s_t = tl.dot(k, tl.trans(q))
-        if HAS_BIAS:
-            bias_t = tl.load(bias_base + offs_m[None, :] * stride_bm + offs_n[:, None] * stride_bn,
-                             mask=key_in[:, None] & row_ok[None, :], other=0.0)
-            s_t += bias_t.to(tl.float32)
+        if BIAS_MODE != 0:
+            s_t += _bias_tile(Bias, Index, b, h, offs_n, offs_m, key_in[:, None] & row_ok[None, :],
+                              stride_bb, stride_bh, stride_bn, stride_bm, stride_t, BIAS_MODE)
         p_t = tl.exp2(s_t * 1.4426950408889634 - lse[None, :])
         p_t = tl.where(key_ok[:, None], p_t, 0.0)
         p_mm = p_t.to(Q.dtype.element_ty)
@@ -197,21 +214,22 @@ def attn_bwd_dkdv(Q, K, V, Bias, Mask, DO, Lse, Delta, DK, DV,
 
 
 @triton.jit
-def attn_bwd_dq(Q, K, V, Bias, Mask, DO, Lse, Delta, DQ, DBias,
+def attn_bwd_dq(Q, K, V, Bias, Index, Mask, DO, Lse, Delta, DQ, DBias,
                 stride_qb, stride_qh, stride_qm,
                 stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn,
                 stride_dob, stride_doh, stride_dom,
                 stride_dqb, stride_dqh, stride_dqm,
-                stride_bb, stride_bh, stride_bm, stride_bn,
+                stride_bb, stride_bh, stride_bm, stride_bn, stride_t,
                 stride_gb, stride_gh, stride_gm, stride_gn,
                 stride_mb,
                 H, S,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, STORE_DBIAS: tl.constexpr,
+                BIAS_MODE: tl.constexpr, HAS_MASK: tl.constexpr, DBIAS_MODE: tl.constexpr,
                 DOT_F32: tl.constexpr):
-    # One program owns a block of queries.  With a per-(batch, head) bias, dBias = dS and
-    # each tile of it is produced exactly once here, so it is stored without atomics.
+    # One program owns a block of queries.  DBIAS_MODE 1 (bias per (batch, head)): dBias
+    # = dS and each tile of it is produced exactly once here, so it is stored without
+    # atomics.  DBIAS_MODE 2: bucketed table gradient, see below.
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -232,7 +250,6 @@ def attn_bwd_dq(Q, K, V, Bias, Mask, DO, Lse, Delta, DQ, DBias,
 
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    bias_base = Bias + b * stride_bb + h * stride_bh
     dbias_base = DBias + b * stride_gb + h * stride_gh
     dq = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
     for start_n in range(0, S, BLOCK_N):
@@ -244,10 +261,10 @@ def attn_bwd_dq(Q, K, V, Bias, Mask, DO, Lse, Delta, DQ, DBias,
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k))
-        if HAS_BIAS:
-            bias = tl.load(bias_base + offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn,
-                           mask=row_ok[:, None] & key_in[None, :], other=0.0)
-            s += bias.to(tl.float32)
+        tile_ok = row_ok[:, None] & key_in[None, :]
+        if BIAS_MODE != 0:
+            s += _bias_tile(Bias, Index, b, h, offs_m, offs_n, tile_ok,
+                            stride_bb, stride_bh, stride_bm, stride_bn, stride_t, BIAS_MODE)
         key_ok = key_in
         if HAS_MASK:
             pad = tl.load(Mask + b * stride_mb + offs_n, mask=key_in, other=1)
@@ -260,9 +277,15 @@ def attn_bwd_dq(Q, K, V, Bias, Mask, DO, Lse, Delta, DQ, DBias,
         if DOT_F32:
             ds_mm = ds_mm.to(tl.float32)
         dq += tl.dot(ds_mm, k)
-        if STORE_DBIAS:
+        if DBIAS_MODE == 1:
             tl.store(dbias_base + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn,
-                     ds.to(DBias.dtype.element_ty), mask=row_ok[:, None] & key_in[None, :])
+                     ds.to(DBias.dtype.element_ty), mask=tile_ok)
+        if DBIAS_MODE == 2:
+            # Bucketed: dTable[bucket, h] += dS through float32 atomics (the bucket map
+            # sends many (i, j) -- and every batch -- to the same table entry).
+            idx = tl.load(Index + b * stride_bb + offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn,
+                          mask=tile_ok, other=0)
+            tl.atomic_add(DBias + idx.to(tl.int64) * stride_gm + h * stride_gh, ds, mask=tile_ok)
 
     tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
@@ -274,7 +297,7 @@ def attn_bwd_dbias_reduce(Q, K, V, Bias, Mask, DO, Lse, Delta, DBias,
                           stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn,
                           stride_dob, stride_doh, stride_dom,
-                          stride_bb, stride_bh, stride_bm, stride_bn,
+                          stride_bb, stride_bh, stride_bm, stride_bn, stride_t,
                           stride_gb, stride_gh, stride_gm, stride_gn,
                           stride_mb,
                           H, S, BIAS_H, RED_B, RED_H,

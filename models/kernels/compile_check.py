@@ -26,12 +26,18 @@ _UNIT_STRIDES = {"stride_bn": 1, "stride_gn": 1}
 
 
 def _signature(fn, dtype: str, constexprs: dict):
-    sig = {}
-    for name in fn.arg_names:
+    """Argument types and the 16-divisibility hints triton's launcher derives at run time:
+    tensors are 16-byte aligned and q/k/v/out and row strides are multiples of
+    head_dim / width (>= 16); bias strides (multiples of S) and sizes get no hint."""
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name == "Mask":
+            continue
+        if name == "Mask":
             sig[name] = "*u8"
+        elif name == "Index":
+            sig[name] = "*i32"
         elif name in _FP32_POINTERS:
             sig[name] = "*fp32"
         elif name in _ELEMENT_POINTERS:
@@ -40,7 +46,11 @@ def _signature(fn, dtype: str, constexprs: dict):
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
-    return sig
+        aligned = sig[name].startswith("*") or (
+            name.startswith("stride_") and name[len("stride_"):][:1] not in ("b", "g", "m"))
+        if aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
 
 
 def _ptxas_usage(ptx: str, arch: int):
@@ -72,31 +82,40 @@ def compile_kernel(module_name: str, kernel: str, dtype: str, constexprs: dict, 
 
     fn = getattr(kernel_module(module_name, interpret=False), kernel)
     constexprs = dict(constexprs, **{k: v for k, v in _UNIT_STRIDES.items() if k in fn.arg_names})
-    src = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, dtype, constexprs), constexprs=constexprs)
+    sig, attrs = _signature(fn, dtype, constexprs)
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     target = GPUTarget("cuda", arch, 32)
-    options = triton.compiler.make_backend(target).parse_options(dict(num_warps=num_warps, num_stages=num_stages))
+    options = triton.compiler.make_backend(target).parse_options(
+        dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=True))
     start = time.time()
     compiled = triton.compile(src, target=target, options=options.__dict__)
     regs, spills = _ptxas_usage(compiled.asm["ptx"], arch)
     return dict(kernel=kernel, arch=arch, dtype=dtype, shared=compiled.metadata.shared, regs=regs,
                 spill_bytes=spills, seconds=time.time() - start,
                 config=" ".join(f"{k}={v}" for k, v in constexprs.items() if k.startswith("BLOCK") or k == "HEAD_DIM")
-                + f" w={num_warps} s={num_stages}")
+                + (" bucketed" if constexprs.get("BIAS_MODE") == 2 else "") + f" w={num_warps} s={num_stages}")
 
 
-def attention_variants(head_dim: int):
-    """(kernel, constexprs, num_warps, num_stages) at the host's GPU launch configuration."""
-    from .attention import _launch_config
+def attention_variants(head_dim: int, arch: int):
+    """(kernel, constexprs, KernelConfig) at the host's launch configuration for ``arch``."""
+    from .attention import KernelConfig, _launch_config
 
-    cfg = _launch_config(head_dim, interpret=False)
-    flags = dict(HAS_BIAS=True, HAS_MASK=True, DOT_F32=False)
-    yield "attn_fwd", dict(HEAD_DIM=head_dim, BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, **flags), cfg
-    yield "attn_bwd_delta", dict(HEAD_DIM=head_dim, BLOCK_M=cfg.bwd_m), cfg
-    yield "attn_bwd_dkdv", dict(HEAD_DIM=head_dim, BLOCK_M=cfg.bwd_m, BLOCK_N=cfg.bwd_n, **flags), cfg
-    yield "attn_bwd_dq", dict(HEAD_DIM=head_dim, BLOCK_M=cfg.bwd_m, BLOCK_N=cfg.bwd_n, STORE_DBIAS=True,
-                              **flags), cfg
-    yield "attn_bwd_dbias_reduce", dict(HEAD_DIM=head_dim, BLOCK_M=cfg.red_m, BLOCK_N=cfg.red_n, HAS_MASK=True,
-                                        DOT_F32=False), cfg
+    cfg = _launch_config(head_dim, interpret=False, arch=arch)
+    flags = dict(BIAS_MODE=1, HAS_MASK=True, DOT_F32=False)
+    # Bucketed bias: the (buckets, H) table is contiguous, so its head stride is 1.
+    bucketed = dict(flags, BIAS_MODE=2, stride_bh=1)
+
+    def tiles(c):
+        return dict(HEAD_DIM=head_dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n)
+
+    yield "attn_fwd", dict(tiles(cfg.fwd), **flags), cfg.fwd
+    yield "attn_bwd_delta", dict(HEAD_DIM=head_dim, BLOCK_M=cfg.dq.block_m), KernelConfig(cfg.dq.block_m, 0, 4, 1)
+    yield "attn_bwd_dkdv", dict(tiles(cfg.dkdv), **flags), cfg.dkdv
+    yield "attn_bwd_dq", dict(tiles(cfg.dq), DBIAS_MODE=1, **flags), cfg.dq
+    yield "attn_fwd", dict(tiles(cfg.fwd), **bucketed), cfg.fwd
+    yield "attn_bwd_dkdv", dict(tiles(cfg.dkdv), **bucketed), cfg.dkdv
+    yield "attn_bwd_dq", dict(tiles(cfg.dq), DBIAS_MODE=2, **bucketed), cfg.dq
+    yield "attn_bwd_dbias_reduce", dict(tiles(cfg.reduce), HAS_MASK=True, DOT_F32=False), cfg.reduce
 
 
 def layer_norm_variants(width: int):
@@ -115,7 +134,7 @@ def run(archs=(80, 90), dtypes=("fp16", "bf16"), head_dims=(16, 32, 64, 128), wi
     for arch in archs:
         for dtype in dtypes:
             for head_dim in head_dims:
-                for kernel, const, cfg in attention_variants(head_dim):
+                for kernel, const, cfg in attention_variants(head_dim, arch):
                     rows.append(compile_kernel(_ATTN, kernel, dtype, const, cfg.num_warps, cfg.num_stages, arch))
             for width in widths:
                 for kernel, const, warps in layer_norm_variants(width):

@@ -76,7 +76,7 @@ class _LayerNormFunction(torch.autograd.Function):
                 x2, weight if weight is not None else dummy, bias if bias is not None else dummy,
                 y, mean, rstd, x2.stride(0), y.stride(0), m, width, float(eps),
                 BLOCK_D=block_d, ROWS=rows, HAS_W=weight is not None, HAS_B=bias is not None,
-                num_warps=warps,
+                num_warps=warps, enable_fp_fusion=True,
             )
         ctx.save_for_backward(x2, weight, bias, mean, rstd)
         ctx.x_shape = x.shape
@@ -101,7 +101,7 @@ class _LayerNormFunction(torch.autograd.Function):
                 x2, weight if weight is not None else mean, dy2, dx, mean, rstd, dw_part, db_part,
                 x2.stride(0), dy2.stride(0), dx.stride(0), m, width,
                 BLOCK_D=block_d, ROWS=rows, HAS_W=weight is not None, NEED_DWB=need_dwb,
-                num_warps=warps,
+                num_warps=warps, enable_fp_fusion=True,
             )
         dw = db = None
         if need_dwb and weight is not None and ctx.needs_input_grad[1]:
@@ -154,7 +154,7 @@ class _ResidualFunction(torch.autograd.Function):
                 r2, x2, gamma if gamma is not None else y, scale if scale is not None else y, y,
                 r2.stride(0), x2.stride(0), y.stride(0), m, width, seq,
                 BLOCK_D=block_d, ROWS=rows, HAS_G=gamma is not None, HAS_SCALE=scale is not None,
-                num_warps=warps,
+                num_warps=warps, enable_fp_fusion=True,
             )
         ctx.save_for_backward(x2 if (gamma is not None and ctx.needs_input_grad[2]) else None, gamma, scale)
         ctx.shape, ctx.x_dtype, ctx.r_dtype = x.shape, x.dtype, residual.dtype
@@ -186,7 +186,7 @@ class _ResidualFunction(torch.autograd.Function):
                 x2.stride(0) if x2 is not None else 0, dy2.stride(0), dx.stride(0) if dx is not None else 0,
                 m, width, seq,
                 BLOCK_D=block_d, ROWS=rows, HAS_G=gamma is not None, HAS_SCALE=scale is not None,
-                NEED_DX=need_dx, NEED_DG=need_dg, num_warps=warps,
+                NEED_DX=need_dx, NEED_DG=need_dg, num_warps=warps, enable_fp_fusion=True,
             )
         dx = dx.view(ctx.shape) if need_dx else None
         dg = dg_part.sum(0).to(gamma.dtype) if need_dg else None

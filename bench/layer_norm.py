@@ -1,0 +1,117 @@
+"""Benchmark FusedLayerNorm and fused_residual_gamma_add against plain torch.
+
+Forward and forward+backward time (median of CUDA-event timings), effective GB/s
+(bytes the op must read and write once) and peak extra memory, at ONE-PEACE widths
+(1536 = 4B model, 6144 = its FFN LayerNorm) over B*S rows, fp16/bf16.  Prints a
+markdown table with device and date.  Without CUDA it says so and exits 0.
+
+    python bench/layer_norm.py [--rows 4616 16448] [--width 1536 6144] [--dtype fp16 bf16]
+"""
+import argparse
+import datetime
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def cuda_time_ms(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure(forward, leaves, warmup, iters):
+    out = forward()
+    grad = torch.randn_like(out)
+
+    def fwd():
+        with torch.no_grad():
+            forward()
+
+    def fwd_bwd():
+        torch.autograd.grad(forward(), leaves, grad)
+
+    fwd_ms = cuda_time_ms(fwd, warmup, iters)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return fwd_ms, cuda_time_ms(fwd_bwd, warmup, iters), peak
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[8 * 577, 64 * 257])
+    parser.add_argument("--width", type=int, nargs="+", default=[1536, 6144])
+    parser.add_argument("--dtype", nargs="+", default=["fp16", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=50)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("CUDA is not available on this machine: the LayerNorm benchmark needs a GPU. Nothing measured.")
+        return 0
+
+    from one_peace.models.kernels import FusedLayerNorm, fused_residual_gamma_add, triton_available
+    from one_peace.models.kernels.layer_norm import residual_gamma_add_reference
+
+    props = torch.cuda.get_device_properties(0)
+    print(f"# LayerNorm / residual benchmark\n\ndevice: {props.name} (sm_{props.major}{props.minor}), "
+          f"torch {torch.__version__}, date {datetime.date.today().isoformat()}, triton available: "
+          f"{triton_available()}; median of {args.iters} runs.  GB/s = minimal bytes moved / time.\n")
+    print("| op | rows x width | dtype | impl | fwd ms | fwd GB/s | fwd+bwd ms | fwd+bwd GB/s | peak extra MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for rows in args.rows:
+        for width in args.width:
+            for dname in args.dtype:
+                dtype = DTYPES[dname]
+                size = torch.finfo(dtype).bits // 8
+                n = rows * width
+                x = torch.randn(rows, width, device="cuda", dtype=dtype, requires_grad=True)
+                ln = FusedLayerNorm(width).to("cuda", dtype)
+                cases = {
+                    "fused": lambda: ln(x),
+                    "torch": lambda: F.layer_norm(x, (width,), ln.weight, ln.bias, ln.eps),
+                }
+                # LN moves x in, y out (fwd); x, dy in, dx out (bwd).
+                for impl, fn in cases.items():
+                    f, fb, peak = measure(fn, [x, ln.weight, ln.bias], args.warmup, args.iters)
+                    print(f"| layer_norm | {rows} x {width} | {dname} | {impl} | {f:.4f} | {2 * n * size / f / 1e6:.0f} "
+                          f"| {fb:.4f} | {5 * n * size / fb / 1e6:.0f} | {peak:.0f} |")
+                bsz = 8
+                seq = rows // bsz
+                r = torch.randn(bsz, seq, width, device="cuda", dtype=dtype, requires_grad=True)
+                y = torch.randn(bsz, seq, width, device="cuda", dtype=dtype, requires_grad=True)
+                gamma = torch.full((width,), 0.1, device="cuda", dtype=dtype, requires_grad=True)
+                scale = (torch.rand(bsz, device="cuda") > 0.2).to(dtype) / 0.8
+                m = bsz * seq * width
+                res_cases = {
+                    "fused": lambda: fused_residual_gamma_add(r, y, gamma, scale),
+                    "torch": lambda: residual_gamma_add_reference(r, y, gamma, scale),
+                }
+                # Residual: r, y in, out (fwd); dy in, dy (as dresidual) is free, dx out, y in for dgamma.
+                for impl, fn in res_cases.items():
+                    f, fb, peak = measure(fn, [r, y, gamma], args.warmup, args.iters)
+                    print(f"| residual_gamma_add | {bsz * seq} x {width} | {dname} | {impl} | {f:.4f} "
+                          f"| {3 * m * size / f / 1e6:.0f} | {fb:.4f} | {6 * m * size / fb / 1e6:.0f} | {peak:.0f} |")
+                del x, ln, r, y, gamma
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
