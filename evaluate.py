@@ -202,7 +202,8 @@ def _plain(value):
     return float(value) if hasattr(value, "__float__") and not isinstance(value, int) else value
 
 
-def main(cfg, **unused):
+def main(cfg, out: Optional[Dict] = None, **unused):
+    """Evaluate as configured; the metrics are returned and, if given, copied into ``out``."""
     from fairseq import utils
 
     utils.import_user_module(cfg.common)
@@ -232,6 +233,8 @@ def main(cfg, **unused):
                 json.dump(predictions, fh)
             with open(os.path.join(cfg.common_eval.results_path, f"{subset}_metrics.json"), "w") as fh:
                 json.dump(results, fh, indent=1)
+    if out is not None:
+        out.update(results)
     return results
 
 
@@ -242,7 +245,8 @@ def _optional_data(parser):
             action.nargs, action.default, action.required = "?", None, False
 
 
-def cli_main(argv: Optional[List[str]] = None):
+def run_cli(argv: Optional[List[str]] = None) -> Dict:
+    """Parse ``argv`` (default: sys.argv), evaluate, return the metrics (empty in spawned workers)."""
     from fairseq import distributed_utils, options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -254,7 +258,15 @@ def cli_main(argv: Optional[List[str]] = None):
     if not args.path:
         parser.error("--path (the checkpoint to evaluate) is required")
     cfg = convert_namespace_to_omegaconf(args)
-    distributed_utils.call_main(cfg, main)
+    results = {}
+    # Processes spawned by fairseq (several GPUs without torchrun) fill their own copy.
+    distributed_utils.call_main(cfg, main, out=results)
+    return results
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point (``one-peace-evaluate``)."""
+    run_cli(argv)
 
 
 if __name__ == "__main__":

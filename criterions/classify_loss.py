@@ -5,7 +5,6 @@ reported (and optimised) loss is a per-sample mean, as in the official criterion
 """
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion

@@ -65,3 +65,13 @@ one_peace_evaluate() {
     one-peace-evaluate "${args[@]}" "$@"
   fi
 }
+
+# precision_flags DEFAULT -> evaluator flag for $PRECISION (bf16 | fp16 | fp32), DEFAULT if unset
+precision_flags() {
+  case "${PRECISION:-$1}" in
+    bf16) echo "--bf16" ;;
+    fp16) echo "--fp16" ;;
+    fp32) echo "" ;;
+    *) die "PRECISION must be bf16, fp16 or fp32, got ${PRECISION:-$1}" ;;
+  esac
+}

@@ -15,10 +15,10 @@ from fairseq.tasks import register_task
 from ...criterions.hinge_loss import choice_scores
 from ...data_utils.collate import collate_tokens
 from ...data_utils.text import clean_caption
+from ...metrics.accuracy import accuracy_sum
 from ..base_task import BaseTaskConfig
 from .audio_dataset import AudioRowDataset, parse_class_id
 from .classify_base import ClassifyTaskBase, move_like, sample_ids
-from ...metrics.accuracy import accuracy_sum
 
 SEPARATOR = "&&&"
 

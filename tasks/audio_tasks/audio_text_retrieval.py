@@ -150,8 +150,9 @@ class AudioTextRetrievalTask(ClassifyTaskBase):
         chunks = []
         # A worker with no share still runs one caption so every worker gathers a (k, D) tensor.
         todo = list(range(start, end)) or [0]
-        for i in range(0, len(todo), self.cfg.text_batch_size):
-            texts = [apply_template(bank.captions[j], self.cfg.use_template) for j in todo[i:i + self.cfg.text_batch_size]]
+        step = self.cfg.text_batch_size
+        for i in range(0, len(todo), step):
+            texts = [apply_template(bank.captions[j], self.cfg.use_template) for j in todo[i:i + step]]
             tokens = collate_tokens([self.tokenizer.encode(t, clean=True) for t in texts], pad_idx=self.tokenizer.pad)
             chunks.append(model(src_tokens=tokens.to(device), encoder_type="text").float())
         local = torch.cat(chunks)[: end - start]

@@ -16,7 +16,7 @@ from ...data_utils.collate import collate_tokens
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import image_to_tensor, load_image
 from ..audio_tasks.audio_dataset import parse_class_id
-from ..audio_tasks.classify_base import ClassifyTaskBase, sample_ids
+from ..audio_tasks.classify_base import ClassifyTaskBase
 from ..base_task import BaseTaskConfig
 
 ITEM_SEPARATOR = "&&"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Evaluate an audio-visual VGGSound checkpoint (accuracy).
+#   VGGSOUND_DIR=/data/vggsound CHECKPOINT=checkpoints/vggsound_av/checkpoint_best.pt bash run_scripts/vggsound/evaluate_av.sh [evaluator flags]
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$HERE/../common.sh"
+
+TEST_TSV="${TEST_TSV:-${VGGSOUND_DIR:?set VGGSOUND_DIR or TEST_TSV}/vggsound_av_test.tsv}"
+CHECKPOINT="${CHECKPOINT:-$ONE_PEACE_ROOT/checkpoints/vggsound_av/checkpoint_best.pt}"
+need_file "$TEST_TSV" TEST_TSV
+need_file "$CHECKPOINT" CHECKPOINT
+
+one_peace_evaluate --path "$CHECKPOINT" --gen-subset test --valid-data "$TEST_TSV" \
+  --batch-size "${BATCH:-4}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/vggsound_av}" \
+  $(precision_flags fp32) "$@"

@@ -1,0 +1,174 @@
+"""``one_peace.evaluate`` against the official-parity fixtures, its zero-shot mode and its errors.
+
+The fixture checkpoints are evaluated on TSVs whose rows are the fixtures' own clips /
+images, written to disk, so the whole data path (files -> dataset -> batch -> model ->
+predictions file) must reproduce the official logits and embeddings.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from conftest import FIXTURES, load_fixture
+
+VENV_BIN = Path(sys.executable).parent
+TINY_SPEC = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]"
+
+
+def write_fixture_clips(root: Path, labels=(0, 1, 2)):
+    """The fixture's three clips as 16 kHz float WAVs + a vggsound-layout TSV."""
+    inputs = load_fixture("inputs.pt")
+    rows = ["uniq_id\taudio\ttext\tduration"]
+    for k, wav in enumerate(inputs["raw_audios_16k_float32"]):
+        sf.write(root / f"clip{k}.wav", wav.numpy(), 16000, subtype="FLOAT")
+        rows.append(f"clip{k}\tclip{k}.wav\t{labels[k]}\t{wav.numel() / 16000}")
+    (root / "clips.tsv").write_text("\n".join(rows) + "\n")
+    return root / "clips.tsv"
+
+
+def write_retrieval_checkpoint(path: Path):
+    """The fixtures' retrieval model (head_type val) as a fairseq checkpoint."""
+    cfg = json.loads((FIXTURES / "config.json").read_text())["retrieval_cfg"]
+    weights = load_fixture("pretrain_state_dict.pt")
+    keys = load_fixture("retrieval_hub.pt")["retrieval_state_dict_keys"]
+    torch.save({"args": None, "cfg": cfg, "model": {k: weights[k] for k in keys if k in weights}}, path)
+    return path
+
+
+def evaluate(argv):
+    from one_peace.evaluate import run_cli
+
+    return run_cli([str(a) for a in argv])
+
+
+def test_classify_audio_fixture_logits_through_console_script(tmp_path, fixture_bpe_dir):
+    tsv = write_fixture_clips(tmp_path)
+    cmd = [str(VENV_BIN / "one-peace-evaluate"), "--path", str(FIXTURES / "classify_audio_checkpoint.pt"),
+           "--gen-subset", "valid", "--valid-data", str(tsv), "--bpe-dir", fixture_bpe_dir, "--batch-size", "3",
+           "--cpu", "--results-path", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert '"accuracy"' in proc.stdout  # the metrics line
+    preds = json.loads((tmp_path / "out" / "valid_predict.json").read_text())
+    logits = torch.tensor([p["logits"] for p in preds])
+    expected = load_fixture("classify_audio.pt")["logits"]
+    assert torch.allclose(logits, expected, atol=1e-5, rtol=0), (logits - expected).abs().max()
+    metrics = json.loads((tmp_path / "out" / "valid_metrics.json").read_text())
+    targets = torch.tensor([0, 1, 2])
+    assert metrics["accuracy"] == pytest.approx(100 * (expected.argmax(1) == targets).float().mean().item())
+
+
+def test_vqa_fixture_logits_and_vqa_score(tmp_path, fixture_bpe_dir):
+    inputs = load_fixture("inputs.pt")
+    rows = ["uniq_id\timage\tquestion\trefs"]
+    refs = ["yes|!+3|!+1.0&&no|!+1|!+0.3", "two|!+5|!+0.6", ""]  # the last row is unlabeled
+    for k, (image, question) in enumerate(zip(inputs["raw_images_uint8_HWC"], inputs["captions"])):
+        Image.fromarray(np.asarray(image)).save(tmp_path / f"img{k}.png")
+        rows.append(f"q{k}\timg{k}.png\t{question}\t{refs[k]}")
+    (tmp_path / "vqa.tsv").write_text("\n".join(rows) + "\n")
+    metrics = evaluate(["--path", FIXTURES / "classify_vl_checkpoint.pt", "--gen-subset", "valid", "--valid-data",
+                        tmp_path / "vqa.tsv", "--bpe-dir", fixture_bpe_dir, "--batch-size", 3, "--cpu",
+                        "--results-path", tmp_path / "out"])
+    preds = json.loads((tmp_path / "out" / "valid_predict.json").read_text())
+    logits = torch.tensor([p["logits"] for p in preds])
+    expected = load_fixture("classify_vl.pt")["logits"]
+    assert torch.allclose(logits, expected, atol=1e-5, rtol=0), (logits - expected).abs().max()
+    target = torch.zeros(3, 6)
+    target[0, 3], target[0, 1], target[1, 5] = 1.0, 0.3, 0.6
+    score = target[torch.arange(3), expected.argmax(1)].sum().item()
+    assert metrics["accuracy"] == pytest.approx(100 * score / 3, abs=1e-3)
+    assert [p["score"] for p in preds] == pytest.approx(target[torch.arange(3), expected.argmax(1)].tolist())
+
+
+def test_zero_shot_retrieval_reproduces_fixture_embeddings(tmp_path, fixture_bpe_dir):
+    """ESC-50-style zero-shot: the task (captions per clip id) from the command line, the model
+    from a checkpoint saved with another task; scores = official audio @ text embeddings."""
+    ckpt = write_retrieval_checkpoint(tmp_path / "retrieval.pt")
+    tsv = write_fixture_clips(tmp_path)
+    captions = load_fixture("inputs.pt")["captions"]
+    (tmp_path / "captions.json").write_text(json.dumps({f"clip{k}": [c] for k, c in enumerate(captions)}))
+    metrics = evaluate(["--path", ckpt, "--task", "audio_text_retrieval", "--zero-shot", "--head-type", "al",
+                        "--valid-data", tsv, "--valid-file", tmp_path / "captions.json", "--feature-encoder-spec",
+                        TINY_SPEC, "--bpe-dir", fixture_bpe_dir, "--gen-subset", "test", "--batch-size", 3, "--cpu",
+                        "--results-path", tmp_path / "out"])
+    outputs = load_fixture("encoder_outputs.pt")
+    sim = outputs["audio_logits"] @ outputs["text_logits"].t()
+    preds = json.loads((tmp_path / "out" / "test_predict.json").read_text())
+    for k, pred in enumerate(preds):
+        assert pred["top_scores"] == pytest.approx(sim[k].sort(descending=True).values.tolist(), abs=1e-5)
+        assert pred["prediction"] == f"clip{int(sim[k].argmax())}"
+    expected_r1 = 100 * (sim.argmax(1) == torch.arange(3)).float().mean().item()
+    assert metrics["txt_r1"] == pytest.approx(expected_r1, abs=1e-3)
+    assert metrics["audio_r1"] == pytest.approx(100 * (sim.t().argmax(1) == torch.arange(3)).float().mean().item(),
+                                                abs=1e-3)
+
+
+def test_task_mismatch_without_zero_shot_is_explained(tmp_path, fixture_bpe_dir):
+    tsv = write_fixture_clips(tmp_path)
+    with pytest.raises(ValueError, match="trained with task 'vggsound'.*--zero-shot"):
+        evaluate(["--path", FIXTURES / "classify_audio_checkpoint.pt", "--task", "fsd50k", "--valid-data", tsv,
+                  "--bpe-dir", fixture_bpe_dir, "--cpu", "--batch-size", 3])
+
+
+def test_missing_checkpoint_and_bad_overrides(tmp_path, fixture_bpe_dir):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        evaluate(["--path", tmp_path / "nope.pt", "--cpu"])
+    tsv = write_fixture_clips(tmp_path)
+    with pytest.raises(ValueError, match="model-overrides"):
+        evaluate(["--path", FIXTURES / "classify_audio_checkpoint.pt", "--valid-data", tsv, "--bpe-dir",
+                  fixture_bpe_dir, "--cpu", "--model-overrides", "__import__('os')"])
+
+
+def test_model_overrides_reach_the_saved_task(tmp_path, fixture_bpe_dir):
+    """The official scripts pass data paths through --model-overrides; a missing label map names the file."""
+    tsv = write_fixture_clips(tmp_path)
+    overrides = {"task": {"valid_data": str(tsv), "bpe_dir": fixture_bpe_dir, "label_file": str(tmp_path / "x.json")}}
+    with pytest.raises(FileNotFoundError, match="x.json"):
+        evaluate(["--path", FIXTURES / "classify_audio_checkpoint.pt", "--cpu", "--model-overrides", repr(overrides)])
+
+
+def _distributed_worker(rank, port, argv, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    metrics = evaluate(argv + ["--distributed-backend", "gloo"])
+    torch.save(metrics, os.path.join(out_dir, f"metrics{rank}.pt"))
+
+
+@pytest.mark.slow  # two spawned processes
+def test_two_workers_equal_one_process(tmp_path, fixture_bpe_dir):
+    """torchrun-style evaluation: each worker scores a share of the clips and embeds a share of
+    the captions; gathered metrics and predictions equal a single process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    ckpt = write_retrieval_checkpoint(tmp_path / "retrieval.pt")
+    tsv = write_fixture_clips(tmp_path)
+    captions = load_fixture("inputs.pt")["captions"]
+    (tmp_path / "captions.json").write_text(json.dumps({f"clip{k}": [c, c + " again"] for k, c in enumerate(captions)}))
+
+    def argv(out):
+        return [str(a) for a in ["--path", ckpt, "--task", "audio_text_retrieval", "--zero-shot", "--head-type", "al",
+                                 "--valid-data", tsv, "--valid-file", tmp_path / "captions.json",
+                                 "--feature-encoder-spec", TINY_SPEC, "--bpe-dir", fixture_bpe_dir, "--gen-subset",
+                                 "test", "--batch-size", 1, "--cpu", "--results-path", tmp_path / out]]
+
+    single = evaluate(argv("single"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(port, argv("multi"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"metrics{rank}.pt") == pytest.approx(single)
+    preds = [json.loads((tmp_path / out / "test_predict.json").read_text()) for out in ("single", "multi")]
+    assert [p["uniq_id"] for p in preds[1]] == ["clip0", "clip1", "clip2"]
+    for a, b in zip(*preds):
+        assert a["top_ids"] == b["top_ids"] and a["top_scores"] == pytest.approx(b["top_scores"], abs=1e-6)
