@@ -4,11 +4,21 @@ A row whose media is missing/corrupt or whose fields are missing is reported wit
 file, row number and reason.  In training it is skipped (``skip_bad_samples``): the
 batch carries the count as ``num_skipped`` so criteria can log it even when the data
 loader runs in worker processes.  With skipping off it raises ``BadSampleError``.
+
+A batch in which *every* sample is bad collates to ``{}``: fairseq's trainer then runs its
+dummy batch with the loss zeroed, which keeps the collective ops of all workers in step.
+Those skips are still reported one by one in the log (file, row, reason) but cannot be
+added to the ``skipped_samples`` meter.
 """
 import logging
 from typing import Any, Dict, List, Optional
 
 import torch
+
+try:  # fairseq's trainer and task helpers require FairseqDataset instances
+    from fairseq.data import FairseqDataset as _DatasetBase
+except ImportError:  # the data layer stays usable without fairseq
+    _DatasetBase = torch.utils.data.Dataset
 
 from .tsv import TSVReader, TSVRowError
 
@@ -21,7 +31,7 @@ class BadSampleError(ValueError):
         super().__init__(f"{path}, row {row}: {reason}")
 
 
-class TSVDataset(torch.utils.data.Dataset):
+class TSVDataset(_DatasetBase):
     """Subclasses implement ``load_item(index, row) -> dict`` and ``collate(samples) -> dict``."""
 
     def __init__(self, split: str, reader: TSVReader, skip_bad_samples: bool = True):
@@ -68,7 +78,7 @@ class TSVDataset(torch.utils.data.Dataset):
         kept = [s for s in samples if s is not None]
         skipped = len(samples) - len(kept)
         if not kept:
-            return {"num_skipped": skipped} if skipped else {}
+            return {}
         batch = self.collate(kept)
         batch["num_skipped"] = skipped
         batch.setdefault("nsentences", len(kept))
@@ -83,7 +93,8 @@ class TSVDataset(torch.utils.data.Dataset):
         return 1
 
     def ordered_indices(self):
-        return list(range(len(self)))
+        import numpy as np
+        return np.arange(len(self), dtype=np.int64)
 
     @property
     def supports_prefetch(self):

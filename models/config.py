@@ -62,6 +62,10 @@ class AudioAdapterConfig(FairseqDataclass):
     use_attn_bias: bool = False
     conv_bias: bool = False
     freeze_extractor: bool = False  # kept for config compatibility; not read
+    # Not an official field.  The official code back-propagates into frames computed from zero
+    # padding, where zero-variance LayerNorms inflate gradients (~1e13 seen); True stops that
+    # gradient (the forward is unchanged).  False reproduces the official gradients exactly.
+    block_padding_gradient: bool = True
 
 
 @dataclass

@@ -103,3 +103,30 @@ def test_image_abs_positions_interpolate_for_other_sizes(fixtures_dir):
     out = resize_grid_pos_embed(table, 2)
     assert out.shape == (5, 4) and torch.equal(out[0], table[0])
     assert torch.equal(resize_grid_pos_embed(table, 3), table)
+
+
+def test_padding_frames_pass_no_gradient_unless_official_behaviour_is_asked_for(fixtures_dir):
+    """Frames computed from zero padding go through zero-variance LayerNorms; the official code
+    lets the conv positions back-propagate into them, inflating gradients by orders of magnitude."""
+    cfg = json.loads((fixtures_dir / "config.json").read_text())["pretrain_cfg_image_text"]["model"]
+    inputs = load_fixture("inputs.pt")
+    mask = inputs["audio_padding_masks"]
+    padded_frames = int(mask[1].sum())
+    assert padded_frames > 4  # the fixture's second clip is padded
+    results = {}
+    for block in (True, False):
+        cfg["encoder"]["audio_adapter"]["block_padding_gradient"] = block
+        model = load_into(OnePeacePretrainModel(OmegaConf.create(cfg), vocab_size=256),
+                          load_fixture("pretrain_state_dict.pt")).eval()
+        audio = inputs["src_audios"].clone().requires_grad_()
+        _, feats = model(src_audios=audio, audio_padding_masks=mask, encoder_type="audio")
+        feats.sum().backward()
+        results[block] = feats.detach(), audio.grad
+    torch.testing.assert_close(results[True][0], results[False][0], atol=0, rtol=0)  # same forward
+    # Waveform samples that only feed padded frames (320 samples per frame, 400-sample receptive field).
+    inside_padding = slice(-(padded_frames - 2) * 320, None)
+    assert torch.count_nonzero(results[True][1][1, inside_padding]) == 0
+    assert results[False][1][1, inside_padding].abs().sum() > 0
+    # The clip without padding is unaffected; the padded one gets sane gradients only when blocked.
+    torch.testing.assert_close(results[True][1][0], results[False][1][0])
+    assert results[False][1][1].abs().sum() > 50 * results[True][1][1].abs().sum()

@@ -121,6 +121,7 @@ class AudioAdapter(ModalityAdapter):
         self.mask_embedding = nn.Parameter(torch.zeros(1, embed_dim))  # kept for checkpoints; unused
         trunc_normal_(self.mask_embedding)
         self.max_positions = max_positions
+        self.block_padding_gradient = bool(getattr(cfg, "block_padding_gradient", True))
         if self.use_attn_bias:
             self.register_buffer("rp_bucket", make_token_bucket_position(cfg.bucket_size, max_positions))
 
@@ -156,6 +157,11 @@ class AudioAdapter(ModalityAdapter):
                 f"audio_padding_masks has shape {tuple(audio_padding_masks.shape)} but the waveform gives "
                 f"{length} positions (frames + CLS)"
             )
+        if self.block_padding_gradient and audio_padding_masks[:, 1:].any():
+            # Frames that see only zero padding went through LayerNorms of all-zero vectors, whose
+            # gradient is 1/sqrt(eps) times the incoming one, compounding over the conv stack (the
+            # conv positions below leak gradient into them).  Same forward, no gradient from padding.
+            frames = torch.where(audio_padding_masks[:, 1:, None], frames.detach(), frames)
         bucket = self.rp_bucket[:length, :length] if self.use_attn_bias else None
         padding_mask = audio_padding_masks
         if preserve_ids is not None:
