@@ -1,9 +1,17 @@
 """A small procedural image-text and audio-text dataset for the quickstart and CI.
 
-Images: one coloured shape (colour x shape = the caption) of random size and position on a
-random, noisy, possibly graded background.  Audio: 16 kHz mono clips of 1-2 s (steady tones
-at three pitch ranges, rising/falling chirps, vibrato, beep counts, noise bursts, rumble,
-click trains, fading tones) at random pitch, timing and noise level.
+Images: one shape on a random, noisy, possibly graded background; the caption names its size,
+colour and kind ("a small red circle", "a large blue triangle": 2 x 4 x 2 = 16 captions), while
+the exact size, position, rotation, hue, background and noise vary freely.  Audio: 16 kHz mono
+clips of 1-2 s (steady tones at three pitch ranges, rising/falling chirps, vibrato, beep counts,
+noise bursts, rumble, click trains, fading tones) at random pitch, timing and noise level.
+
+The image split also holds spectrogram-like *sketches* of the twelve sounds (time left to right,
+pitch bottom to top: a rising line for "a rising chirp", three dashes for "three short beeps"),
+captioned with the audio captions.  Stage 2 keeps the text tower frozen (as the official recipe
+does), so the words that describe sounds must be learned in stage 1; at full scale the stage-1
+captions cover them, in this miniature the sketches do.  Without them the frozen tower maps
+unseen words almost arbitrarily ("two short beeps" and "three short beeps" at cosine 0.99).
 
 Train and held-out ("valid") splits are independent random draws of the same caption set
 (the held-out split is class balanced).  Everything is deterministic for a seed.
@@ -24,7 +32,8 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Sequence, Tuple
+from functools import partial
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -39,7 +48,11 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     "blue": (40, 70, 225),
     "yellow": (235, 210, 30),
 }
-SHAPES = ("circle", "square", "triangle", "cross")
+SHAPES = ("circle", "triangle")
+# Shape "radius" as a fraction of the image side.  The kinds and sizes are chosen so that a tiny
+# ViT learns them in a few hundred CPU updates: with 16-pixel patches it needs many thousands of
+# updates to tell a circle from a square, while size, colour and circle-vs-triangle come quickly.
+SIZES = {"small": (0.12, 0.20), "large": (0.30, 0.42)}
 
 # (caption, generator name); the generators are the _audio_* functions below.
 AUDIO_CLASSES: Tuple[Tuple[str, str], ...] = (
@@ -58,8 +71,24 @@ AUDIO_CLASSES: Tuple[Tuple[str, str], ...] = (
 )
 
 
+def image_classes() -> List[Tuple[str, str, str]]:
+    """(size, colour, shape) of every shape caption, in caption-list order."""
+    return [(size, colour, shape) for size in SIZES for colour in COLOURS for shape in SHAPES]
+
+
+def image_renderers() -> List[Tuple[str, Callable[[np.random.Generator], Image.Image]]]:
+    """(caption, renderer) of every image class: the shapes, then the sound sketches."""
+    shapes = [(image_caption(*c), partial(render_image, *c)) for c in image_classes()]
+    sketches = [(caption, partial(render_sound_sketch, kind)) for caption, kind in AUDIO_CLASSES]
+    return shapes + sketches
+
+
+def image_caption(size: str, colour: str, shape: str) -> str:
+    return f"a {size} {colour} {shape}"
+
+
 def image_captions() -> List[str]:
-    return [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    return [caption for caption, _ in image_renderers()]
 
 
 def audio_captions() -> List[str]:
@@ -99,27 +128,84 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float):
     return [(cx + scale * (x * c - y * s), cy + scale * (x * s + y * c)) for x, y in pts]
 
 
-def render_image(colour: str, shape: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
-    """One shape of random size/position/rotation on a random background."""
+def render_image(size_name: str, colour: str, shape: str, rng: np.random.Generator,
+                 size: int = IMAGE_SIZE) -> Image.Image:
+    """One shape of the given size class, colour and kind at a random position on a random background."""
     big = size * _SUPERSAMPLE
     bg = (_background(rng, size) * 255).astype(np.uint8)
     canvas = Image.fromarray(bg).resize((big, big), Image.BILINEAR)
     mask = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(mask)
-    r = rng.uniform(0.14, 0.34) * big  # "radius": small to large shapes
+    r = rng.uniform(*SIZES[size_name]) * big
     margin = r * 1.1
     cx, cy = rng.uniform(margin, big - margin, size=2)
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
-        # Small rotations keep the shapes recognisable (a 45-degree square is a diamond).
-        draw.polygon(_shape_polygon(shape, cx, cy, r, rng.uniform(-0.3, 0.3)), fill=255)
+        # A slightly rotated triangle, pointing up.
+        draw.polygon(_shape_polygon(shape, cx, cy, r, rng.uniform(-0.15, 0.15)), fill=255)
     rgb = np.array(COLOURS[colour], dtype=np.float32) + rng.normal(0, 12, size=3)
     fill = Image.new("RGB", (big, big), tuple(int(v) for v in np.clip(rgb, 0, 255)))
     canvas.paste(fill, (0, 0), mask)
     img = canvas.resize((size, size), Image.LANCZOS)
     arr = np.asarray(img, dtype=np.float32)
     arr += rng.normal(0, rng.uniform(0, 6), size=arr.shape)  # sensor noise over everything
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def render_sound_sketch(kind: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
+    """A spectrogram-like drawing of one audio class: time runs left to right, pitch bottom to top."""
+    big = size * _SUPERSAMPLE
+    ink = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(ink)
+    width = max(2, int(rng.uniform(0.03, 0.06) * big))
+    x0, x1 = rng.uniform(0.04, 0.2) * big, rng.uniform(0.8, 0.96) * big
+
+    def row(lo, hi):  # a pitch drawn from [lo, hi] (fractions of the height) -> image row
+        return (1.0 - rng.uniform(lo, hi)) * big
+
+    speckle = np.zeros((big, big), dtype=np.float32)
+    if kind in ("low_tone", "mid_tone", "high_tone"):
+        y = row(*{"low_tone": (0.1, 0.28), "mid_tone": (0.42, 0.58), "high_tone": (0.72, 0.9)}[kind])
+        draw.line([(x0, y), (x1, y)], fill=255, width=width)
+    elif kind in ("rising_chirp", "falling_chirp"):
+        low, high = row(0.08, 0.3), row(0.7, 0.92)
+        ends = (low, high) if kind == "rising_chirp" else (high, low)
+        draw.line([(x0, ends[0]), (x1, ends[1])], fill=255, width=width)
+    elif kind == "warble":
+        y, amp, cycles = row(0.35, 0.65), rng.uniform(0.06, 0.12) * big, rng.uniform(3, 5)
+        xs = np.linspace(x0, x1, 80)
+        draw.line([(x, y + amp * np.sin(2 * np.pi * cycles * (x - x0) / (x1 - x0))) for x in xs], fill=255,
+                  width=width)
+    elif kind in ("two_beeps", "three_beeps"):
+        count, y = (2 if kind == "two_beeps" else 3), row(0.35, 0.8)
+        slot = (x1 - x0) / count
+        for k in range(count):
+            start = x0 + k * slot + rng.uniform(0.0, 0.15) * slot
+            draw.line([(start, y), (start + rng.uniform(0.4, 0.6) * slot, y)], fill=255, width=width)
+    elif kind == "noise_burst":  # broadband: speckle over the full height for a while
+        a = int(rng.uniform(0.1, 0.45) * big)
+        speckle[:, a:a + int(rng.uniform(0.25, 0.45) * big)] = 1.0
+    elif kind == "rumble":  # low-frequency noise: a speckled band along the bottom
+        speckle[big - int(rng.uniform(0.15, 0.25) * big):, int(x0):int(x1)] = 1.0
+    elif kind == "clicks":  # broadband impulses: thin vertical lines at a regular rate
+        count = int(rng.integers(8, 14))
+        for x in np.linspace(x0, x1, count):
+            draw.line([(x, 0.05 * big), (x, 0.95 * big)], fill=255, width=max(1, width // 2))
+    elif kind == "fade_out":
+        y, steps = row(0.35, 0.8), 12
+        for k in range(steps):
+            a, b = x0 + (x1 - x0) * k / steps, x0 + (x1 - x0) * (k + 1) / steps
+            draw.line([(a, y), (b, y)], fill=int(255 * (1 - k / steps)), width=width)
+    else:
+        raise ValueError(f"unknown sound kind {kind!r}")
+    level = np.asarray(ink, dtype=np.float32) / 255.0
+    level = np.maximum(level, speckle * rng.uniform(0.3, 1.0, size=speckle.shape).astype(np.float32))
+    background = rng.uniform(0.0, 0.2)
+    tint = rng.uniform(0.6, 1.0, size=3).astype(np.float32)  # random colour map
+    rgb = background + level[..., None] * tint * rng.uniform(0.7, 1.0)
+    img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.LANCZOS)
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, rng.uniform(0, 8), size=(size, size, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
@@ -284,17 +370,15 @@ def _write_tsv(path: str, header: Sequence[str], rows: Sequence[Sequence]):
 
 
 def write_image_split(out: str, split: str, n: int, seed: int) -> List[Tuple[str, str, str]]:
-    import itertools
-
-    combos = list(itertools.product(COLOURS, SHAPES))
+    classes = image_renderers()
     rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1])
     os.makedirs(os.path.join(out, "images", split), exist_ok=True)
     rows = []
-    for i, label in enumerate(_labels(rng, n, len(combos), balanced=split != "train")):
-        colour, shape = combos[label]
+    for i, label in enumerate(_labels(rng, n, len(classes), balanced=split != "train")):
+        caption, render = classes[label]
         rel = f"images/{split}/{split}_{i:06d}.png"
-        render_image(colour, shape, rng).save(os.path.join(out, rel), compress_level=1)
-        rows.append((f"{split}_{i}", rel, f"a {colour} {shape}"))
+        render(rng).save(os.path.join(out, rel), compress_level=1)
+        rows.append((f"{split}_{i}", rel, caption))
     _write_tsv(os.path.join(out, f"image_text_{split}.tsv"), ("image_id", "image", "caption"), rows)
     return rows
 
@@ -315,7 +399,7 @@ def write_audio_split(out: str, split: str, n: int, seed: int) -> List[Tuple[str
     return rows
 
 
-def generate(out: str, seed: int = 1, n_train_images: int = 2400, n_valid_images: int = 320,
+def generate(out: str, seed: int = 1, n_train_images: int = 3200, n_valid_images: int = 448,
              n_train_audio: int = 1440, n_valid_audio: int = 240) -> Dict[str, int]:
     """Write the whole dataset into ``out``; returns the row count of each TSV."""
     os.makedirs(out, exist_ok=True)
@@ -334,8 +418,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m one_peace.data_utils.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--n-train-images", type=int, default=2400)
-    parser.add_argument("--n-valid-images", type=int, default=320)
+    parser.add_argument("--n-train-images", type=int, default=3200)
+    parser.add_argument("--n-valid-images", type=int, default=448)
     parser.add_argument("--n-train-audio", type=int, default=1440)
     parser.add_argument("--n-valid-audio", type=int, default=240)
     args = parser.parse_args(argv)
