@@ -137,7 +137,6 @@ def test_vggsound_finetune_and_evaluate_scripts(data, tmp_path):
     assert all(len(p["logits"]) == 3 and p["target"] == i % 3 for i, p in enumerate(preds))
 
 
-@pytest.mark.slow
 def test_audio_text_retrieval_finetune_and_evaluate(data, tmp_path):
     ckpt, log = finetune("audio_text_retrieval/finetune.sh", data, tmp_path, data["ret_train"], data["ret_train"],
                          VALID_FILE=data["ret_valid_file"])
@@ -152,7 +151,6 @@ def test_audio_text_retrieval_finetune_and_evaluate(data, tmp_path):
     assert len(preds) == 6 and len(preds[0]["top_ids"]) == 10  # 12 captions, top 10 kept
 
 
-@pytest.mark.slow
 def test_esc50_zero_shot_script(data, tmp_path, retrieval_checkpoint, fixture_bpe_dir):
     """ESC-50 zero-shot through its script: model from the checkpoint, task from the command line."""
     results = tmp_path / "esc50"
@@ -165,7 +163,6 @@ def test_esc50_zero_shot_script(data, tmp_path, retrieval_checkpoint, fixture_bp
     assert metrics["txt_r1"] == pytest.approx(accuracy)  # R@1 audio->text is the zero-shot accuracy
 
 
-@pytest.mark.slow
 def test_fsd50k_finetune_selects_on_map_and_evaluates(data, tmp_path):
     ckpt, log = finetune("fsd50k/finetune.sh", data, tmp_path, data["fsd"], data["fsd"], "task.num_classes=4")
     assert "| map " in log and "map_classes" in log
@@ -177,7 +174,6 @@ def test_fsd50k_finetune_selects_on_map_and_evaluates(data, tmp_path):
     assert len(preds[0]["probabilities"]) == 4 and preds[0]["target"] == [0, 1]
 
 
-@pytest.mark.slow
 def test_aqa_finetune_and_evaluate(data, tmp_path):
     ckpt, log = finetune("aqa/finetune.sh", data, tmp_path, data["aqa"], data["aqa"])
     assert "accuracy" in log
@@ -189,7 +185,6 @@ def test_aqa_finetune_and_evaluate(data, tmp_path):
     assert metrics["accuracy"] == pytest.approx(100 * np.mean([p["prediction"] == p["target"] for p in preds]))
 
 
-@pytest.mark.slow
 def test_vggsound_audio_visual_finetune_and_evaluate(data, tmp_path):
     ckpt, log = finetune("vggsound/finetune_av.sh", data, tmp_path, data["vgg_av"], data["vgg_av"],
                          "task.num_classes=3", "task.num_frames=2")
