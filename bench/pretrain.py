@@ -30,7 +30,7 @@ import torch
 # Official shapes: 256 px images (257 tokens); stage-2 clips capped by max_duration.
 DEFAULTS = {
     "tiny": dict(image_size=64, batch_size=32, audio_seconds=2.0, audio_batch_size=16),
-    "base": dict(image_size=256, batch_size=8, audio_seconds=10.0, audio_batch_size=4),
+    "base": dict(image_size=256, batch_size=8, audio_seconds=5.0, audio_batch_size=4),
 }
 
 
@@ -79,7 +79,7 @@ def make_batch(stage, n, image_size, audio_seconds, tmp, cfg):
         rows = []
         rng = np.random.default_rng(0)
         for i in range(n):  # full-length clips: every sample has max_duration seconds
-            wave = synthetic.render_audio("chirp_up", rng)
+            wave = synthetic.render_audio("rising_chirp", rng)
             wave = np.resize(wave, int(audio_seconds * synthetic.SAMPLE_RATE))
             sf.write(os.path.join(tmp, "audio", f"{i}.wav"), wave, synthetic.SAMPLE_RATE)
             rows.append(f"{i}\taudio/{i}.wav\ta rising chirp\t{audio_seconds}")
@@ -179,7 +179,14 @@ def main():
         measure(args)
         return
 
-    rows = []
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"Pretraining step (criterion forward + backward + AdamW), {device}, torch {torch.__version__}, "
+          f"{datetime.date.today()}\n")
+    mem = "peak GPU MiB" if args.device.startswith("cuda") else "peak RSS MiB"
+    print(f"| arch | stage | batch | input | params (M) | trainable (M) | threads | step s | samples/s | {mem} "
+          f"| data loading samples/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for arch in args.arch:
         for stage in args.stage:
             cmd = [sys.executable, __file__, "--single", "--arch", arch, "--stage", str(stage),
@@ -190,21 +197,11 @@ def main():
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"{arch} stage {stage} failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"done: {arch} stage {stage}", file=sys.stderr, flush=True)
-
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"Pretraining step (criterion forward + backward + AdamW), {device}, torch {torch.__version__}, "
-          f"{rows[0]['threads']} threads, {datetime.date.today()}\n")
-    mem = "peak GPU MiB" if args.device.startswith("cuda") else "peak RSS MiB"
-    print(f"| arch | stage | batch | input | params (M) | trainable (M) | step s | samples/s | {mem} "
-          f"| data loading samples/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['arch']} | {r['stage']} | {r['batch']} | {r['shape']} | {r['params_m']:.1f} | "
-              f"{r['trainable_m']:.1f} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | {r['peak_mib']:.0f} | "
-              f"{r['load_samples_per_s']:.0f} |")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            # one row as soon as it is measured (base runs take minutes on a small CPU)
+            print(f"| {r['arch']} | {r['stage']} | {r['batch']} | {r['shape']} | {r['params_m']:.1f} | "
+                  f"{r['trainable_m']:.1f} | {r['threads']} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | "
+                  f"{r['peak_mib']:.0f} | {r['load_samples_per_s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
