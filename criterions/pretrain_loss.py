@@ -131,19 +131,24 @@ class AudioTextPretrainLossCriterion(_PretrainCriterion):
         net = sample["net_input"]
         tokens, audios, audio_pad = net["src_tokens"], net["src_audios"], net["audio_padding_masks"]
         text_pad = tokens.eq(TEXT_PAD)
+        # The official code runs the conv front end once per view (4x); it is deterministic, so one
+        # pass shared by all views gives the same losses and gradients at a fraction of the cost.
+        frames = model(src_audios=audios, return_audio_frames=True)
         with torch.no_grad():  # the text branch is frozen in stage 2
             text_emb, _ = model(src_tokens=tokens, encoder_type="text")
-        audio_emb, _ = model(src_audios=audios, audio_padding_masks=audio_pad, encoder_type="audio")
+        audio_emb, _ = model(src_audios=audios, audio_padding_masks=audio_pad, encoder_type="audio",
+                             audio_frames=frames)
         with torch.no_grad():
             al_text_teacher, al_audio_teacher = model(src_tokens=tokens, src_audios=audios,
-                                                      audio_padding_masks=audio_pad, encoder_type="al")
+                                                      audio_padding_masks=audio_pad, encoder_type="al",
+                                                      audio_frames=frames)
         logit_scale = model(return_logit_scale=True)
         atc, a2t_correct, t2a_correct = cross_modal_contrast(audio_emb, text_emb, logit_scale)
 
-        audio_student = model(src_audios=audios, audio_padding_masks=audio_pad,
+        audio_student = model(src_audios=audios, audio_padding_masks=audio_pad, audio_frames=frames,
                               audio_preserve_ids=net["audio_preserve_ids"], encoder_type="audio")
         al_text_student, al_audio_student = model(
-            src_tokens=tokens, src_audios=audios, audio_padding_masks=audio_pad,
+            src_tokens=tokens, src_audios=audios, audio_padding_masks=audio_pad, audio_frames=frames,
             text_preserve_ids=net["al_text_preserve_ids"], audio_preserve_ids=net["al_audio_preserve_ids"],
             encoder_type="al")
         frame_pad = audio_pad[:, 1:]

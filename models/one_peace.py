@@ -136,17 +136,24 @@ class OnePeacePretrainModel(nn.Module, _ContrastiveMixin):
 
     def forward(self, src_tokens=None, text_preserve_ids=None, src_images=None, image_preserve_ids=None,
                 src_audios=None, audio_padding_masks=None, audio_preserve_ids=None, encoder_type=None,
-                return_logit_scale=False):
+                return_logit_scale=False, audio_frames=None, return_audio_frames=False):
         """Unmasked: text/image/audio -> (embedding, features); vl/al -> (text_features, other).
 
         With ``*_preserve_ids`` (masked student view): the mask-head outputs, one tensor for
         a single modality, a (text, image|audio) pair for vl/al.
+
+        ``return_audio_frames=True`` returns the conv features of ``src_audios``; passing them back
+        as ``audio_frames`` lets several views of one batch share a single conv front-end pass
+        (same values and gradients: the extractor has no dropout and its gradients add up).
         """
         if return_logit_scale:
             return self.get_logit_scale()
+        if return_audio_frames:
+            return self.encoder_wrapper.adapter("audio").extract_frames(src_audios)
         inputs = dict(src_tokens=src_tokens, text_preserve_ids=text_preserve_ids, src_images=src_images,
                       image_preserve_ids=image_preserve_ids, src_audios=src_audios,
-                      audio_padding_masks=audio_padding_masks, audio_preserve_ids=audio_preserve_ids)
+                      audio_padding_masks=audio_padding_masks, audio_preserve_ids=audio_preserve_ids,
+                      audio_frames=audio_frames)
         modalities = encoder_type_modalities(encoder_type)
         masked = any(inputs[f"{m}_preserve_ids"] is not None for m in modalities)
         if masked:
@@ -161,7 +168,7 @@ class OnePeacePretrainModel(nn.Module, _ContrastiveMixin):
 
     def forward_student(self, encoder_type, src_tokens=None, text_preserve_ids=None, src_images=None,
                         image_preserve_ids=None, src_audios=None, audio_padding_masks=None,
-                        audio_preserve_ids=None) -> Dict[str, Dict[str, torch.Tensor]]:
+                        audio_preserve_ids=None, audio_frames=None) -> Dict[str, Dict[str, torch.Tensor]]:
         """Masked forward: encoder on the kept tokens, then decoder + mask head at full length.
 
         Returns ``{modality: {"encoder_features": (B, P, D_enc), "mask_head_output": (B, L, D_enc)}}``.
@@ -175,7 +182,7 @@ class OnePeacePretrainModel(nn.Module, _ContrastiveMixin):
             src_tokens=src_tokens, text_preserve_ids=text_preserve_ids, src_images=src_images,
             image_preserve_ids=image_preserve_ids, src_audios=src_audios,
             audio_padding_masks=audio_padding_masks, audio_preserve_ids=audio_preserve_ids,
-            encoder_type=encoder_type,
+            encoder_type=encoder_type, audio_frames=audio_frames,
         )
         dec_inputs = []
         for m in modalities:

@@ -57,8 +57,10 @@ class ModelWrapper(nn.Module):
 
     def forward(self, src_tokens=None, text_preserve_ids=None, src_images=None, image_preserve_ids=None,
                 src_audios=None, audio_padding_masks=None, audio_preserve_ids=None, encoder_type="text",
-                is_second_image=False) -> Dict[str, tuple]:
-        """Returns ``{modality: (features (B, S, D), padding_mask (B, S))}``."""
+                is_second_image=False, audio_frames=None) -> Dict[str, tuple]:
+        """Returns ``{modality: (features (B, S, D), padding_mask (B, S))}``.
+
+        ``audio_frames``: conv features already extracted from ``src_audios`` (optional)."""
         modalities = encoder_type_modalities(encoder_type)
         inputs: List[AdapterOutput] = []
         for modality in modalities:
@@ -70,7 +72,8 @@ class ModelWrapper(nn.Module):
                 inputs.append(self.adapter("image")(src_images, image_preserve_ids, is_second_image))
             else:
                 _require(src_audios, "src_audios", encoder_type)
-                inputs.append(self.adapter("audio")(src_audios, audio_padding_masks, audio_preserve_ids))
+                inputs.append(self.adapter("audio")(src_audios, audio_padding_masks, audio_preserve_ids,
+                                                    frames=audio_frames))
         return self.run_fusion(inputs, modalities)
 
     def run_fusion(self, inputs: List[AdapterOutput], modalities) -> Dict[str, tuple]:

@@ -90,3 +90,37 @@ def test_gradients_match(model, kind):
         assert abs(got.sum().item() - float(ref["sum"][name])) <= 1e-4 * max(got.abs().sum().item(), 1e-6), name
     for name, full in ref["full"].items():
         torch.testing.assert_close(params[name].grad, full, atol=1e-4, rtol=0, msg=name)
+
+
+def test_views_sharing_one_audio_front_end_pass_equal_separate_passes(model):
+    """The stage-2 criterion extracts conv frames once for its four audio views (the official code
+    runs the front end per view): same outputs bit for bit, same parameter gradients."""
+    inputs, masks = load_fixture("inputs.pt"), load_fixture("pretrain_losses.pt")["masks"]
+    audio = dict(src_audios=inputs["src_audios"], audio_padding_masks=inputs["audio_padding_masks"])
+    views = [dict(encoder_type="audio"), dict(encoder_type="al", src_tokens=inputs["src_tokens"]),
+             dict(encoder_type="audio", audio_preserve_ids=masks["audio_preserve_ids"]),
+             dict(encoder_type="al", src_tokens=inputs["src_tokens"], text_preserve_ids=masks["al_text_preserve_ids"],
+                  audio_preserve_ids=masks["al_audio_preserve_ids"])]
+
+    def run(shared):
+        model.zero_grad()
+        frames = model(src_audios=audio["src_audios"], return_audio_frames=True) if shared else None
+        outputs = []
+        for view in views:
+            out = model(**audio, **view, audio_frames=frames)
+            outputs.extend(out if isinstance(out, tuple) else (out,))
+        weights = torch.Generator().manual_seed(0)
+        loss = sum((o * torch.randn(o.shape, generator=weights)).sum() for o in outputs)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return [o.detach() for o in outputs], grads
+
+    separate_out, separate_grads = run(shared=False)
+    shared_out, shared_grads = run(shared=True)
+    for a, b in zip(separate_out, shared_out):
+        assert torch.equal(a, b)
+    assert separate_grads.keys() == shared_grads.keys()
+    assert any("embed_audios" in name for name in shared_grads)
+    for name, grad in separate_grads.items():
+        # Summation order differs (one backward through the front end instead of four): float32 noise.
+        assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm() + 1e-8, name

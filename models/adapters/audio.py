@@ -138,12 +138,21 @@ class AudioAdapter(ModalityAdapter):
             return x + torch.cat([self.cls_pos_embed.expand(bsz, -1, -1), pos], dim=1)
         return x + self.embed_positions.weight[:length].unsqueeze(0)
 
-    def forward(self, src_audios, audio_padding_masks, preserve_ids=None):
+    def extract_frames(self, src_audios) -> torch.Tensor:
+        """Waveforms (B, num_samples) -> conv frame features (B, T, D), before positions and masking."""
         if self.embed_audios is None:
             raise RuntimeError("this audio adapter has no feature extractor (decoder adapter)")
         if src_audios.dim() != 2:
             raise ValueError(f"src_audios must be (B, num_samples), got {tuple(src_audios.shape)}")
-        frames = self.embed_audios(src_audios)  # B, T, D
+        return self.embed_audios(src_audios)
+
+    def forward(self, src_audios, audio_padding_masks, preserve_ids=None, frames=None):
+        """``frames``: the output of :meth:`extract_frames` for these waveforms, when the caller
+        runs several views of one batch (the pretraining criterion does) and extracts them once."""
+        if frames is None:
+            frames = self.extract_frames(src_audios)  # B, T, D
+        elif frames.dim() != 3 or frames.size(-1) != self.embed_dim:
+            raise ValueError(f"audio frames must be (B, T, {self.embed_dim}), got {tuple(frames.shape)}")
         length = frames.size(1) + 1
         if length > self.max_positions:
             raise ValueError(
