@@ -5,9 +5,11 @@ colour and kind ("a small red circle", "a large blue triangle": 2 x 4 x 2 = 16 c
 the exact size, position, rotation, hue, background and noise vary freely.  Audio: 16 kHz mono
 clips of 1-2 s (low and high steady tones, rising/falling chirps, a slow siren, vibrato, beep
 counts, noise bursts, rumble, slow ticking, fading tones) at random pitch, timing and noise level.
-The classes differ in pitch range or in their shape over time, the things a tiny conv front end
-with 20 ms frames resolves; finer pitch steps (a "medium" tone between them, at 8-16 front-end
-channels) or click rates above the frame rate were not learned in the quickstart's CPU budget.
+Each class differs from the others in its spectrum, not only in its timing, because that is what
+the quickstart's tiny conv front end learns within its CPU budget.  Measured failures of earlier
+designs: a "medium" tone between the low and high ones (the high tones were all taken for medium
+tones), a 15-30/s broadband click train (heard as a noise burst), and a slow broadband tick train
+(still mostly heard as a noise burst; resonant 2.5-5 kHz ticks fixed it).
 
 The image split also holds spectrogram-like *sketches* of the twelve sounds (time left to right,
 pitch bottom to top: a rising line for "a rising chirp", three dashes for "three short beeps"),
