@@ -55,6 +55,36 @@ one_peace_train() {
   fi
 }
 
+# finetune_on_tsvs CONFIG_DIR CONFIG_NAME RUN_NAME [hydra overrides...]
+# Fine-tunes on $TRAIN_TSV / $VALID_TSV for $EPOCHS epochs of $BATCH per GPU x $UPDATE_FREQ,
+# with the schedule derived from the training rows; checkpoints go to $SAVE_DIR (default
+# checkpoints/RUN_NAME).
+finetune_on_tsvs() {
+  local config_dir=$1 config_name=$2 run_name=$3
+  shift 3
+  need_file "$TRAIN_TSV" TRAIN_TSV
+  need_file "$VALID_TSV" VALID_TSV
+  schedule "$TRAIN_TSV" "$BATCH" "$UPDATE_FREQ" "$EPOCHS"
+  one_peace_train "$config_dir" "$config_name" \
+    "task.data=$TRAIN_TSV" "task.valid_data=$VALID_TSV" \
+    "dataset.batch_size=$BATCH" "optimization.update_freq=[$UPDATE_FREQ]" "optimization.max_epoch=$EPOCHS" \
+    "optimization.max_update=$MAX_UPDATE" "lr_scheduler.warmup_updates=$WARMUP_UPDATES" \
+    "checkpoint.save_dir=${SAVE_DIR:-$ONE_PEACE_ROOT/checkpoints/$run_name}" "$@"
+}
+
+# evaluate_on_tsv RESULTS_NAME DEFAULT_BATCH DEFAULT_PRECISION [evaluator flags...]
+# Evaluates $CHECKPOINT on $TEST_TSV; per-sample results go to $RESULTS_DIR (default
+# results/RESULTS_NAME); $BATCH and $PRECISION override the defaults.
+evaluate_on_tsv() {
+  local results_name=$1 batch=$2 precision=$3
+  shift 3
+  need_file "$TEST_TSV" TEST_TSV
+  need_file "$CHECKPOINT" CHECKPOINT
+  one_peace_evaluate --path "$CHECKPOINT" --gen-subset test --valid-data "$TEST_TSV" \
+    --batch-size "${BATCH:-$batch}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/$results_name}" \
+    $(precision_flags "$precision") "$@"
+}
+
 # one_peace_evaluate [one-peace-evaluate arguments...]
 one_peace_evaluate() {
   local args=()

@@ -8,9 +8,5 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 TEST_TSV="${TEST_TSV:-${AVQA_DIR:?set AVQA_DIR or TEST_TSV}/avqa_val.tsv}"
 CHECKPOINT="${CHECKPOINT:-$ONE_PEACE_ROOT/checkpoints/aqa/checkpoint_best.pt}"
-need_file "$TEST_TSV" TEST_TSV
-need_file "$CHECKPOINT" CHECKPOINT
 
-one_peace_evaluate --path "$CHECKPOINT" --gen-subset test --valid-data "$TEST_TSV" \
-  --batch-size "${BATCH:-4}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/aqa}" \
-  $(precision_flags bf16) "$@"
+evaluate_on_tsv aqa 4 bf16 "$@"

@@ -10,10 +10,6 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TEST_TSV="${TEST_TSV:-${RETRIEVAL_DIR:?set RETRIEVAL_DIR or TEST_TSV}/clotho_evaluation.tsv}"
 TEST_FILE="${TEST_FILE:-${RETRIEVAL_DIR:?set RETRIEVAL_DIR or TEST_FILE}/clotho_evaluation_texts.json}"
 CHECKPOINT="${CHECKPOINT:-$ONE_PEACE_ROOT/checkpoints/audio_text_retrieval/checkpoint_best.pt}"
-need_file "$TEST_TSV" TEST_TSV
 need_file "$TEST_FILE" TEST_FILE
-need_file "$CHECKPOINT" CHECKPOINT
 
-one_peace_evaluate --path "$CHECKPOINT" --gen-subset test --valid-data "$TEST_TSV" --valid-file "$TEST_FILE" \
-  --batch-size "${BATCH:-8}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/clotho}" \
-  $(precision_flags bf16) "$@"
+evaluate_on_tsv clotho 8 bf16 --valid-file "$TEST_FILE" "$@"

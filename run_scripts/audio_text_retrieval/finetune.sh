@@ -12,13 +12,6 @@ TRAIN_TSV="${TRAIN_TSV:-${RETRIEVAL_DIR:?set RETRIEVAL_DIR or TRAIN_TSV}/train.t
 VALID_TSV="${VALID_TSV:-${RETRIEVAL_DIR:?set RETRIEVAL_DIR or VALID_TSV}/audiocaps_val.tsv}"
 VALID_FILE="${VALID_FILE:-${RETRIEVAL_DIR:?set RETRIEVAL_DIR or VALID_FILE}/audiocaps_val_texts.json}"
 BATCH="${BATCH:-2}" UPDATE_FREQ="${UPDATE_FREQ:-1}" EPOCHS="${EPOCHS:-10}"
-need_file "$TRAIN_TSV" TRAIN_TSV
-need_file "$VALID_TSV" VALID_TSV
 need_file "$VALID_FILE" VALID_FILE
-schedule "$TRAIN_TSV" "$BATCH" "$UPDATE_FREQ" "$EPOCHS"
 
-one_peace_train "$HERE" finetune_audio_text_retrieval \
-  "task.data=$TRAIN_TSV" "task.valid_data=$VALID_TSV" "task.valid_file=$VALID_FILE" \
-  "dataset.batch_size=$BATCH" "optimization.update_freq=[$UPDATE_FREQ]" "optimization.max_epoch=$EPOCHS" \
-  "optimization.max_update=$MAX_UPDATE" "lr_scheduler.warmup_updates=$WARMUP_UPDATES" \
-  "checkpoint.save_dir=${SAVE_DIR:-$ONE_PEACE_ROOT/checkpoints/audio_text_retrieval}" "$@"
+finetune_on_tsvs "$HERE" finetune_audio_text_retrieval audio_text_retrieval "task.valid_file=$VALID_FILE" "$@"

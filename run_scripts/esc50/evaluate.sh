@@ -8,9 +8,5 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 FOLD="${FOLD:-1}"
 TEST_TSV="${TEST_TSV:-${ESC50_DIR:?set ESC50_DIR or TEST_TSV}/esc50_fold${FOLD}_test.tsv}"
 CHECKPOINT="${CHECKPOINT:-$ONE_PEACE_ROOT/checkpoints/esc50_fold$FOLD/checkpoint_best.pt}"
-need_file "$TEST_TSV" TEST_TSV
-need_file "$CHECKPOINT" CHECKPOINT
 
-one_peace_evaluate --path "$CHECKPOINT" --gen-subset test --valid-data "$TEST_TSV" \
-  --batch-size "${BATCH:-16}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/esc50_fold$FOLD}" \
-  $(precision_flags bf16) "$@"
+evaluate_on_tsv "esc50_fold$FOLD" 16 bf16 "$@"

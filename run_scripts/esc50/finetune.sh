@@ -10,12 +10,5 @@ FOLD="${FOLD:-1}"
 TRAIN_TSV="${TRAIN_TSV:-${ESC50_DIR:?set ESC50_DIR or TRAIN_TSV}/esc50_fold${FOLD}_train.tsv}"
 VALID_TSV="${VALID_TSV:-${ESC50_DIR:?set ESC50_DIR or VALID_TSV}/esc50_fold${FOLD}_test.tsv}"
 BATCH="${BATCH:-8}" UPDATE_FREQ="${UPDATE_FREQ:-1}" EPOCHS="${EPOCHS:-10}"
-need_file "$TRAIN_TSV" TRAIN_TSV
-need_file "$VALID_TSV" VALID_TSV
-schedule "$TRAIN_TSV" "$BATCH" "$UPDATE_FREQ" "$EPOCHS"
 
-one_peace_train "$HERE" finetune_esc50 \
-  "task.data=$TRAIN_TSV" "task.valid_data=$VALID_TSV" \
-  "dataset.batch_size=$BATCH" "optimization.update_freq=[$UPDATE_FREQ]" "optimization.max_epoch=$EPOCHS" \
-  "optimization.max_update=$MAX_UPDATE" "lr_scheduler.warmup_updates=$WARMUP_UPDATES" \
-  "checkpoint.save_dir=${SAVE_DIR:-$ONE_PEACE_ROOT/checkpoints/esc50_fold$FOLD}" "$@"
+finetune_on_tsvs "$HERE" finetune_esc50 "esc50_fold$FOLD" "$@"

@@ -8,9 +8,5 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 TEST_TSV="${TEST_TSV:-${FSD50K_DIR:?set FSD50K_DIR or TEST_TSV}/fsd50k_eval.tsv}"
 CHECKPOINT="${CHECKPOINT:-$ONE_PEACE_ROOT/checkpoints/fsd50k/checkpoint_best.pt}"
-need_file "$TEST_TSV" TEST_TSV
-need_file "$CHECKPOINT" CHECKPOINT
 
-one_peace_evaluate --path "$CHECKPOINT" --gen-subset test --valid-data "$TEST_TSV" \
-  --batch-size "${BATCH:-16}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/fsd50k}" \
-  $(precision_flags bf16) "$@"
+evaluate_on_tsv fsd50k 16 bf16 "$@"

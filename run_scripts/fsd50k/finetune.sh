@@ -10,12 +10,5 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TRAIN_TSV="${TRAIN_TSV:-${FSD50K_DIR:?set FSD50K_DIR or TRAIN_TSV}/fsd50k_dev.tsv}"
 VALID_TSV="${VALID_TSV:-${FSD50K_DIR:?set FSD50K_DIR or VALID_TSV}/fsd50k_eval.tsv}"
 BATCH="${BATCH:-8}" UPDATE_FREQ="${UPDATE_FREQ:-2}" EPOCHS="${EPOCHS:-10}"
-need_file "$TRAIN_TSV" TRAIN_TSV
-need_file "$VALID_TSV" VALID_TSV
-schedule "$TRAIN_TSV" "$BATCH" "$UPDATE_FREQ" "$EPOCHS"
 
-one_peace_train "$HERE" finetune_fsd50k \
-  "task.data=$TRAIN_TSV" "task.valid_data=$VALID_TSV" \
-  "dataset.batch_size=$BATCH" "optimization.update_freq=[$UPDATE_FREQ]" "optimization.max_epoch=$EPOCHS" \
-  "optimization.max_update=$MAX_UPDATE" "lr_scheduler.warmup_updates=$WARMUP_UPDATES" \
-  "checkpoint.save_dir=${SAVE_DIR:-$ONE_PEACE_ROOT/checkpoints/fsd50k}" "$@"
+finetune_on_tsvs "$HERE" finetune_fsd50k fsd50k "$@"

@@ -8,9 +8,5 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 TEST_TSV="${TEST_TSV:-${VGGSOUND_DIR:?set VGGSOUND_DIR or TEST_TSV}/vggsound_test.tsv}"
 CHECKPOINT="${CHECKPOINT:-$ONE_PEACE_ROOT/checkpoints/vggsound/checkpoint_best.pt}"
-need_file "$TEST_TSV" TEST_TSV
-need_file "$CHECKPOINT" CHECKPOINT
 
-one_peace_evaluate --path "$CHECKPOINT" --gen-subset test --valid-data "$TEST_TSV" \
-  --batch-size "${BATCH:-4}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/vggsound}" \
-  $(precision_flags fp32) "$@"
+evaluate_on_tsv vggsound 4 fp32 "$@"
