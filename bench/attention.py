@@ -15,11 +15,11 @@ Without CUDA it says so and exits 0 (no numbers are made up).
 """
 import argparse
 import datetime
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
+from cuda_timing import cuda_time_ms, time_forward_backward  # bench/ is on sys.path when a script here runs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -98,43 +98,10 @@ def make_inputs(batch, heads, seq, dim, dtype, bias_kind, device):
     return q, k, v, bias, mask
 
 
-def cuda_time_ms(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def bench_one(impl, q, k, v, bias, mask, warmup, iters):
     fn = IMPLS[impl]
     leaves = [t for t in (q, k, v, bias.table if isinstance(bias, Bucketed) else bias) if t is not None]
-
-    def fwd():
-        with torch.no_grad():
-            fn(q, k, v, bias, mask)
-
-    def fwd_bwd():
-        out = fn(q, k, v, bias, mask)
-        torch.autograd.grad(out, leaves, grad_out)
-
-    grad_out = torch.randn_like(q)
-    fwd_ms = cuda_time_ms(fwd, warmup, iters)
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fwd_bwd()
-    torch.cuda.synchronize()
-    peak_mib = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    fwd_bwd_ms = cuda_time_ms(fwd_bwd, warmup, iters)
-    return fwd_ms, fwd_bwd_ms, peak_mib
+    return time_forward_backward(lambda: fn(q, k, v, bias, mask), leaves, warmup, iters)
 
 
 def max_err_vs_reference(impl, q, k, v, bias, mask):

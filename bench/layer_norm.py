@@ -9,49 +9,13 @@ markdown table with device and date.  Without CUDA it says so and exits 0.
 """
 import argparse
 import datetime
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
+from cuda_timing import time_forward_backward  # bench/ is on sys.path when a script here runs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def cuda_time_ms(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def measure(forward, leaves, warmup, iters):
-    out = forward()
-    grad = torch.randn_like(out)
-
-    def fwd():
-        with torch.no_grad():
-            forward()
-
-    def fwd_bwd():
-        torch.autograd.grad(forward(), leaves, grad)
-
-    fwd_ms = cuda_time_ms(fwd, warmup, iters)
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fwd_bwd()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    return fwd_ms, cuda_time_ms(fwd_bwd, warmup, iters), peak
 
 
 def main(argv=None):
@@ -89,7 +53,7 @@ def main(argv=None):
                 }
                 # LN moves x in, y out (fwd); x, dy in, dx out (bwd).
                 for impl, fn in cases.items():
-                    f, fb, peak = measure(fn, [x, ln.weight, ln.bias], args.warmup, args.iters)
+                    f, fb, peak = time_forward_backward(fn, [x, ln.weight, ln.bias], args.warmup, args.iters)
                     print(f"| layer_norm | {rows} x {width} | {dname} | {impl} | {f:.4f} | {2 * n * size / f / 1e6:.0f} "
                           f"| {fb:.4f} | {5 * n * size / fb / 1e6:.0f} | {peak:.0f} |")
                 bsz = 8
@@ -105,7 +69,7 @@ def main(argv=None):
                 }
                 # Residual: r, y in, out (fwd); dy in, dy (as dresidual) is free, dx out, y in for dgamma.
                 for impl, fn in res_cases.items():
-                    f, fb, peak = measure(fn, [r, y, gamma], args.warmup, args.iters)
+                    f, fb, peak = time_forward_backward(fn, [r, y, gamma], args.warmup, args.iters)
                     print(f"| residual_gamma_add | {bsz * seq} x {width} | {dname} | {impl} | {f:.4f} "
                           f"| {3 * m * size / f / 1e6:.0f} | {fb:.4f} | {6 * m * size / fb / 1e6:.0f} | {peak:.0f} |")
                 del x, ln, r, y, gamma
