@@ -44,7 +44,7 @@ def bpe_dir():
 def build(arch, stage, image_size):
     from one_peace.models import OnePeacePretrainConfig, OnePeacePretrainModel
     from one_peace.models.architectures import preset_config
-    from one_peace.models.registration import freeze_for_stage2
+    from one_peace.models.registration import freeze_all_but
 
     cfg = preset_config(OnePeacePretrainConfig, arch)
     grid = image_size // 16
@@ -55,7 +55,7 @@ def build(arch, stage, image_size):
         cfg.encoder.use_image_moe = cfg.decoder.use_image_moe = False
     model = OnePeacePretrainModel(cfg, vocab_size=50264)
     if stage == 2:
-        freeze_for_stage2(model)
+        freeze_all_but(model, "audio")
     return model, cfg
 
 

@@ -51,7 +51,7 @@ class OnePeaceAudioVisualClassifyModel(nn.Module):
         if src_images.dim() != 5:
             raise ValueError(f"src_images must be (B, F, 3, P, P) frames, got {tuple(src_images.shape)}")
         bsz, num_frames = src_images.shape[:2]
-        out = self.encoder_wrapper.adapter("image")(src_images.flatten(0, 1))
+        out = self.encoder_wrapper.adapter("image")({"src_images": src_images.flatten(0, 1)})
         x = out.x.view(bsz, num_frames, *out.x.shape[1:])
         mask = out.padding_mask.view(bsz, num_frames, -1)
         return [AdapterOutput(x[:, f], mask[:, f], out.bucket, out.adapter) for f in range(num_frames)]
@@ -59,7 +59,8 @@ class OnePeaceAudioVisualClassifyModel(nn.Module):
     def forward(self, src_audios=None, audio_padding_masks=None, src_images=None, **unused):
         if src_audios is None:
             raise ValueError("the audio-visual model needs src_audios (frames are optional)")
-        inputs = [self.encoder_wrapper.adapter("audio")(src_audios, audio_padding_masks)]
+        inputs = [self.encoder_wrapper.adapter("audio")({"src_audios": src_audios,
+                                                          "audio_padding_masks": audio_padding_masks})]
         if src_images is not None:
             inputs += self.frame_inputs(src_images)
         modalities = ["audio"] + ["image"] * (len(inputs) - 1)

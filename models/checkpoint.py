@@ -19,11 +19,20 @@ from typing import Dict, Iterable, List
 import numpy as np
 import torch
 
+from .modalities import modality_names
+
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("text", "image", "audio")
-PRETRAIN_ONLY_PATTERNS = (r"^decoder_wrapper\.", r"^(text|image|audio)_mask_token$",
-                          r"^decoder_(text|image|audio)_embed\.", r"^(text|image|audio)_mask_head\.")
+
+def _any_modality() -> str:
+    """Regex alternation of the registered modality names."""
+    return "(" + "|".join(re.escape(m) for m in modality_names()) + ")"
+
+
+def pretrain_only_patterns():
+    """Keys that exist only in the pretraining model (decoder, mask tokens, mask heads)."""
+    m = _any_modality()
+    return (r"^decoder_wrapper\.", rf"^{m}_mask_token$", rf"^decoder_{m}_embed\.", rf"^{m}_mask_head\.")
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -147,8 +156,8 @@ def _image_upgrades(model, state_dict, prefix):
 
 
 def _copy_shared_rel_pos_tables(model, state_dict, prefix):
-    for modality in MODALITIES:
-        adapter = getattr(model.encoder_wrapper, f"{modality}_adapter")
+    for modality in modality_names():
+        adapter = getattr(model.encoder_wrapper, f"{modality}_adapter", None)
         if adapter is None or adapter.num_tables <= 1:
             continue
         base = f"{prefix}{modality}_adapter.rel_pos_table_list."
@@ -161,14 +170,16 @@ def _prune(model, state_dict):
     """Drop keys of modalities/components this model does not have (official pruning)."""
     model_keys = set(model.state_dict())
     has_decoder = any(k.startswith("decoder_wrapper.") for k in model_keys)
-    absent = [m for m in MODALITIES if m not in model.modalities]
+    absent = [m for m in modality_names() if m not in model.modalities]
+    patterns = pretrain_only_patterns()
+    contrastive = rf"^({_any_modality()}_proj\.|logit_scale$)"
     dropped = []
     for key in list(state_dict):
         if key in model_keys:
             continue
         if (any(f"{m}_" in key for m in absent)
-                or (not has_decoder and any(re.search(p, key) for p in PRETRAIN_ONLY_PATTERNS))
-                or (not hasattr(model, "logit_scale") and re.match(r"^((text|image|audio)_proj\.|logit_scale$)", key))):
+                or (not has_decoder and any(re.search(p, key) for p in patterns))
+                or (not hasattr(model, "logit_scale") and re.match(contrastive, key))):
             state_dict.pop(key)
             dropped.append(key)
     if dropped:
@@ -181,9 +192,9 @@ def component_of(key: str) -> str:
         return "classify_head"
     if key == "logit_scale":
         return "logit_scale"
-    if any(re.search(p, key) for p in PRETRAIN_ONLY_PATTERNS):
+    if any(re.search(p, key) for p in pretrain_only_patterns()):
         return "decoder"
-    for m in MODALITIES:
+    for m in modality_names():
         if re.search(rf"(^|\.){m}_(adapter|ffn|layer_norm|proj)\b", key):
             return m
     return "shared"

@@ -132,17 +132,3 @@ class OnePeacePretrainConfig(OnePeaceBaseConfig):
     logit_scale_init: float = 1 / 0.07
     stage2_pretrain: bool = False
 
-
-def modalities_of(head_type: str):
-    """Which branches a head type needs (``val`` = all three)."""
-    table = {
-        "text": ("text",),
-        "image": ("image",),
-        "audio": ("audio",),
-        "vl": ("text", "image"),
-        "al": ("text", "audio"),
-        "val": ("text", "image", "audio"),
-    }
-    if head_type not in table:
-        raise ValueError(f"unknown head_type {head_type!r}; expected one of {sorted(table)}")
-    return table[head_type]

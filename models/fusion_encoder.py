@@ -13,10 +13,9 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .adapters.base import AdapterOutput
-from .attention import MultiheadSelfAttention
+from .attention import BucketedBias, MultiheadSelfAttention, bucketed_bias_preferred
 from .components import DropPath, make_layer_norm, modality_ffn
-
-MODALITIES = ("text", "image", "audio")
+from .modalities import modality_names
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -32,7 +31,7 @@ class TransformerEncoderLayer(nn.Module):
         self.final_layer_norm = make_layer_norm(dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.drop_path = DropPath(drop_path_rate)
-        for modality in MODALITIES:
+        for modality in modality_names():
             ffn = None
             if modality in modalities:
                 ffn = modality_ffn(dim, cfg.ffn_embed_dim, cfg.activation_dropout, cfg.scale_fc)
@@ -77,7 +76,7 @@ class FusionEncoder(nn.Module):
         self.layerdrop = float(cfg.layerdrop)
         self.checkpoint_activations = bool(cfg.checkpoint_activations)
         self.register_buffer("version", torch.Tensor([3]))
-        for modality in MODALITIES:
+        for modality in modality_names():
             norm = make_layer_norm(cfg.embed_dim) if modality in modalities else None
             setattr(self, f"{modality}_layer_norm", norm)
 
@@ -99,8 +98,61 @@ class FusionEncoder(nn.Module):
             start = end
         return bias
 
-    def forward(self, inputs: List[AdapterOutput], modalities: List[str]):
-        """Returns one (B, S_m, D) tensor per input, after the modality's final LayerNorm."""
+    def bucket_layout(self, inputs: List[AdapterOutput], length: int):
+        """The bucket map of the whole sequence for :class:`BucketedBias` (``fused`` attention).
+
+        Returns ``(index, adapters, zero_row)`` -- index: (1|B, S, S) int32; adapters: the
+        adapters whose tables index addresses, in table order -- or None without rel-pos
+        bias.  One input: its own bucket map.  Several: the distinct adapters' tables are
+        concatenated plus one zero row (``zero_row``), and the index is block-diagonal with
+        cross-modal entries (and the blocks of inputs without buckets) on the zero row:
+        :meth:`bucketed_bias` then equals :meth:`layer_bias`, never materialised.
+        """
+        if all(inp.bucket is None for inp in inputs):
+            return None
+        if len(inputs) == 1:
+            bucket = inputs[0].bucket
+            index = bucket if bucket.dim() == 3 else bucket[None]
+            return index.to(torch.int32).contiguous(), [inputs[0].adapter], False
+        adapters, offsets, rows = [], {}, 0
+        for inp in inputs:
+            if inp.bucket is not None and id(inp.adapter) not in offsets:
+                offsets[id(inp.adapter)] = rows  # inputs of one adapter (video frames) share its table
+                adapters.append(inp.adapter)
+                rows += inp.adapter.rel_pos_table_list[0].num_embeddings
+        buckets = [inp.bucket for inp in inputs if inp.bucket is not None]
+        bsz = max(b.size(0) if b.dim() == 3 else 1 for b in buckets)
+        index = torch.full((bsz, length, length), rows, dtype=torch.int32, device=buckets[0].device)
+        start = 0
+        for inp in inputs:
+            end = start + inp.x.size(1)
+            if inp.bucket is not None:
+                index[:, start:end, start:end] = inp.bucket + offsets[id(inp.adapter)]
+            start = end
+        return index, adapters, True
+
+    @staticmethod
+    def bucketed_bias(layout, layer_idx: int) -> Optional[BucketedBias]:
+        """Layer ``layer_idx``'s :class:`BucketedBias` for a :meth:`bucket_layout`."""
+        if layout is None:
+            return None
+        index, adapters, zero_row = layout
+        # Table choice as ModalityAdapter.rel_bias_from_bucket: one shared table, or one per layer.
+        tables = [a.rel_pos_table_list[layer_idx if a.num_tables > 1 else 0].weight for a in adapters]
+        if zero_row:
+            tables.append(tables[0].new_zeros(1, tables[0].size(1)))
+        return BucketedBias(tables[0] if len(tables) == 1 else torch.cat(tables), index)
+
+    def forward(self, inputs: List[AdapterOutput], modalities: List[str], return_layers=None,
+                norm_layers: bool = False):
+        """Returns one (B, S_m, D) tensor per input, after the modality's final LayerNorm.
+
+        With ``return_layers`` (layer indices, negative from the end; an int ``n`` = the last ``n``;
+        ``"all"``) it returns, for each chosen layer in order, the list of per-input outputs of that
+        layer (``norm_layers``: through the modality's final LayerNorm).
+        """
+        wanted = self.layer_indices(return_layers) if return_layers is not None else ()
+        collected = []
         x = torch.cat([inp.x for inp in inputs], dim=1) if len(inputs) > 1 else inputs[0].x
         padding_mask = torch.cat([inp.padding_mask for inp in inputs], dim=1)
         segments = [(m, inp.x.size(1)) for m, inp in zip(modalities, inputs)]
@@ -111,17 +163,51 @@ class FusionEncoder(nn.Module):
         # decoder) padded keys are attended, as in the official model.
         uses_bias = any(inp.bucket is not None for inp in inputs)
         key_padding_mask = padding_mask if (has_pad and uses_bias) else None
+        # With fused attention requested: a (table, bucket map) pair per layer, gathered in
+        # the kernel; otherwise the dense (B|1, H, S, S) bias.
+        layout = self.bucket_layout(inputs, x.size(1)) if (uses_bias and bucketed_bias_preferred()) else None
+
+        def bias_of(layer_idx):
+            if layout is not None:
+                return self.bucketed_bias(layout, layer_idx)
+            return self.layer_bias(inputs, layer_idx, x.size(1))
+
         shared_bias = None
         single_table = all(inp.adapter.num_tables <= 1 for inp in inputs)
         if single_table:
-            shared_bias = self.layer_bias(inputs, 0, x.size(1))
+            shared_bias = bias_of(0)
         for idx, layer in enumerate(self.layers):
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
                 continue
-            bias = shared_bias if single_table else self.layer_bias(inputs, idx, x.size(1))
+            bias = shared_bias if single_table else bias_of(idx)
             if self.checkpoint_activations and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, segments, bias, key_padding_mask, use_reentrant=False)
             else:
                 x = layer(x, segments, bias, key_padding_mask)
+            if idx in wanted:
+                collected.append(self.split_segments(x, segments, norm_layers))
+        if return_layers is not None:
+            return collected
+        return self.split_segments(x, segments, norm=True)
+
+    def split_segments(self, x, segments, norm: bool):
         outputs = x.split([length for _, length in segments], dim=1)
+        if not norm:
+            return list(outputs)
         return [getattr(self, f"{m}_layer_norm")(out) for (m, _), out in zip(segments, outputs)]
+
+    def layer_indices(self, indices) -> List[int]:
+        """Sorted non-negative layer indices from an int (last n), a sequence or ``"all"``."""
+        num = len(self.layers)
+        if indices == "all":
+            return list(range(num))
+        if isinstance(indices, int):
+            if not 0 < indices <= num:
+                raise ValueError(f"return the last n layers with 0 < n <= {num}, got {indices}")
+            return list(range(num - indices, num))
+        out = []
+        for i in indices:
+            if not -num <= i < num:
+                raise ValueError(f"layer index {i} out of range for {num} layers")
+            out.append(i % num)
+        return sorted(set(out))

@@ -8,11 +8,12 @@
 """
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from .checkpoint import load_checkpoint_file
+from .modalities import get_modality, head_type_for, modality_names
 
 logger = logging.getLogger(__name__)
 
@@ -22,13 +23,7 @@ MODEL_TYPES = ("one_peace_retrieval", "one_peace_classify", "one_peace_pretrain"
 
 
 def _modalities_in(state_dict) -> List[str]:
-    return [m for m in ("text", "image", "audio") if any(f"encoder_wrapper.{m}_adapter." in k for k in state_dict)]
-
-
-def _head_type_for(modalities: Sequence[str]) -> str:
-    table = {("text",): "text", ("image",): "image", ("audio",): "audio", ("text", "image"): "vl",
-             ("text", "audio"): "al", ("text", "image", "audio"): "val"}
-    return table.get(tuple(modalities), "val")
+    return [m for m in modality_names() if any(f"encoder_wrapper.{m}_adapter." in k for k in state_dict)]
 
 
 def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrieval", device=None,
@@ -54,7 +49,7 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     task_overrides = {}
     if model_type == "one_peace_retrieval":
         # Embed every modality the checkpoint has weights for.
-        task_overrides["head_type"] = _head_type_for(_modalities_in(state["model"]))
+        task_overrides["head_type"] = head_type_for(_modalities_in(state["model"]))
     if bpe_dir is not None:
         task_overrides["bpe_dir"] = bpe_dir
     if task_overrides:
@@ -83,24 +78,48 @@ class OnePeaceHubInterface:
         self.patch_image_size = task.cfg.patch_image_size
         self.max_duration = task.cfg.max_duration
 
-    # ---- preprocessing -------------------------------------------------------------------
-    def process_text(self, texts: Sequence[str]) -> torch.LongTensor:
-        from ..data_utils.collate import collate_tokens
+    @property
+    def is_classifier(self) -> bool:
+        return hasattr(self.model, "classify_head")
 
-        if isinstance(texts, str):
-            texts = [texts]
-        tokens = [self.task.tokenizer.encode_hub(text) for text in texts]
-        # Token ids stay integers whatever the model dtype (the official hub cast them).
-        return collate_tokens(tokens, pad_idx=self.task.dictionary.pad()).to(self.device)
+    # ---- any registered modality ----------------------------------------------------------
+    def process(self, modality: str, items) -> Dict[str, torch.Tensor]:
+        """Raw items (texts, paths, ...) -> the modality's ``net_input`` tensors on the hub's device."""
+        spec = get_modality(modality)
+        if spec.processor is None:
+            raise ValueError(f"modality {modality!r} registers no hub processor")
+        if modality not in self.model.modalities:
+            raise ValueError(f"this checkpoint has no {modality} branch (it has {', '.join(self.model.modalities)})")
+        return spec.processor(self, items)
+
+    def extract_features(self, modality: str, **net_input) -> torch.Tensor:
+        """Embeddings (retrieval/pretraining checkpoints) or logits (classification) of one modality."""
+        get_modality(modality)
+        with torch.no_grad():
+            if self.is_classifier:
+                return self.model(**net_input)
+            return self.model.encode(modality, **net_input)
+
+    def __getattr__(self, name: str):
+        # process_<m> / extract_<m>_features for modalities registered beyond the official three.
+        for prefix, suffix, method in (("process_", "", self.process), ("extract_", "_features", None)):
+            if name.startswith(prefix) and name.endswith(suffix):
+                modality = name[len(prefix):len(name) - len(suffix)] if suffix else name[len(prefix):]
+                if modality in modality_names():
+                    if method is not None:
+                        return lambda items: method(modality, items)
+                    return lambda **net_input: self.extract_features(modality, **net_input)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # ---- preprocessing (official names) ------------------------------------------------------
+    def process_text(self, texts: Sequence[str]) -> torch.LongTensor:
+        return self.process("text", texts)["src_tokens"]
 
     def process_image(self, image_paths: Sequence[str], return_image_sizes: bool = False):
-        from ..data_utils.image import image_to_tensor, load_image
+        from .preprocess import load_images
 
-        if isinstance(image_paths, str):
-            image_paths = [image_paths]
-        images = [load_image(p) for p in image_paths]
-        tensor = torch.stack([image_to_tensor(img, self.patch_image_size) for img in images])
-        tensor = tensor.to(self.device, self.dtype)
+        images = load_images(image_paths)
+        tensor = self.process("image", images)["src_images"]
         if return_image_sizes:
             widths = torch.tensor([img.width for img in images], device=self.device)
             heights = torch.tensor([img.height for img in images], device=self.device)
@@ -108,52 +127,26 @@ class OnePeaceHubInterface:
         return tensor
 
     def process_audio(self, audio_paths: Sequence[str]):
-        from ..data_utils.audio import audio_padding_mask, load_audio, prepare_waveform
-        from ..data_utils.collate import collate_audios
-
-        if isinstance(audio_paths, str):
-            audio_paths = [audio_paths]
-        adapter = self.model.encoder_wrapper.audio_adapter
-        if adapter is None:
-            raise ValueError("this model has no audio branch")
-        waves, masks = [], []
-        for path in audio_paths:
-            wav = prepare_waveform(load_audio(path), max_duration=self.max_duration)
-            frames = adapter.num_frames(wav.numel())
-            if frames <= 0:
-                raise ValueError(f"{path}: clip too short for the audio feature extractor")
-            waves.append(wav)
-            masks.append(audio_padding_mask(frames))
-        src_audios, padding_masks = collate_audios(waves, masks)
-        return src_audios.to(self.device, self.dtype), padding_masks.to(self.device)
+        net_input = self.process("audio", audio_paths)
+        return net_input["src_audios"], net_input["audio_padding_masks"]
 
     def process_image_text_pairs(self, pairs, return_image_sizes=False):
         image_paths, texts = zip(*pairs)
         return self.process_image(list(image_paths), return_image_sizes), self.process_text(list(texts))
 
-    # ---- features ------------------------------------------------------------------------
-    def _retrieval_or_classify(self, **inputs):
-        with torch.no_grad():
-            return self.model(**inputs)
-
+    # ---- features (official names) -----------------------------------------------------------
     def extract_text_features(self, src_tokens):
-        if self.model.__class__.__name__.endswith("Classify"):
-            return self._retrieval_or_classify(src_tokens=src_tokens)
-        return self._retrieval_or_classify(src_tokens=src_tokens, encoder_type="text")
+        return self.extract_features("text", src_tokens=src_tokens)
 
     def extract_image_features(self, src_images):
-        if self.model.__class__.__name__.endswith("Classify"):
-            return self._retrieval_or_classify(src_images=src_images)
-        return self._retrieval_or_classify(src_images=src_images, encoder_type="image")
+        return self.extract_features("image", src_images=src_images)
 
     def extract_audio_features(self, src_audios, audio_padding_masks):
-        if self.model.__class__.__name__.endswith("Classify"):
-            return self._retrieval_or_classify(src_audios=src_audios, audio_padding_masks=audio_padding_masks)
-        return self._retrieval_or_classify(src_audios=src_audios, audio_padding_masks=audio_padding_masks,
-                                           encoder_type="audio")
+        return self.extract_features("audio", src_audios=src_audios, audio_padding_masks=audio_padding_masks)
 
     def extract_vl_features(self, src_images, src_tokens):
         """Joint vision-language pass of a classification model (e.g. grounding logits)."""
-        if not self.model.__class__.__name__.endswith("Classify"):
+        if not self.is_classifier:
             raise ValueError("extract_vl_features needs a one_peace_classify model (e.g. a grounding checkpoint)")
-        return self._retrieval_or_classify(src_images=src_images, src_tokens=src_tokens)
+        with torch.no_grad():
+            return self.model(src_images=src_images, src_tokens=src_tokens)

@@ -12,8 +12,8 @@ from omegaconf import open_dict
 
 from . import checkpoint as ckpt
 from .architectures import PRESETS, apply_preset
-from .config import (OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig,
-                     modalities_of)
+from .config import OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig
+from .modalities import encoder_type_modalities, modalities_of, modality_names
 from .one_peace import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRetrievalModel
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _configure_from_task(cfg, task, modalities, model_name):
     """Official build-time adjustments: branches from head_type, image geometry from the task."""
     with open_dict(cfg):
         cfg._name = model_name  # saved checkpoints then carry the full config under the model name
-        for m in ("text", "image", "audio"):
+        for m in modality_names():
             setattr(cfg.encoder, f"use_{m}_moe", m in modalities)
         patch = _task_value(task, "patch_image_size")
         if patch:
@@ -81,7 +81,7 @@ class OnePeaceClassify(OnePeaceClassifyModel, _FairseqGlue):
         num_classes = _task_value(task, "num_classes")
         if not num_classes:
             raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for one_peace_classify")
-        _configure_from_task(cfg, task, modalities_of(head_type), "one_peace_classify")
+        _configure_from_task(cfg, task, encoder_type_modalities(head_type), "one_peace_classify")
         return cls(cfg, head_type=head_type, num_classes=num_classes, vocab_size=_vocab_size(task),
                    use_two_images=bool(_task_value(task, "use_two_images", False)))
 
@@ -100,7 +100,7 @@ class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
         model.stage2_pretrain = bool(cfg.stage2_pretrain)
         model.reset_logit_scale = bool(cfg.reset_logit_scale)
         if model.stage2_pretrain:
-            freeze_for_stage2(model)
+            freeze_all_but(model, "audio")
         return model
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
@@ -116,14 +116,20 @@ class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
         return ckpt.load_into(self, state_dict, source="checkpoint", **options)
 
 
-def freeze_for_stage2(model):
-    """Stage 2 trains the audio branch, decoder, heads and logit scale; the rest is frozen."""
+def freeze_all_but(model, modality: str):
+    """Train one new modality on the frozen encoder (official stage 2 with ``audio``).
+
+    Frozen: the shared attention, every other modality's adapter/FFN/final LayerNorm and the
+    text projection.  Trained: the modality's adapter, FFNs and final LayerNorm, plus what lies
+    outside the encoder (decoder, projections of the new modality, mask heads, logit scale).
+    """
     for p in model.text_proj.parameters():
         p.requires_grad = False
-    for p in model.encoder_wrapper.parameters():
+    wrapper = model.encoder_wrapper
+    for p in wrapper.parameters():
         p.requires_grad = False
-    trainable = [model.encoder_wrapper.audio_adapter, model.encoder_wrapper.fusion_model.audio_layer_norm]
-    trainable += [layer.audio_ffn for layer in model.encoder_wrapper.fusion_model.layers]
+    trainable = [wrapper.adapter(modality), getattr(wrapper.fusion_model, f"{modality}_layer_norm")]
+    trainable += [getattr(layer, f"{modality}_ffn") for layer in wrapper.fusion_model.layers]
     for module in trainable:
         for p in module.parameters():
             p.requires_grad = True

@@ -4,33 +4,22 @@ Used twice by the pretraining model: as ``encoder_wrapper`` (the ONE-PEACE encod
 and as ``decoder_wrapper`` (the small decoder of the masked student path, which has
 no token table, no patch/conv extractor and no relative-position bias).
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .adapters.audio import AudioAdapter
-from .adapters.base import AdapterOutput
-from .adapters.image import ImageAdapter
-from .adapters.text import TextAdapter
+from .adapters.base import AdapterOutput, MissingInputError
 from .fusion_encoder import FusionEncoder
-
-ENCODER_TYPES = {
-    "text": ("text",),
-    "image": ("image",),
-    "audio": ("audio",),
-    "vl": ("text", "image"),
-    "al": ("text", "audio"),
-}
+from .modalities import encoder_type_modalities, get_modality, modality_names
 
 
-def encoder_type_modalities(encoder_type: str):
-    if encoder_type not in ENCODER_TYPES:
-        raise ValueError(
-            f"encoder_type must be one of {sorted(ENCODER_TYPES)}, got {encoder_type!r}"
-            + (" (no tri-modal fusion exists in ONE-PEACE)" if encoder_type == "val" else "")
-        )
-    return ENCODER_TYPES[encoder_type]
+class ModalityFeatures(NamedTuple):
+    """One modality's segment of an encoder pass (indexable as ``(features, padding_mask)``)."""
+
+    features: torch.Tensor  # (B, S, D) after the modality's final LayerNorm
+    padding_mask: torch.Tensor  # (B, S) True = pad
+    full_padding_mask: torch.Tensor  # padding of the unmasked sequence (student views differ)
 
 
 class ModelWrapper(nn.Module):
@@ -38,49 +27,49 @@ class ModelWrapper(nn.Module):
                  pad_idx: int = 1, num_tables: int = 1):
         super().__init__()
         self.modalities = tuple(modalities)
-        heads, dim = cfg.attention_heads, cfg.embed_dim
-        self.text_adapter = self.image_adapter = self.audio_adapter = None
-        if "text" in modalities:
-            self.text_adapter = TextAdapter(cfg.text_adapter, dim, heads, vocab_size, pad_idx, num_tables,
-                                            cfg.max_positions)
-        if "image" in modalities:
-            self.image_adapter = ImageAdapter(cfg.image_adapter, dim, heads, num_tables)
-        if "audio" in modalities:
-            self.audio_adapter = AudioAdapter(cfg.audio_adapter, dim, heads, num_tables, cfg.max_positions)
+        for name in modality_names():
+            adapter = None
+            if name in self.modalities:
+                adapter = get_modality(name).build_adapter(cfg, num_tables, vocab_size, pad_idx)
+            setattr(self, f"{name}_adapter", adapter)
         self.fusion_model = FusionEncoder(cfg, modalities)
 
     def adapter(self, modality: str):
-        module = getattr(self, f"{modality}_adapter")
+        module = getattr(self, f"{modality}_adapter", None)
         if module is None:
             raise ValueError(f"this model has no {modality} branch (built for {', '.join(self.modalities)})")
         return module
 
-    def forward(self, src_tokens=None, text_preserve_ids=None, src_images=None, image_preserve_ids=None,
-                src_audios=None, audio_padding_masks=None, audio_preserve_ids=None, encoder_type="text",
-                is_second_image=False, audio_frames=None) -> Dict[str, tuple]:
-        """Returns ``{modality: (features (B, S, D), padding_mask (B, S))}``.
+    def embed(self, encoder_type: str, net_input: Dict) -> List[AdapterOutput]:
+        """The adapter outputs of every modality of ``encoder_type`` (student views where
+        ``<modality>_preserve_ids`` is given)."""
+        inputs = []
+        for modality in encoder_type_modalities(encoder_type):
+            try:
+                inputs.append(self.adapter(modality)(net_input, net_input.get(get_modality(modality).preserve_key)))
+            except MissingInputError as err:
+                raise MissingInputError(f"encoder_type={encoder_type!r} needs {err.key}", err.key) from None
+        return inputs
 
-        ``audio_frames``: conv features already extracted from ``src_audios`` (optional)."""
-        modalities = encoder_type_modalities(encoder_type)
-        inputs: List[AdapterOutput] = []
-        for modality in modalities:
-            if modality == "text":
-                _require(src_tokens, "src_tokens", encoder_type)
-                inputs.append(self.adapter("text")(src_tokens, text_preserve_ids))
-            elif modality == "image":
-                _require(src_images, "src_images", encoder_type)
-                inputs.append(self.adapter("image")(src_images, image_preserve_ids, is_second_image))
-            else:
-                _require(src_audios, "src_audios", encoder_type)
-                inputs.append(self.adapter("audio")(src_audios, audio_padding_masks, audio_preserve_ids,
-                                                    frames=audio_frames))
-        return self.run_fusion(inputs, modalities)
+    def forward(self, encoder_type: str = "text", **net_input) -> Dict[str, ModalityFeatures]:
+        """``{modality: ModalityFeatures}`` of one (fused) pass over the official ``net_input`` keys
+        (``src_tokens``, ``src_images``, ``src_audios``, ``audio_padding_masks``, ``<m>_preserve_ids``, ...)."""
+        return self.run_fusion(self.embed(encoder_type, net_input), encoder_type_modalities(encoder_type))
 
-    def run_fusion(self, inputs: List[AdapterOutput], modalities) -> Dict[str, tuple]:
+    def run_fusion(self, inputs: List[AdapterOutput], modalities) -> Dict[str, ModalityFeatures]:
         features = self.fusion_model(inputs, list(modalities))
-        return {m: (f, inp.padding_mask) for m, f, inp in zip(modalities, features, inputs)}
+        return {m: ModalityFeatures(f, inp.padding_mask, inp.full_padding_mask)
+                for m, f, inp in zip(modalities, features, inputs)}
 
+    def forward_intermediates(self, encoder_type: str, indices=None, norm: bool = False,
+                              **net_input) -> Dict[str, List[torch.Tensor]]:
+        """Token features after chosen layers, per modality: ``{modality: [(B, S, D), ...]}``.
 
-def _require(value, name, encoder_type):
-    if value is None:
-        raise ValueError(f"encoder_type={encoder_type!r} needs {name}")
+        ``indices``: layer indices (negative count from the end; an int ``n`` = the last ``n``
+        layers; None = every layer).  ``norm=True`` applies the modality's final LayerNorm.
+        """
+        inputs = self.embed(encoder_type, net_input)
+        modalities = encoder_type_modalities(encoder_type)
+        per_layer = self.fusion_model(inputs, list(modalities), return_layers="all" if indices is None else indices,
+                                      norm_layers=norm)
+        return {m: [layer[i] for layer in per_layer] for i, m in enumerate(modalities)}

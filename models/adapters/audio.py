@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..components import SamePad, TransposeLast, make_layer_norm, trunc_normal_
 from ..relative_position import make_token_bucket_position, token_bucket_count
-from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions
+from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
 
 FIXED_AUDIO_POSITIONS = 1026
 
@@ -92,7 +92,7 @@ def conv_positional_embedding(embed_dim, width, depth, groups, pre_ln=False):
 
 
 class AudioAdapter(ModalityAdapter):
-    def __init__(self, cfg, embed_dim, attention_heads, num_tables=1, max_positions=1024):
+    def __init__(self, cfg, embed_dim, attention_heads, num_tables=1, max_positions=1024, **unused):
         super().__init__(cfg, embed_dim, attention_heads, token_bucket_count(cfg.bucket_size), num_tables)
         self.spec = parse_feature_encoder_spec(cfg.feature_encoder_spec)
         self.embed_audios = None
@@ -146,11 +146,14 @@ class AudioAdapter(ModalityAdapter):
             raise ValueError(f"src_audios must be (B, num_samples), got {tuple(src_audios.shape)}")
         return self.embed_audios(src_audios)
 
-    def forward(self, src_audios, audio_padding_masks, preserve_ids=None, frames=None):
-        """``frames``: the output of :meth:`extract_frames` for these waveforms, when the caller
-        runs several views of one batch (the pretraining criterion does) and extracts them once."""
+    def forward(self, inputs, preserve_ids=None):
+        """``inputs``: ``src_audios`` (B, num_samples), optionally ``audio_padding_masks`` (B, T + 1)
+        and ``audio_frames``: the output of :meth:`extract_frames` for these waveforms, when the
+        caller runs several views of one batch (the pretraining criterion does) and extracts them once."""
+        frames = inputs.get("audio_frames")
+        audio_padding_masks = inputs.get("audio_padding_masks")
         if frames is None:
-            frames = self.extract_frames(src_audios)  # B, T, D
+            frames = self.extract_frames(require_input(inputs, "src_audios", "audio"))  # B, T, D
         elif frames.dim() != 3 or frames.size(-1) != self.embed_dim:
             raise ValueError(f"audio frames must be (B, T, {self.embed_dim}), got {tuple(frames.shape)}")
         length = frames.size(1) + 1
@@ -179,12 +182,12 @@ class AudioAdapter(ModalityAdapter):
             frames = gather_tokens(frames, index[:, 1:] - 1)
             bucket = gather_bucket(bucket, index) if bucket is not None else None
         x = self.add_positions(frames)
-        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self)
+        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self, audio_padding_masks)
 
-    def forward_decoder(self, embeds, preserve_ids, mask_token, audio_padding_masks):
-        length = audio_padding_masks.size(1)
+    def forward_decoder(self, embeds, preserve_ids, mask_token, full_padding_mask):
+        length = full_padding_mask.size(1)
         x = self.scatter_decoder_input(embeds, preserve_ids, mask_token, length)
         if self.abs_pos_type != "fixed":
             raise ValueError("the pretraining decoder's audio adapter needs abs_pos_type='fixed'")
         x = x + self.embed_positions.weight[:length].unsqueeze(0)
-        return AdapterOutput(self.finish_embedding(x), audio_padding_masks, None, self)
+        return AdapterOutput(self.finish_embedding(x), full_padding_mask, None, self)

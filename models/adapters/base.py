@@ -4,6 +4,17 @@ An adapter turns raw input into a (B, S, D) token sequence, a (B, S) padding mas
 a bucket-index map from which each layer's relative-position bias is looked up.
 For the masked ("student") forward of pretraining, the adapter keeps only the
 positions listed in ``preserve_ids`` (CLS included; ``-1`` pads the batch).
+
+Every adapter has the same interface (the modality registry relies on it):
+
+* ``__init__(cfg, embed_dim, attention_heads, num_tables=1, max_positions=1024, vocab_size=None,
+  pad_idx=1)`` -- ``cfg`` is the modality's adapter config; unused arguments are ignored.
+* ``forward(inputs, preserve_ids=None) -> AdapterOutput`` -- ``inputs`` is the ``net_input``
+  dict; the adapter reads its own keys (``Modality.input_keys``).
+* ``forward_decoder(embeds, preserve_ids, mask_token, full_padding_mask) -> AdapterOutput`` --
+  the student path's decoder input: mask tokens at full length, the kept encoder tokens back
+  at their positions; ``full_padding_mask`` is the encoder output's ``full_padding_mask``.
+* ``NO_WEIGHT_DECAY``: parameter names (relative to the adapter) excluded from weight decay.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -20,6 +31,12 @@ class AdapterOutput:
     padding_mask: torch.Tensor  # (B, S) bool, True = pad
     bucket: Optional[torch.Tensor]  # (S, S) or (B, S, S) bucket ids, None without rel-pos bias
     adapter: "ModalityAdapter"
+    # Padding mask of the whole (unmasked) sequence; differs from padding_mask for a student view.
+    full_padding_mask: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.full_padding_mask is None:
+            self.full_padding_mask = self.padding_mask
 
     def rel_bias(self, layer_idx: int) -> Optional[torch.Tensor]:
         """(1|B, H, S, S) additive bias of the given layer (None without rel-pos bias)."""
@@ -49,8 +66,25 @@ def gather_bucket(bucket: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return rows.gather(2, index[:, None, :].expand(-1, index.size(1), -1))
 
 
+class MissingInputError(ValueError):
+    """A required ``net_input`` key is absent (``key`` names it)."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
+def require_input(inputs, key: str, modality: str):
+    value = inputs.get(key) if inputs is not None else None
+    if value is None:
+        raise MissingInputError(f"the {modality} adapter needs {key!r} in its inputs", key)
+    return value
+
+
 class ModalityAdapter(nn.Module):
     """Base class: owns ``rel_pos_table_list`` and the shared embedding post-processing."""
+
+    NO_WEIGHT_DECAY = ("cls_embedding",)
 
     def __init__(self, cfg, embed_dim: int, attention_heads: int, num_buckets: Optional[int],
                  num_tables: int):

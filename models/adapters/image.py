@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..components import LayerNorm2D, trunc_normal_
 from ..relative_position import image_bucket_count, make_image_bucket_position
-from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions
+from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
 
 PATCH_SIZE = 16
 
@@ -46,7 +46,9 @@ def resize_grid_pos_embed(pos_embed: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class ImageAdapter(ModalityAdapter):
-    def __init__(self, cfg, embed_dim, attention_heads, num_tables=1):
+    NO_WEIGHT_DECAY = ("cls_embedding", "pos_embed")
+
+    def __init__(self, cfg, embed_dim, attention_heads, num_tables=1, **unused):
         super().__init__(cfg, embed_dim, attention_heads, image_bucket_count(cfg.rel_bucket_size), num_tables)
         self.bucket_size = cfg.bucket_size
         self.rel_bucket_size = cfg.rel_bucket_size
@@ -68,7 +70,11 @@ class ImageAdapter(ModalityAdapter):
     def positions(self, window: int) -> torch.Tensor:
         return resize_grid_pos_embed(self.pos_embed, window).unsqueeze(0)
 
-    def forward(self, src_images, preserve_ids=None, is_second_image=False):
+    def forward(self, inputs, preserve_ids=None):
+        """``inputs``: ``src_images`` (B, 3, P, P) and optionally ``is_second_image`` (NLVR2's
+        second image gets ``type_embedding_2``)."""
+        src_images = require_input(inputs, "src_images", "image")
+        is_second_image = bool(inputs.get("is_second_image", False))
         if self.embed_images is None:
             raise RuntimeError("this image adapter has no patch embedding (decoder adapter)")
         if src_images.dim() != 4 or src_images.size(1) != 3:
@@ -88,17 +94,16 @@ class ImageAdapter(ModalityAdapter):
         x = x + self.positions(window)
         if is_second_image and self.type_embedding_2 is not None:
             x = x + self.type_embedding_2
-        padding_mask = torch.zeros(bsz, x.size(1), dtype=torch.bool, device=x.device)
+        full_padding_mask = padding_mask = torch.zeros(bsz, x.size(1), dtype=torch.bool, device=x.device)
         bucket = self.rp_bucket if self.use_attn_bias else None
         if preserve_ids is not None:
             index, padding_mask = preserve_positions(preserve_ids)
             x = gather_tokens(x, index)
             bucket = gather_bucket(bucket, index) if bucket is not None else None
-        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self)
+        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self, full_padding_mask)
 
-    def forward_decoder(self, embeds, preserve_ids, mask_token, num_patches):
-        length = num_patches + 1
+    def forward_decoder(self, embeds, preserve_ids, mask_token, full_padding_mask):
+        length = full_padding_mask.size(1)
         x = self.scatter_decoder_input(embeds, preserve_ids, mask_token, length)
-        x = x + self.positions(int(math.isqrt(num_patches)))
-        padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-        return AdapterOutput(self.finish_embedding(x), padding_mask, None, self)
+        x = x + self.positions(int(math.isqrt(length - 1)))
+        return AdapterOutput(self.finish_embedding(x), full_padding_mask, None, self)

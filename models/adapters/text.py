@@ -4,14 +4,16 @@ import torch.nn as nn
 
 from ..components import trunc_normal_
 from ..relative_position import make_token_bucket_position, token_bucket_count
-from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions
+from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
 
 TEXT_POSITIONS = 514  # fixed table size, independent of the config
 
 
 class TextAdapter(ModalityAdapter):
-    def __init__(self, cfg, embed_dim, attention_heads, vocab_size=None, pad_idx=1, num_tables=1,
-                 max_positions=1024):
+    NO_WEIGHT_DECAY = ("cls_embedding", "embed_positions.weight")
+
+    def __init__(self, cfg, embed_dim, attention_heads, num_tables=1, max_positions=1024, vocab_size=None,
+                 pad_idx=1):
         super().__init__(cfg, embed_dim, attention_heads, token_bucket_count(cfg.bucket_size), num_tables)
         self.pad_idx = pad_idx
         self.embed_tokens = None
@@ -30,7 +32,8 @@ class TextAdapter(ModalityAdapter):
         cls_pad = src_tokens.new_zeros(src_tokens.size(0), 1, dtype=torch.bool)
         return torch.cat([cls_pad, src_tokens.eq(self.pad_idx)], dim=1)
 
-    def forward(self, src_tokens, preserve_ids=None):
+    def forward(self, inputs, preserve_ids=None):
+        src_tokens = require_input(inputs, "src_tokens", "text")
         if self.embed_tokens is None:
             raise RuntimeError("this text adapter has no token table (decoder adapter)")
         if src_tokens.dtype not in (torch.int64, torch.int32):
@@ -41,17 +44,17 @@ class TextAdapter(ModalityAdapter):
             raise ValueError(f"text of {num_tokens} tokens exceeds the {TEXT_POSITIONS - 1} positions")
         x = torch.cat([self.cls_embedding.expand(bsz, -1, -1), self.embed_tokens(src_tokens)], dim=1)
         x = x + self.embed_positions.weight[:length].unsqueeze(0)
-        padding_mask = self.padding_mask(src_tokens)
+        full_padding_mask = padding_mask = self.padding_mask(src_tokens)
         bucket = self.rp_bucket[:length, :length] if self.use_attn_bias else None
         if preserve_ids is not None:
             index, padding_mask = preserve_positions(preserve_ids)
             x = gather_tokens(x, index)
             bucket = gather_bucket(bucket, index) if bucket is not None else None
-        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self)
+        return AdapterOutput(self.finish_embedding(x), padding_mask, bucket, self, full_padding_mask)
 
-    def forward_decoder(self, embeds, preserve_ids, mask_token, src_tokens):
+    def forward_decoder(self, embeds, preserve_ids, mask_token, full_padding_mask):
         """Full-length decoder input from the kept encoder tokens (no rel-pos bias)."""
-        length = src_tokens.size(1) + 1
+        length = full_padding_mask.size(1)
         x = self.scatter_decoder_input(embeds, preserve_ids, mask_token, length)
         x = x + self.embed_positions.weight[:length].unsqueeze(0)
-        return AdapterOutput(self.finish_embedding(x), self.padding_mask(src_tokens), None, self)
+        return AdapterOutput(self.finish_embedding(x), full_padding_mask, None, self)

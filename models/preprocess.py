@@ -1,0 +1,66 @@
+"""Hub preprocessing of the built-in modalities: raw items -> ``net_input`` tensors.
+
+Each function is a modality's ``processor`` (see ``one_peace.models.modalities``):
+``processor(hub, items) -> {net_input key: tensor}``.  ``hub`` supplies the tokenizer,
+geometry and device (``hub.task``, ``hub.patch_image_size``, ``hub.max_duration``,
+``hub.device``, ``hub.dtype``, ``hub.model``).  The data layer is imported lazily.
+"""
+from typing import Dict, Sequence
+
+import torch
+
+
+def as_list(items, argument: str) -> list:
+    """A non-empty list from a single item or a sequence (ValueError naming the argument)."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        items = [items]
+    items = list(items)
+    if not items:
+        raise ValueError(f"{argument} is empty: give at least one item")
+    return items
+
+
+def process_text(hub, texts) -> Dict[str, torch.Tensor]:
+    from ..data_utils.collate import collate_tokens
+
+    texts = as_list(texts, "texts")
+    tokens = [hub.task.tokenizer.encode_hub(text) for text in texts]
+    # Token ids stay integers whatever the model dtype (the official hub cast them).
+    return {"src_tokens": collate_tokens(tokens, pad_idx=hub.task.dictionary.pad()).to(hub.device)}
+
+
+def load_images(image_paths):
+    from ..data_utils.image import load_image
+
+    return [load_image(p) for p in as_list(image_paths, "image_paths")]
+
+
+def process_image(hub, image_paths) -> Dict[str, torch.Tensor]:
+    from ..data_utils.image import image_to_tensor
+
+    images = image_paths if _are_pil_images(image_paths) else load_images(image_paths)
+    tensor = torch.stack([image_to_tensor(img, hub.patch_image_size) for img in images])
+    return {"src_images": tensor.to(hub.device, hub.dtype)}
+
+
+def _are_pil_images(items) -> bool:
+    from PIL import Image
+
+    return isinstance(items, list) and bool(items) and all(isinstance(i, Image.Image) for i in items)
+
+
+def process_audio(hub, audio_paths) -> Dict[str, torch.Tensor]:
+    from ..data_utils.audio import audio_padding_mask, load_audio, prepare_waveform
+    from ..data_utils.collate import collate_audios
+
+    adapter = hub.model.encoder_wrapper.adapter("audio")
+    waves, masks = [], []
+    for path in as_list(audio_paths, "audio_paths"):
+        wav = prepare_waveform(load_audio(path), max_duration=hub.max_duration)
+        frames = adapter.num_frames(wav.numel())
+        if frames <= 0:
+            raise ValueError(f"{path}: clip too short for the audio feature extractor")
+        waves.append(wav)
+        masks.append(audio_padding_mask(frames))
+    src_audios, padding_masks = collate_audios(waves, masks)
+    return {"src_audios": src_audios.to(hub.device, hub.dtype), "audio_padding_masks": padding_masks.to(hub.device)}
