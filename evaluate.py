@@ -26,6 +26,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .criterions.gather import world_info
+
 logger = logging.getLogger("one_peace.evaluate")
 
 
@@ -127,18 +129,10 @@ def load_task_and_model(cfg):
 
 
 # ---- evaluation loop -------------------------------------------------------------------------
-def _world():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _gather(obj):
     import torch.distributed as dist
 
-    rank, world = _world()
+    rank, world = world_info()
     if world == 1:
         return [obj]
     out = [None] * world
@@ -156,12 +150,14 @@ def _prepare(sample, device, dtype):
     return utils.apply_to_sample(convert, sample)
 
 
-def evaluate(task, model, subset: str, batch_size: int, device, dtype=torch.float32, num_workers: int = 0,
-             criterion=None):
+def evaluate(task, model, subset: str, batch_size: int, device, dtype=torch.float32, num_workers: int = 0):
     """(metrics dict, predictions list) of ``model`` on ``subset``; every worker returns both."""
     from fairseq import metrics
 
-    rank, world = _world()
+    from .tasks.evaluation import require_evaluable
+
+    require_evaluable(task)
+    rank, world = world_info()
     model.to(device=device, dtype=dtype).eval()
     task.load_dataset(subset)
     dataset = task.dataset(subset)
@@ -174,11 +170,7 @@ def evaluate(task, model, subset: str, batch_size: int, device, dtype=torch.floa
             if not sample or "net_input" not in sample:  # padding batch of a worker, or all rows bad
                 continue
             sample = _prepare(sample, device, dtype)
-            if hasattr(task, "eval_step"):
-                log, preds = task.eval_step(model, sample)
-            else:  # a task without eval_step: its valid_step and the saved criterion
-                _, _, log = task.valid_step(sample, model, criterion)
-                preds = []
+            log, preds = task.eval_step(model, sample)
             ids = sample["id"].tolist()
             for i, pred in enumerate(preds):
                 pred["index"] = ids[i]
@@ -188,10 +180,7 @@ def evaluate(task, model, subset: str, batch_size: int, device, dtype=torch.floa
     logs = [log for part in gathered for log in part[0]]
     predictions = sorted((p for part in gathered for p in part[1]), key=lambda p: p["index"])
     with metrics.aggregate(new_root=True) as agg:
-        if hasattr(task, "reduce_split_metrics"):
-            task.reduce_split_metrics(logs)
-        else:
-            task.reduce_metrics(logs, criterion)
+        task.reduce_split_metrics(logs)
         results = {k: _plain(v) for k, v in agg.get_smoothed_values().items()}
     return results, predictions
 
@@ -215,14 +204,11 @@ def main(cfg, out: Optional[Dict] = None, **unused):
     if dtype == torch.float16 and not use_cuda:
         raise ValueError("--fp16 needs a GPU; use --bf16 or float32 on CPU")
     task, model = load_task_and_model(cfg)
-    criterion = None
-    if not hasattr(task, "eval_step"):
-        criterion = task.build_criterion(cfg.criterion)
     batch_size = cfg.dataset.batch_size or 1
     subset = cfg.dataset.gen_subset
     results, predictions = evaluate(task, model, subset, batch_size, device, dtype,
-                                    num_workers=cfg.dataset.num_workers, criterion=criterion)
-    rank, _ = _world()
+                                    num_workers=cfg.dataset.num_workers)
+    rank, _ = world_info()
     if rank == 0:
         logger.info("%s | %s | %s", task.cfg._name, subset,
                     " | ".join(f"{k} {v}" for k, v in results.items()))

@@ -23,14 +23,19 @@ def label_smoothed_nll_loss(lprobs: torch.Tensor, target: torch.Tensor, epsilon:
 
 
 def cross_modal_contrast(emb_a: torch.Tensor, emb_b: torch.Tensor, logit_scale: torch.Tensor,
-                         label_smoothing: float = 0.0):
-    """Symmetric InfoNCE: returns (loss, a2b_ncorrect, b2a_ncorrect).
+                         label_smoothing: float = 0.0, gather: bool = True):
+    """Symmetric InfoNCE: returns (loss, a2b_ncorrect, b2a_ncorrect) -- the one InfoNCE of the
+    project (pretraining's aligning contrast and retrieval fine-tuning).
 
     Rows are local embeddings (with gradient); columns are every worker's embeddings,
-    detached.  The target of local row i is column offset + i.
+    detached (``gather=False``: the local batch only).  The target of local row i is column
+    offset + i.  Each direction back-propagates into its row modality (and the scale) only.
     """
-    all_a, offset = gather_with_offsets(emb_a)
-    all_b, _ = gather_with_offsets(emb_b)
+    if gather:
+        all_a, offset = gather_with_offsets(emb_a)
+        all_b, _ = gather_with_offsets(emb_b)
+    else:
+        all_a, all_b, offset = emb_a.detach(), emb_b.detach(), 0
     target = torch.arange(emb_a.size(0), device=emb_a.device) + offset
     sim_a2b = logit_scale * emb_a @ all_b.t()
     sim_b2a = logit_scale * emb_b @ all_a.t()

@@ -12,8 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import regex
 import torch
 
-from .bpe_files import (BPE_FILES, BPE_SHA256, ChecksumError, default_cache_dir,  # noqa: F401 - re-exported
-                        fetch_bpe_files, main, resolve_bpe_dir)
+from .bpe_files import BPE_FILES, BPE_SHA256, ChecksumError, default_cache_dir, fetch_bpe_files, main, resolve_bpe_dir  # noqa: F401 - re-exported
 from .dictionary import Dictionary  # noqa: F401 - re-exported
 from .text import clean_caption
 
@@ -24,7 +23,7 @@ _GPT2_PATTERN = regex.compile(
 _SPECIAL_SYMBOLS = frozenset({"<s>", "<pad>", "</s>", "<unk>", "<mask>"})
 
 
-@lru_cache()
+@lru_cache
 def _byte_to_unicode() -> Dict[int, str]:
     """Reversible byte -> printable unicode char map, so BPE never sees whitespace/control bytes."""
     printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1))
@@ -48,10 +47,10 @@ class GPT2BPE:
     """GPT-2 byte-level BPE producing/consuming space-separated GPT-2 id strings."""
 
     def __init__(self, encoder_json: str, vocab_bpe: str):
-        with open(encoder_json, "r", encoding="utf-8") as fh:
+        with open(encoder_json, encoding="utf-8") as fh:
             self.encoder: Dict[str, int] = json.load(fh)
         self.decoder = {v: k for k, v in self.encoder.items()}
-        with open(vocab_bpe, "r", encoding="utf-8") as fh:
+        with open(vocab_bpe, encoding="utf-8") as fh:
             lines = fh.read().split("\n")
         # First line is a version header, last is empty (same slicing as the reference reader).
         merges = [tuple(line.split()) for line in lines[1:-1]]

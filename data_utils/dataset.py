@@ -51,6 +51,17 @@ class TSVDataset(_DatasetBase):
     def load_item(self, index: int, row: Dict[str, str]) -> Dict[str, Any]:
         raise NotImplementedError
 
+    @staticmethod
+    def field(row: Dict[str, str], name: str) -> str:
+        """A column of the row, or a KeyError naming it and the columns there are."""
+        if name not in row:
+            raise KeyError(f"column {name!r} missing (selected columns: {', '.join(row)})")
+        return row[name]
+
+    def resolve(self, value: str) -> str:
+        """Path of a media cell: relative to ``data_root``, else to the TSV's folder (one resolver)."""
+        return self.reader.resolve(value)
+
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         raise NotImplementedError
 
@@ -102,3 +113,14 @@ class TSVDataset(_DatasetBase):
 
     def set_epoch(self, epoch):
         self.epoch = epoch
+
+
+def parse_class_id(value: str, num_classes: int, what: str = "label") -> int:
+    """An integer class id in [0, num_classes), or a ValueError naming the bad value."""
+    try:
+        label = int(value.strip())
+    except (ValueError, AttributeError):
+        raise ValueError(f"{what} {value!r} is not an integer class id") from None
+    if not 0 <= label < num_classes:
+        raise ValueError(f"unknown {what} {label}: class ids must lie in [0, {num_classes})")
+    return label

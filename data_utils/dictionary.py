@@ -33,7 +33,7 @@ class Dictionary:
     def load(cls, path: str) -> "Dictionary":
         d = cls()
         try:
-            with open(path, "r", encoding="utf-8") as fh:
+            with open(path, encoding="utf-8") as fh:
                 lines = fh.readlines()
         except UnicodeError as exc:
             raise ValueError(f"{path}: dictionary is not valid UTF-8 ({exc})") from None

@@ -5,8 +5,6 @@ Every sample carries the unmasked inputs plus, per masked view, ``*_mask_indices
 Masks are drawn from a generator seeded by (seed, epoch, index), so a resumed run
 sees exactly the masks an uninterrupted run would.
 """
-import os
-
 import numpy as np
 import torch
 
@@ -15,22 +13,17 @@ from .audio import audio_padding_mask, conv_output_frames, load_audio, prepare_w
 from .collate import collate_audios, collate_bool, collate_ids, collate_tokens
 from .dataset import TSVDataset
 from .image import ImageTransform, load_image
-from .tsv import resolve_media_path
 
 
 class _PairDataset(TSVDataset):
-    def __init__(self, split, reader, tokenizer, seed=1, data_root=None, skip_bad_samples=True):
+    def __init__(self, split, reader, tokenizer, seed=1, skip_bad_samples=True):
         super().__init__(split, reader, skip_bad_samples)
         self.tokenizer = tokenizer
         self.seed = seed
         self.epoch = 1
-        self.data_root = data_root if data_root is not None else os.path.dirname(os.path.abspath(reader.path))
 
     def rng(self, index):
         return np.random.default_rng([self.seed, self.epoch, index])
-
-    def media(self, value):
-        return resolve_media_path(value, self.data_root)
 
     def encode_caption(self, caption):
         return self.tokenizer.encode(caption, clean=True)
@@ -65,7 +58,7 @@ class ImageTextPretrainDataset(_PairDataset):
     def load_item(self, index, row):
         rng = self.rng(index)
         tokens = self.encode_caption(row["caption"])
-        image = self.transform(load_image(self.media(row["image"])), rng=rng)
+        image = self.transform(load_image(self.resolve(row["image"])), rng=rng)
         text_ratio, image_ratio, vl_text_ratio, vl_image_ratio = self.ratios
         text_mask = self.whole_word_mask(tokens, text_ratio, rng)
         image_mask = masking.image_random_mask(self.num_patches, image_ratio, rng)
@@ -102,11 +95,9 @@ class AudioTextPretrainDataset(_PairDataset):
     def load_item(self, index, row):
         rng = self.rng(index)
         tokens = self.encode_caption(row["text"])
-        path = self.media(row["audio"])
+        path = self.resolve(row["audio"])
         wav = prepare_waveform(load_audio(path), max_duration=self.max_duration)
-        frames = conv_output_frames(wav.numel(), self.feature_spec)
-        if frames <= 0:
-            raise ValueError(f"{path}: clip too short for the audio feature extractor")
+        frames = conv_output_frames(wav.numel(), self.feature_spec, name=path)
         audio_ratio, al_text_ratio, al_audio_ratio = self.ratios
         item = {"source_text": tokens, "source_audio": wav, "audio_padding_mask": audio_padding_mask(frames)}
         self.add_view(item, "audio", masking.compute_block_mask_1d(

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import re
-from typing import Dict, Iterable, List
+from typing import Dict, List
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - exercised on machines without fairseq
         _name: Optional[str] = None
 
 
-DEFAULT_FEATURE_ENCODER_SPEC = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"
+from ..data_utils.feature_spec import OFFICIAL_FEATURE_ENCODER_SPEC as DEFAULT_FEATURE_ENCODER_SPEC
 
 
 @dataclass

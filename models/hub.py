@@ -55,8 +55,8 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     if task_overrides:
         overrides["task"] = task_overrides
     # What fairseq's load_checkpoint_to_cpu does, on the state we already loaded safely.
-    from omegaconf import OmegaConf
     from fairseq.dataclass.utils import overwrite_args_by_name
+    from omegaconf import OmegaConf
 
     state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
     overwrite_args_by_name(state["cfg"], overrides)

@@ -57,9 +57,7 @@ def process_audio(hub, audio_paths) -> Dict[str, torch.Tensor]:
     waves, masks = [], []
     for path in as_list(audio_paths, "audio_paths"):
         wav = prepare_waveform(load_audio(path), max_duration=hub.max_duration)
-        frames = adapter.num_frames(wav.numel())
-        if frames <= 0:
-            raise ValueError(f"{path}: clip too short for the audio feature extractor")
+        frames = adapter.num_frames(wav.numel(), name=path)
         waves.append(wav)
         masks.append(audio_padding_mask(frames))
     src_audios, padding_masks = collate_audios(waves, masks)

@@ -5,20 +5,19 @@ and default so such configs merge unchanged.
 """
 import logging
 import os
-
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from fairseq.data import Dictionary, iterators
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
-from ..models.config import DEFAULT_FEATURE_ENCODER_SPEC
+from ..data_utils.bpe_files import resolve_bpe_dir
+from ..data_utils.feature_spec import parse_feature_encoder_spec
+from ..data_utils.tsv import TSVReader, expand_data_paths
 
 logger = logging.getLogger(__name__)
-
-BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
 
 
 @dataclass
@@ -34,7 +33,9 @@ class BaseTaskConfig(FairseqDataclass):
     patch_image_size: int = 256
     max_duration: int = field(default=15, metadata={"help": "audio seconds kept"})
     reader_separator: str = "\t"
-    feature_encoder_spec: Optional[str] = DEFAULT_FEATURE_ENCODER_SPEC
+    feature_encoder_spec: Optional[str] = field(default=None, metadata={
+        "help": "audio conv stack used to count frames; default: the model's "
+                "(model.encoder.audio_adapter.feature_encoder_spec)"})
     head_type: str = field(default="vl", metadata={"help": "text, image, audio, vl, al or val"})
     num_classes: Optional[int] = None
     use_two_images: bool = False
@@ -45,29 +46,21 @@ class BaseTaskConfig(FairseqDataclass):
         "help": "skip (log and count) rows with missing/corrupt media or fields instead of failing"})
 
 
-def resolve_bpe_dir(configured: Optional[str]) -> str:
-    """First directory holding all BPE files: configured, $ONE_PEACE_BPE_DIR, then the cache."""
-    from ..data_utils.bpe import resolve_bpe_dir as resolve
-
-    if configured and all(os.path.isfile(os.path.join(configured, f)) for f in BPE_FILES):
-        return configured
-    if configured:
-        logger.info("bpe_dir %s lacks the BPE files; trying $ONE_PEACE_BPE_DIR and the cache", configured)
-    return resolve(None)
-
-
-def expand_data_paths(spec: str) -> List[str]:
-    from ..data_utils.tsv import expand_data_paths as expand
-
-    return expand(spec)
-
-
 @register_task("base_task", dataclass=BaseTaskConfig)
 class BaseTask(FairseqTask):
+    """Dictionary/BPE set-up, data files, readers, sample-count batching and datasets.
+
+    A subclass names its TSV columns (``DEFAULT_COLS``) and builds its dataset from a reader
+    (``build_dataset``); media paths in every dataset resolve through ``TSVReader.resolve``.
+    """
+
+    DEFAULT_COLS = ""
+
     def __init__(self, cfg, dictionary=None, tokenizer=None):
         super().__init__(cfg)
         self.dictionary = dictionary
         self.tokenizer = tokenizer
+        self.model_feature_spec = None  # the audio conv stack of the model built by this task
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -100,6 +93,40 @@ class BaseTask(FairseqTask):
 
     def has_sharded_data(self, split):
         return bool(self.cfg.data) and len(expand_data_paths(self.cfg.data)) > 1 and split == "train"
+
+    def reader(self, split: str, epoch: int = 1) -> TSVReader:
+        cols = self.cfg.selected_cols or self.DEFAULT_COLS
+        return TSVReader(self.data_file(split, epoch), selected_cols=cols, separator=self.cfg.reader_separator,
+                         data_root=self.cfg.data_root)
+
+    def skip_bad(self, split: str) -> bool:
+        """Bad rows are skipped (logged, counted) in training only: metrics cover whole splits."""
+        return bool(self.cfg.skip_bad_samples) and split == "train"
+
+    def build_dataset(self, split: str, reader: TSVReader):
+        raise NotImplementedError(f"task {self.cfg._name} builds no dataset")
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        self.datasets[split] = self.build_dataset(split, self.reader(split, epoch))
+        logger.info("%s %s: %d rows from %s", self.cfg._name, split, len(self.datasets[split]),
+                    self.datasets[split].reader.path)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        audio = getattr(getattr(model, "encoder_wrapper", None), "audio_adapter", None)
+        if audio is not None and audio.spec:
+            self.model_feature_spec = audio.spec
+        return model
+
+    @property
+    def feature_spec(self):
+        """The audio conv stack that counts frames: ``task.feature_encoder_spec`` if set, else the model's."""
+        if self.cfg.feature_encoder_spec:
+            return parse_feature_encoder_spec(self.cfg.feature_encoder_spec)
+        if self.model_feature_spec is None:
+            raise ValueError(f"task {self.cfg._name}: set task.feature_encoder_spec, or build the model first "
+                             "(its audio adapter's spec is used by default)")
+        return self.model_feature_spec
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
                            ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1,

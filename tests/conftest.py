@@ -1,23 +1,9 @@
-"""Shared test fixtures: locations of ../shared and a BPE dir matching the parity fixtures."""
+"""Shared pytest fixtures (plain helpers live in ``helpers.py``)."""
 import argparse
-import os
-import pathlib
 
 import pytest
-import torch
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("ONE_PEACE_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "official-parity"
-BPE_ASSETS = SHARED / "assets" / "bpe"
-MEDIA = SHARED / "assets" / "media"
-
-
-def _require(path: pathlib.Path):
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: tests need the shared/ folder beside the repository "
-                                f"(or ONE_PEACE_SHARED pointing to it)")
-    return path
+from helpers import BPE_ASSETS, FIXTURES, MEDIA, REPO, load_fixture
+from helpers import require as _require
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +19,6 @@ def bpe_assets():
 @pytest.fixture(scope="session")
 def media_dir():
     return _require(MEDIA)
-
-
-def load_fixture(name):
-    return torch.load(_require(FIXTURES / name), weights_only=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ benchmark's yaml, shrunk to the tiny model by hydra overrides) and evaluated thr
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,19 +24,21 @@ BPE_DIR = SHARED / "assets" / "bpe"
 VENV_BIN = Path(sys.executable).parent
 TINY_SPEC = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]"
 
-# The yaml's 4B encoder shrunk to the fixtures' tiny size, on CPU, in float32.
+# The yaml's size preset (one_peace_<model>_4b) swapped for the fixtures' tiny one, on CPU, in float32.
 TINY = [
-    "model.encoder.embed_dim=64", "model.encoder.ffn_embed_dim=128", "model.encoder.layers=2",
-    "model.encoder.attention_heads=4", "model.encoder.drop_path_rate=0.0",
-    "model.encoder.checkpoint_activations=false", "model.encoder.text_adapter.bucket_size=8",
-    "model.encoder.image_adapter.bucket_size=2", "model.encoder.image_adapter.rel_bucket_size=2",
-    "model.encoder.audio_adapter.feature_embed_dim=32",
-    f"model.encoder.audio_adapter.feature_encoder_spec='{TINY_SPEC}'",
-    "model.encoder.audio_adapter.conv_pos_depth=2", "model.encoder.audio_adapter.conv_pos_width=19",
-    "model.encoder.audio_adapter.conv_pos_groups=4", "model.encoder.audio_adapter.bucket_size=32",
+    "model.encoder.drop_path_rate=0.0", "model.encoder.checkpoint_activations=false",
     "task.patch_image_size=32", "common.cpu=true", "common.bf16=false", "common.memory_efficient_bf16=false",
     "common.log_interval=1", "dataset.num_workers=0", "checkpoint.no_epoch_checkpoints=true",
 ]
+
+
+def tiny_model(script):
+    """``model._name=<model>_tiny`` for the yaml the run script trains with."""
+    text = (REPO / "run_scripts" / script).read_text()
+    config = re.search(r'finetune_on_tsvs "\$HERE" (\S+)', text).group(1)
+    name = re.search(r"^  _name: (\S+)_4b$", (REPO / "run_scripts" / script).parent.joinpath(f"{config}.yaml")
+                     .read_text(), re.M).group(1)
+    return f"model._name={name}_tiny"
 
 
 # ---- generated data --------------------------------------------------------------------------
@@ -107,7 +110,7 @@ def run(cmd, env_extra, cwd):
 def finetune(script, data, tmp_path, train, valid, *overrides, **env):
     save_dir = tmp_path / "ckpt"
     env = dict(TRAIN_TSV=train, VALID_TSV=valid, BATCH="2", UPDATE_FREQ="1", EPOCHS="1", SAVE_DIR=str(save_dir), **env)
-    log = run(["bash", str(REPO / "run_scripts" / script), *TINY, *overrides], env, tmp_path)
+    log = run(["bash", str(REPO / "run_scripts" / script), tiny_model(script), *TINY, *overrides], env, tmp_path)
     assert (save_dir / "checkpoint_best.pt").is_file(), log[-3000:]
     return save_dir / "checkpoint_best.pt", log
 
@@ -312,12 +315,12 @@ def test_classify_criterion_sums_and_uses_samples_as_sample_size():
 
 
 def test_retrieval_loss_columns_carry_no_gradient():
-    from one_peace.criterions.audio_text_retrieval_loss import symmetric_infonce
+    from one_peace.criterions.contrastive import cross_modal_contrast
 
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_()
     t = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_()
-    loss, _, _ = symmetric_infonce(a, t, torch.tensor(10.0))
+    loss, _, _ = cross_modal_contrast(a, t, torch.tensor(10.0))
     grad_a, = torch.autograd.grad(loss, a)
     # Only the audio->text direction (audio rows) reaches the audio embeddings.
     rows_only = torch.nn.functional.cross_entropy(10.0 * a @ t.detach().t(), torch.arange(4)) / 2
@@ -328,14 +331,14 @@ def test_retrieval_loss_columns_carry_no_gradient():
 def _retrieval_worker(rank, port, out_dir):
     import torch.distributed as dist
 
-    from one_peace.criterions.audio_text_retrieval_loss import symmetric_infonce
+    from one_peace.criterions.contrastive import cross_modal_contrast
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
         a, t = torch.randn(5, 8), torch.randn(5, 8)
         rows = slice(0, 2) if rank == 0 else slice(2, 5)  # unequal batch sizes: 2 and 3
-        loss, a2t, t2a = symmetric_infonce(a[rows], t[rows], torch.tensor(3.0), label_smoothing=0.1)
+        loss, a2t, t2a = cross_modal_contrast(a[rows], t[rows], torch.tensor(3.0), label_smoothing=0.1)
         torch.save({"loss": loss.item(), "rows": rows.stop - rows.start, "correct": a2t + t2a},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -348,7 +351,7 @@ def test_retrieval_loss_with_unequal_worker_batches_equals_one_process(tmp_path)
 
     import torch.multiprocessing as mp
 
-    from one_peace.criterions.audio_text_retrieval_loss import symmetric_infonce
+    from one_peace.criterions.contrastive import cross_modal_contrast
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -357,7 +360,7 @@ def test_retrieval_loss_with_unequal_worker_batches_equals_one_process(tmp_path)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     torch.manual_seed(0)
     a, t = torch.randn(5, 8), torch.randn(5, 8)
-    loss, a2t, t2a = symmetric_infonce(a, t, torch.tensor(3.0), label_smoothing=0.1)
+    loss, a2t, t2a = cross_modal_contrast(a, t, torch.tensor(3.0), label_smoothing=0.1)
     assert sum(p["loss"] * p["rows"] for p in parts) / 5 == pytest.approx(loss.item(), rel=1e-6)
     assert sum(p["correct"] for p in parts) == a2t + t2a
 

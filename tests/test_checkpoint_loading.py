@@ -4,12 +4,16 @@ import json
 import pytest
 import torch
 from fairseq import checkpoint_utils
+from helpers import FIXTURES, load_fixture
 from omegaconf import OmegaConf
 
-from conftest import FIXTURES, load_fixture
 from one_peace.models import OnePeaceClassifyModel, OnePeaceRetrievalModel
-from one_peace.models.checkpoint import (CheckpointMismatchError, load_checkpoint_file, load_into,
-                                         resize_image_rel_pos_table)
+from one_peace.models.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint_file,
+    load_into,
+    resize_image_rel_pos_table,
+)
 
 
 @pytest.fixture(scope="module")

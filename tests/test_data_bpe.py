@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from one_peace.data_utils import bpe_files
-from one_peace.data_utils.bpe import (GPT2BPE, ChecksumError, Dictionary, TextTokenizer, fetch_bpe_files,
-                                      resolve_bpe_dir, word_start_table)
+from one_peace.data_utils.bpe import (
+    GPT2BPE,
+    ChecksumError,
+    Dictionary,
+    TextTokenizer,
+    fetch_bpe_files,
+    resolve_bpe_dir,
+    word_start_table,
+)
 from one_peace.data_utils.collate import collate_tokens
 from one_peace.data_utils.text import clean_caption
 
@@ -53,7 +60,8 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def fairseq_bpe():
-    from fairseq.data.encoders.gpt2_bpe import GPT2BPE as FairseqGPT2BPE, GPT2BPEConfig
+    from fairseq.data.encoders.gpt2_bpe import GPT2BPE as FairseqGPT2BPE
+    from fairseq.data.encoders.gpt2_bpe import GPT2BPEConfig
 
     return FairseqGPT2BPE(GPT2BPEConfig(gpt2_encoder_json=str(BPE_DIR / "encoder.json"),
                                         gpt2_vocab_bpe=str(BPE_DIR / "vocab.bpe")))

@@ -10,9 +10,16 @@ import torch
 from one_peace.data_utils.bpe import GPT2BPE, TextTokenizer, word_start_table
 from one_peace.data_utils.collate import collate_ids
 from one_peace.data_utils.dictionary import Dictionary
-from one_peace.data_utils.masking import (as_numpy_rng, block_span_mask_1d, compute_block_mask_1d,
-                                          image_complementary_mask, image_random_mask, preserve_ids_from_mask,
-                                          text_token_mask, text_whole_word_mask)
+from one_peace.data_utils.masking import (
+    as_numpy_rng,
+    block_span_mask_1d,
+    compute_block_mask_1d,
+    image_complementary_mask,
+    image_random_mask,
+    preserve_ids_from_mask,
+    text_token_mask,
+    text_whole_word_mask,
+)
 
 
 def _shared_dir() -> pathlib.Path:

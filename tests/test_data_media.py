@@ -9,11 +9,25 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from one_peace.data_utils.audio import (OFFICIAL_FEATURE_ENCODER_SPEC, audio_padding_mask, conv_output_frames,
-                                        load_audio, parse_feature_encoder_spec, prepare_waveform, receptive_field)
+from one_peace.data_utils.audio import (
+    OFFICIAL_FEATURE_ENCODER_SPEC,
+    audio_padding_mask,
+    conv_output_frames,
+    load_audio,
+    parse_feature_encoder_spec,
+    prepare_waveform,
+    receptive_field,
+)
 from one_peace.data_utils.collate import collate_audios, collate_bool, collate_ids, collate_tokens
-from one_peace.data_utils.image import (CLIP_MEAN, CLIP_STD, ImageTransform, image_to_tensor, load_image,
-                                        random_resized_crop, random_resized_crop_params)
+from one_peace.data_utils.image import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageTransform,
+    image_to_tensor,
+    load_image,
+    random_resized_crop,
+    random_resized_crop_params,
+)
 
 
 def _shared_dir() -> pathlib.Path:

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import FIXTURES, load_fixture
 from PIL import Image
-
-from conftest import FIXTURES, load_fixture
 
 VENV_BIN = Path(sys.executable).parent
 TINY_SPEC = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]"

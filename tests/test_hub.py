@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import FIXTURES, load_fixture
 from PIL import Image
 
-from conftest import FIXTURES, load_fixture
 from one_peace.models import from_pretrained
 
 

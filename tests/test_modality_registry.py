@@ -12,13 +12,26 @@ import torch
 import torch.nn as nn
 
 from one_peace.models import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRetrievalModel
-from one_peace.models.adapters.base import (AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens,
-                                            preserve_positions, require_input)
+from one_peace.models.adapters.base import (
+    AdapterOutput,
+    ModalityAdapter,
+    gather_bucket,
+    gather_tokens,
+    preserve_positions,
+    require_input,
+)
 from one_peace.models.architectures import preset_config
 from one_peace.models.checkpoint import CheckpointMismatchError, load_checkpoint_file, load_into
 from one_peace.models.config import OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig
-from one_peace.models.modalities import (Modality, encoder_type_modalities, head_type_for, modalities_of,
-                                         modality_names, register_modality, unregister_modality)
+from one_peace.models.modalities import (
+    Modality,
+    encoder_type_modalities,
+    head_type_for,
+    modalities_of,
+    modality_names,
+    register_modality,
+    unregister_modality,
+)
 from one_peace.models.relative_position import make_token_bucket_position, token_bucket_count
 
 CHUNK = 4

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
+from helpers import load_fixture
 from omegaconf import OmegaConf
 
-from conftest import load_fixture
 from one_peace.models import OnePeacePretrainModel, OnePeaceRetrievalConfig, OnePeaceRetrievalModel
 from one_peace.models.architectures import preset_config
 from one_peace.models.attention import attention_core, reference_attention, set_attention_impl

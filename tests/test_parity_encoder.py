@@ -6,8 +6,7 @@ exactly as users load official checkpoints.
 import pytest
 import torch
 from fairseq import checkpoint_utils
-
-from conftest import FIXTURES, load_fixture
+from helpers import FIXTURES, load_fixture
 
 TOL32 = 1e-5
 TOL64 = 1e-9

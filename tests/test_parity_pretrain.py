@@ -3,11 +3,15 @@ import json
 
 import pytest
 import torch
+from helpers import load_fixture
 from omegaconf import OmegaConf
 
-from conftest import load_fixture
-from one_peace.criterions.pretrain_loss import (AudioTextPretrainLossConfig, AudioTextPretrainLossCriterion,
-                                                ImageTextPretrainLossConfig, ImageTextPretrainLossCriterion)
+from one_peace.criterions.pretrain_loss import (
+    AudioTextPretrainLossConfig,
+    AudioTextPretrainLossCriterion,
+    ImageTextPretrainLossConfig,
+    ImageTextPretrainLossCriterion,
+)
 from one_peace.models import OnePeacePretrainModel
 from one_peace.models.checkpoint import load_into
 

@@ -1,51 +1,13 @@
 """Audio adapter: wav2vec2-style conv feature extractor + conv positional embedding."""
-import ast
-import math
-from typing import List, Optional, Sequence, Tuple
-
 import torch
 import torch.nn as nn
 
+from ...data_utils.feature_spec import conv_output_frames, parse_feature_encoder_spec
 from ..components import SamePad, TransposeLast, make_layer_norm, trunc_normal_
 from ..relative_position import make_token_bucket_position, token_bucket_count
 from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
 
 FIXED_AUDIO_POSITIONS = 1026
-
-
-def parse_feature_encoder_spec(spec) -> List[Tuple[int, int, int]]:
-    """Safely evaluate a spec such as ``"[(512, 10, 5)] + [(512, 3, 2)] * 4"``.
-
-    Only list/tuple literals of ints combined with ``+`` and ``*`` are accepted (the
-    official code ``eval``s the string).
-    """
-    if spec is None or spec == "" or isinstance(spec, (list, tuple)):
-        return [tuple(layer) for layer in (spec or [])]
-
-    def evaluate(node):
-        if isinstance(node, ast.Expression):
-            return evaluate(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, (ast.List, ast.Tuple)):
-            items = [evaluate(e) for e in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            left, right = evaluate(node.left), evaluate(node.right)
-            return left + right if isinstance(node.op, ast.Add) else left * right
-        raise ValueError(f"unsupported element in feature_encoder_spec {spec!r}: {ast.dump(node)}")
-
-    layers = evaluate(ast.parse(str(spec), mode="eval"))
-    if not isinstance(layers, list) or not all(isinstance(l, tuple) and len(l) == 3 for l in layers):
-        raise ValueError(f"feature_encoder_spec must be a list of (dim, kernel, stride) tuples: {spec!r}")
-    return layers
-
-
-def conv_output_frames(num_samples: int, spec: Sequence[Tuple[int, int, int]]) -> int:
-    length = num_samples
-    for _, kernel, stride in spec:
-        length = math.floor((length - kernel) / stride) + 1
-    return length
 
 
 class ConvFeatureExtractor(nn.Module):
@@ -94,7 +56,8 @@ def conv_positional_embedding(embed_dim, width, depth, groups, pre_ln=False):
 class AudioAdapter(ModalityAdapter):
     def __init__(self, cfg, embed_dim, attention_heads, num_tables=1, max_positions=1024, **unused):
         super().__init__(cfg, embed_dim, attention_heads, token_bucket_count(cfg.bucket_size), num_tables)
-        self.spec = parse_feature_encoder_spec(cfg.feature_encoder_spec)
+        # The pretraining decoder's audio adapter has no conv stack (spec None).
+        self.spec = parse_feature_encoder_spec(cfg.feature_encoder_spec) if cfg.feature_encoder_spec else []
         self.embed_audios = None
         if self.spec:
             feature_dim = self.spec[-1][0]
@@ -125,8 +88,9 @@ class AudioAdapter(ModalityAdapter):
         if self.use_attn_bias:
             self.register_buffer("rp_bucket", make_token_bucket_position(cfg.bucket_size, max_positions))
 
-    def num_frames(self, num_samples: int) -> int:
-        return conv_output_frames(num_samples, self.spec)
+    def num_frames(self, num_samples: int, name=None) -> int:
+        """Frames of a clip of ``num_samples`` (ValueError, naming ``name``, when it gives none)."""
+        return conv_output_frames(num_samples, self.spec, name=name)
 
     def add_positions(self, frames: torch.Tensor) -> torch.Tensor:
         """CLS + frames, plus conv (or fixed) absolute positions."""

@@ -63,9 +63,9 @@ def main(argv=None):
     with open(os.path.join(args.out_dir, "esc50_label.json"), "w", encoding="utf-8") as fh:
         json.dump({str(k): [labels[k]] for k in sorted(labels)}, fh, indent=1)
     for fold in range(1, 6):
-        for split, keep in (("train", lambda f: f != fold), ("test", lambda f: f == fold)):
+        for split, held_out in (("train", False), ("test", True)):
             write_tsv(os.path.join(args.out_dir, f"esc50_fold{fold}_{split}.tsv"),
-                      [(f"{t}_{i}", a, t, 5.0) for i, (f, t, a, _) in enumerate(rows) if keep(f)])
+                      [(f"{t}_{i}", a, t, 5.0) for i, (f, t, a, _) in enumerate(rows) if (f == fold) == held_out])
     print(f"{len(rows)} clips, {len(labels)} classes -> {args.out_dir}")
 
 

@@ -12,13 +12,12 @@ from typing import Optional
 import torch
 from fairseq.tasks import register_task
 
-from ...criterions.hinge_loss import choice_scores
+from ...data_utils.audio_dataset import AudioRowDataset
 from ...data_utils.collate import collate_tokens
+from ...data_utils.dataset import parse_class_id
 from ...data_utils.text import clean_caption
-from ...metrics.accuracy import accuracy_sum
 from ..base_task import BaseTaskConfig
-from .audio_dataset import AudioRowDataset, parse_class_id
-from .classify_base import ClassifyTaskBase, move_like, sample_ids
+from ..classification import ClassificationTask
 
 SEPARATOR = "&&&"
 
@@ -63,7 +62,10 @@ class AQADataset(AudioRowDataset):
 
 
 @register_task("aqa", dataclass=AQAConfig)
-class AQATask(ClassifyTaskBase):
+class AQATask(ClassificationTask):
+    DEFAULT_COLS = "uniq_id,audio,text,duration"
+    TARGET = "choice"
+
     def build_dataset(self, split, reader):
         return AQADataset(split, reader, self.tokenizer, self.cfg.num_choices, self.feature_spec,
                           self.cfg.max_duration, skip_bad_samples=self.skip_bad(split))
@@ -74,18 +76,3 @@ class AQATask(ClassifyTaskBase):
         if choices != self.cfg.num_choices:
             raise ValueError(f"criterion.num_choices={choices} but task.num_choices={self.cfg.num_choices}")
         return criterion
-
-    def scores(self, logits):
-        return choice_scores(logits.float(), self.cfg.num_choices)
-
-    def metric_logs(self, logits, sample):
-        score, count = accuracy_sum(self.scores(logits), move_like(sample["target"], logits))
-        return {"_acc_score": score, "_acc_cnt": count}
-
-    def predictions(self, logits, sample):
-        scores = self.scores(logits).cpu()
-        out = []
-        for i, uid in enumerate(sample_ids(sample)):
-            out.append({"uniq_id": uid, "prediction": int(scores[i].argmax()), "scores": scores[i].tolist(),
-                        "target": int(sample["target"][i])})
-        return out

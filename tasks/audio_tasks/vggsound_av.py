@@ -15,7 +15,8 @@ from fairseq.tasks import register_task
 
 from ...data_utils.image import image_to_tensor, load_image
 from ...models import registration_av  # noqa: F401 - registers one_peace_classify_av
-from .vggsound import VggsoundConfig, VggsoundDataset, VggsoundTask
+from .audio_classify import AudioLabelDataset
+from .vggsound import VggsoundConfig, VggsoundTask
 
 FRAME_SEPARATOR = "|"
 
@@ -35,7 +36,7 @@ def frame_indices(available: int, wanted: int) -> List[int]:
     return [i % available for i in range(wanted)]
 
 
-class VggsoundAVDataset(VggsoundDataset):
+class VggsoundAVDataset(AudioLabelDataset):
     def __init__(self, split, reader, num_classes, feature_spec, max_duration=15, num_frames=4,
                  patch_image_size=256, skip_bad_samples=True):
         super().__init__(split, reader, num_classes, feature_spec, max_duration, skip_bad_samples)
@@ -47,7 +48,7 @@ class VggsoundAVDataset(VggsoundDataset):
         if not paths:
             raise ValueError("no frame paths in the frames column")
         chosen = [paths[i] for i in frame_indices(len(paths), self.num_frames)]
-        return torch.stack([image_to_tensor(load_image(self.reader.resolve(p)), self.patch_image_size)
+        return torch.stack([image_to_tensor(load_image(self.resolve(p)), self.patch_image_size)
                             for p in chosen])
 
     def load_item(self, index, row):

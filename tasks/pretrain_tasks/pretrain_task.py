@@ -6,9 +6,7 @@ from typing import Optional
 import torch
 from fairseq.tasks import register_task
 
-from ...data_utils.audio import parse_feature_encoder_spec
 from ...data_utils.pretrain_datasets import AudioTextPretrainDataset, ImageTextPretrainDataset
-from ...data_utils.tsv import TSVReader
 from ..base_task import BaseTask, BaseTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -35,43 +33,33 @@ class AudioTextPretrainConfig(BaseTaskConfig):
 
 
 class _PretrainTask(BaseTask):
-    DEFAULT_COLS = ""
-
-    def reader(self, split, epoch):
-        path = self.data_file(split, epoch)
-        cols = self.cfg.selected_cols or self.DEFAULT_COLS
-        return TSVReader(path, selected_cols=cols, separator=self.cfg.reader_separator, data_root=self.cfg.data_root)
-
     def common_kwargs(self):
         # fairseq seeds torch with --seed before datasets are built.
-        return dict(seed=torch.initial_seed() % (2 ** 31), data_root=self.cfg.data_root,
-                    skip_bad_samples=self.cfg.skip_bad_samples)
+        return dict(seed=torch.initial_seed() % (2 ** 31), skip_bad_samples=self.cfg.skip_bad_samples)
 
 
 @register_task("image_text_pretrain", dataclass=ImageTextPretrainConfig)
 class ImageTextPretrainTask(_PretrainTask):
     DEFAULT_COLS = "image_id,image,caption"
 
-    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+    def build_dataset(self, split, reader):
         cfg = self.cfg
-        self.datasets[split] = ImageTextPretrainDataset(
-            split, self.reader(split, epoch), self.tokenizer, patch_image_size=cfg.patch_image_size,
+        return ImageTextPretrainDataset(
+            split, reader, self.tokenizer, patch_image_size=cfg.patch_image_size,
             min_scale=cfg.min_scale, text_mask_ratio=cfg.text_mask_ratio, image_mask_ratio=cfg.image_mask_ratio,
             vl_text_mask_ratio=cfg.vl_text_mask_ratio, vl_image_mask_ratio=cfg.vl_image_mask_ratio,
             **self.common_kwargs())
-        logger.info("%s %s: %d image-text pairs", cfg._name, split, len(self.datasets[split]))
 
 
 @register_task("audio_text_pretrain", dataclass=AudioTextPretrainConfig)
 class AudioTextPretrainTask(_PretrainTask):
     DEFAULT_COLS = "uniq_id,audio,text,duration"
 
-    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+    def build_dataset(self, split, reader):
         cfg = self.cfg
-        self.datasets[split] = AudioTextPretrainDataset(
-            split, self.reader(split, epoch), self.tokenizer,
-            feature_spec=parse_feature_encoder_spec(cfg.feature_encoder_spec), max_duration=cfg.max_duration,
+        return AudioTextPretrainDataset(
+            split, reader, self.tokenizer,
+            feature_spec=self.feature_spec, max_duration=cfg.max_duration,
             audio_mask_ratio=cfg.audio_mask_ratio, al_text_mask_ratio=cfg.al_text_mask_ratio,
             al_audio_mask_ratio=cfg.al_audio_mask_ratio, audio_mask_prob_adjust=cfg.audio_mask_prob_adjust,
             audio_mask_length=cfg.audio_mask_length, **self.common_kwargs())
-        logger.info("%s %s: %d audio-text pairs", cfg._name, split, len(self.datasets[split]))

@@ -9,22 +9,19 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
-from fairseq.data import FairseqDataset
 from fairseq.tasks import register_task
 
 from ...data_utils.collate import collate_tokens
-from ...data_utils.dataset import TSVDataset
+from ...data_utils.dataset import TSVDataset, parse_class_id
 from ...data_utils.image import image_to_tensor, load_image
-from ..audio_tasks.audio_dataset import parse_class_id
-from ..audio_tasks.classify_base import ClassifyTaskBase
-from ..base_task import BaseTaskConfig
+from ..classification import ClassificationConfig, ClassificationTask
 
 ITEM_SEPARATOR = "&&"
 FIELD_SEPARATOR = "|!+"
 
 
 @dataclass
-class VQAConfig(BaseTaskConfig):
+class VQAConfig(ClassificationConfig):
     head_type: str = "vl"
     num_classes: Optional[int] = 3129
 
@@ -47,7 +44,7 @@ def parse_refs(refs: str, num_classes: int):
     return target, answers
 
 
-class VQADataset(TSVDataset, FairseqDataset):  # fairseq's trainer only accepts FairseqDataset
+class VQADataset(TSVDataset):
     def __init__(self, split, reader, tokenizer, num_classes, patch_image_size, skip_bad_samples=True):
         super().__init__(split, reader, skip_bad_samples)
         self.tokenizer = tokenizer
@@ -55,12 +52,10 @@ class VQADataset(TSVDataset, FairseqDataset):  # fairseq's trainer only accepts 
         self.patch_image_size = patch_image_size
 
     def load_item(self, index, row):
-        for col in ("image", "question"):
-            if col not in row:
-                raise KeyError(f"column {col!r} missing (selected columns: {', '.join(row)})")
+        image_path, question = self.field(row, "image"), self.field(row, "question")
         target, answers = parse_refs(row.get("refs", ""), self.num_classes)
-        tokens = self.tokenizer.encode(row["question"], clean=True)
-        image = image_to_tensor(load_image(self.reader.resolve(row["image"])), self.patch_image_size)
+        tokens = self.tokenizer.encode(question, clean=True)
+        image = image_to_tensor(load_image(self.resolve(image_path)), self.patch_image_size)
         return {"uniq_id": row.get("uniq_id", ""), "source_text": tokens, "source_image": image,
                 "target": target, "answers": answers}
 
@@ -72,8 +67,9 @@ class VQADataset(TSVDataset, FairseqDataset):  # fairseq's trainer only accepts 
 
 
 @register_task("vqa", dataclass=VQAConfig)
-class VQATask(ClassifyTaskBase):
+class VQATask(ClassificationTask):
     DEFAULT_COLS = "uniq_id,image,question,refs"
+    TARGET = "soft"
 
     def build_dataset(self, split, reader):
         return VQADataset(split, reader, self.tokenizer, self.num_classes, self.cfg.patch_image_size,

@@ -1,4 +1,5 @@
-"""Shared base of the audio datasets: one audio clip per TSV row, plus the row's label.
+"""Base of the audio benchmark datasets: one audio clip per TSV row (the row parsing -- label,
+caption, candidates -- lives with each benchmark's task).
 
 Clips are read as 16 kHz mono (other rates are resampled), normalised over the whole
 clip, cut to the first ``max_duration`` seconds and tiled to at least 1 s (spec 5.3).
@@ -6,24 +7,17 @@ clip, cut to the first ``max_duration`` seconds and tiled to at least 1 s (spec 
 from typing import Dict, List
 
 import torch
-from fairseq.data import FairseqDataset
 
-from ...data_utils.audio import audio_padding_mask, conv_output_frames, load_audio, prepare_waveform
-from ...data_utils.collate import collate_audios
-from ...data_utils.dataset import TSVDataset
+from .audio import audio_padding_mask, conv_output_frames, load_audio, prepare_waveform
+from .collate import collate_audios
+from .dataset import TSVDataset
 
 
-class AudioRowDataset(TSVDataset, FairseqDataset):
-    # FairseqDataset: fairseq's trainer (task.dataset(split)) only accepts its own type.
+class AudioRowDataset(TSVDataset):
     def __init__(self, split, reader, feature_spec, max_duration=15, skip_bad_samples=True):
         super().__init__(split, reader, skip_bad_samples)
         self.feature_spec = feature_spec
         self.max_duration = max_duration
-
-    def field(self, row: Dict[str, str], name: str) -> str:
-        if name not in row:
-            raise KeyError(f"column {name!r} missing (selected columns: {', '.join(row)})")
-        return row[name]
 
     def load_clip(self, value: str):
         """(waveform (N,), padding mask (T + 1,)) of the clip named in a TSV cell."""
@@ -52,13 +46,3 @@ class AudioRowDataset(TSVDataset, FairseqDataset):
             batch["target"] = torch.stack([torch.as_tensor(s["target"]) for s in samples])
         return batch
 
-
-def parse_class_id(value: str, num_classes: int, what: str = "label") -> int:
-    """An integer class id in [0, num_classes), or a ValueError naming the bad value."""
-    try:
-        label = int(value.strip())
-    except (ValueError, AttributeError):
-        raise ValueError(f"{what} {value!r} is not an integer class id") from None
-    if not 0 <= label < num_classes:
-        raise ValueError(f"unknown {what} {label}: class ids must lie in [0, {num_classes})")
-    return label

@@ -1,0 +1,41 @@
+"""Helpers shared by the tests (import with ``from helpers import ...``; pytest fixtures stay in conftest)."""
+import os
+import pathlib
+
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("ONE_PEACE_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "official-parity"
+TASK_FIXTURES = SHARED / "fixtures" / "official-parity-tasks"
+BPE_ASSETS = SHARED / "assets" / "bpe"
+MEDIA = SHARED / "assets" / "media"
+
+
+def require(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: tests need the shared/ folder beside the repository "
+                                f"(or ONE_PEACE_SHARED pointing to it)")
+    return path
+
+
+def load_fixture(name):
+    return torch.load(require(FIXTURES / name), weights_only=True)
+
+
+def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| relative to max |expected| (0 when both are all zero)."""
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def assert_scaled_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, msg: str = ""):
+    """Scale-aware closeness: the largest deviation is at most ``rel`` times the tensor's largest
+    magnitude.  Float32 summation order differs between CPU types (and worker splits), so a
+    per-element tolerance on tiny elements fails at random; this does not, and still catches
+    any real error that is not negligible next to the tensor itself."""
+    assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    err = scaled_error(actual, expected)
+    assert err <= rel, f"{msg}: max deviation {err:.3g} x max|expected| exceeds {rel:g}"
