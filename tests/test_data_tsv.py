@@ -4,8 +4,7 @@ import pickle
 
 import pytest
 
-from one_peace.data_utils.tsv import (TSVReader, TSVRowError, expand_data_paths, resolve_media_path,
-                                      select_epoch_file)
+from one_peace.data_utils.tsv import TSVReader, TSVRowError, expand_data_paths, resolve_media_path, select_epoch_file
 
 
 def _write(path, text: str):
