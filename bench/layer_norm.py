@@ -1,9 +1,10 @@
-"""Benchmark FusedLayerNorm and fused_residual_gamma_add against plain torch.
+"""Benchmark the Triton LayerNorm (FusedLayerNorm with impl="fused") against plain torch.
 
 Forward and forward+backward time (median of CUDA-event timings), effective GB/s
 (bytes the op must read and write once) and peak extra memory, at ONE-PEACE widths
 (1536 = 4B model, 6144 = its FFN LayerNorm) over B*S rows, fp16/bf16.  Prints a
-markdown table with device and date.  Without CUDA it says so and exits 0.
+markdown table with device and date.  Without CUDA it says so and exits 0.  The kernel
+is forced (``impl="fused"``), whatever ``ONE_PEACE_LAYER_NORM`` says.
 
     python bench/layer_norm.py [--rows 4616 16448] [--width 1536 6144] [--dtype fp16 bf16]
 """
@@ -30,11 +31,10 @@ def main(argv=None):
         print("CUDA is not available on this machine: the LayerNorm benchmark needs a GPU. Nothing measured.")
         return 0
 
-    from one_peace.models.kernels import FusedLayerNorm, fused_residual_gamma_add, triton_available
-    from one_peace.models.kernels.layer_norm import residual_gamma_add_reference
+    from one_peace.models.kernels import FusedLayerNorm, triton_available
 
     props = torch.cuda.get_device_properties(0)
-    print(f"# LayerNorm / residual benchmark\n\ndevice: {props.name} (sm_{props.major}{props.minor}), "
+    print(f"# LayerNorm benchmark\n\ndevice: {props.name} (sm_{props.major}{props.minor}), "
           f"torch {torch.__version__}, date {datetime.date.today().isoformat()}, triton available: "
           f"{triton_available()}; median of {args.iters} runs.  GB/s = minimal bytes moved / time.\n")
     print("| op | rows x width | dtype | impl | fwd ms | fwd GB/s | fwd+bwd ms | fwd+bwd GB/s | peak extra MiB |")
@@ -46,33 +46,17 @@ def main(argv=None):
                 size = torch.finfo(dtype).bits // 8
                 n = rows * width
                 x = torch.randn(rows, width, device="cuda", dtype=dtype, requires_grad=True)
-                ln = FusedLayerNorm(width).to("cuda", dtype)
+                ln = FusedLayerNorm(width, impl="fused").to("cuda", dtype)
                 cases = {
-                    "fused": lambda: ln(x),
-                    "torch": lambda: F.layer_norm(x, (width,), ln.weight, ln.bias, ln.eps),
+                    "fused": lambda ln=ln, x=x: ln(x),
+                    "torch": lambda ln=ln, x=x, width=width: F.layer_norm(x, (width,), ln.weight, ln.bias, ln.eps),
                 }
                 # LN moves x in, y out (fwd); x, dy in, dx out (bwd).
                 for impl, fn in cases.items():
                     f, fb, peak = time_forward_backward(fn, [x, ln.weight, ln.bias], args.warmup, args.iters)
                     print(f"| layer_norm | {rows} x {width} | {dname} | {impl} | {f:.4f} | {2 * n * size / f / 1e6:.0f} "
                           f"| {fb:.4f} | {5 * n * size / fb / 1e6:.0f} | {peak:.0f} |")
-                bsz = 8
-                seq = rows // bsz
-                r = torch.randn(bsz, seq, width, device="cuda", dtype=dtype, requires_grad=True)
-                y = torch.randn(bsz, seq, width, device="cuda", dtype=dtype, requires_grad=True)
-                gamma = torch.full((width,), 0.1, device="cuda", dtype=dtype, requires_grad=True)
-                scale = (torch.rand(bsz, device="cuda") > 0.2).to(dtype) / 0.8
-                m = bsz * seq * width
-                res_cases = {
-                    "fused": lambda: fused_residual_gamma_add(r, y, gamma, scale),
-                    "torch": lambda: residual_gamma_add_reference(r, y, gamma, scale),
-                }
-                # Residual: r, y in, out (fwd); dy in, dy (as dresidual) is free, dx out, y in for dgamma.
-                for impl, fn in res_cases.items():
-                    f, fb, peak = time_forward_backward(fn, [r, y, gamma], args.warmup, args.iters)
-                    print(f"| residual_gamma_add | {bsz * seq} x {width} | {dname} | {impl} | {f:.4f} "
-                          f"| {3 * m * size / f / 1e6:.0f} | {fb:.4f} | {6 * m * size / fb / 1e6:.0f} | {peak:.0f} |")
-                del x, ln, r, y, gamma
+                del x, ln
                 torch.cuda.empty_cache()
     return 0
 

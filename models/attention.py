@@ -1,65 +1,79 @@
 """Multi-head self-attention of the fusion encoder and its attention core.
 
 The core computes ``softmax(q k^T + bias) v`` with ``q`` already scaled, an additive
-per-head bias and a key padding mask.  ``attention_core`` is the single seam that
-picks an implementation:
+per-head bias and a key padding mask.  The bias is either a dense (B|1, H, S, S) tensor
+or a :class:`BucketedBias` -- a (num_buckets, H) relative-position table and an (S, S)
+or (B, S, S) bucket map -- which the fused kernel gathers in-kernel (the other paths
+build the dense bias from it).  Implementations:
 
 * ``reference``: explicit matmuls with the softmax in float32 (float64 stays float64);
   the official numerics, also used whenever attention dropout is active.
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with the same bias.
-* ``fused``: the Triton kernel of ``one_peace.models.kernels`` (CUDA, fp16/bf16).
+* ``fused``: the Triton kernels of ``one_peace.models.kernels`` (CUDA fp16/bf16; any
+  float dtype on CPU under ``TRITON_INTERPRET=1``).  **Opt-in only**: they have not been
+  validated on a GPU by default -- run ``python -m one_peace.models.kernels.self_check``
+  on yours first.
 
-``auto`` (default) takes ``fused`` when the kernel supports the inputs, else ``sdpa``
-(``reference`` for float64).  Force one with the environment variable
-``ONE_PEACE_ATTENTION`` or ``set_attention_impl``.
+``auto`` (default) = ``sdpa``, or ``reference`` for float64 and active dropout; it never
+picks ``fused``.  Choose with the environment variable ``ONE_PEACE_ATTENTION`` (auto,
+reference, sdpa, fused) or :func:`set_attention_impl`; an explicit ``fused`` raises when
+the kernel cannot run on the inputs.  ``MultiheadSelfAttention`` resolves the
+implementation once per (device type, dtype, dropout active) and caches it; a change of
+the switch (``set_attention_impl``, ``invalidate_kernel_caches``) invalidates every
+cache.  With ``fused`` requested the fusion encoder passes :class:`BucketedBias` instead
+of materialising the S x S bias.  See ``models/kernels/switches.py`` and docs/KERNELS.md.
 """
-import os
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .components import make_layer_norm
-
-_IMPLS = ("auto", "reference", "sdpa", "fused")
-_forced_impl: Optional[str] = None
-
-
-def set_attention_impl(impl: Optional[str]):
-    """Force an implementation for the process (None = back to env var / auto)."""
-    global _forced_impl
-    if impl is not None and impl not in _IMPLS:
-        raise ValueError(f"attention impl must be one of {_IMPLS}, got {impl!r}")
-    _forced_impl = impl
+from .kernels import switches as _switches
+from .kernels.switches import invalidate_kernel_caches, requested_attention_impl, set_attention_impl  # noqa: F401
 
 
-def requested_attention_impl() -> str:
-    impl = _forced_impl or os.environ.get("ONE_PEACE_ATTENTION", "auto")
-    if impl not in _IMPLS:
-        raise ValueError(f"ONE_PEACE_ATTENTION must be one of {_IMPLS}, got {impl!r}")
-    return impl
+class BucketedBias(NamedTuple):
+    """``bias[b, h, i, j] = table[index[(b,) i, j], h]`` without building it.
+
+    table: (num_buckets, H) float; index: (S, S) or (B, S, S) integer bucket ids.
+    """
+
+    table: torch.Tensor
+    index: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        """The (1|B, H, S, S) bias (an embedding lookup, as the adapters' dense path)."""
+        bias = F.embedding(self.index, self.table)  # (.., S, S, H)
+        return bias.permute(2, 0, 1).unsqueeze(0) if self.index.dim() == 2 else bias.permute(0, 3, 1, 2)
 
 
-def _fused_supported(q: torch.Tensor) -> bool:
+def bucketed_bias_preferred() -> bool:
+    """Whether callers should pass :class:`BucketedBias` rather than a dense bias (``fused`` requested)."""
+    return requested_attention_impl() == "fused"
+
+
+def _fused_unsupported_reason(q: torch.Tensor) -> Optional[str]:
     try:
-        from .kernels import fused_attention_supported
-    except ImportError:
-        return False
-    return fused_attention_supported(q)
+        from .kernels import fused_attention_unsupported_reason
+    except ImportError as exc:
+        return f"the kernels package cannot be imported ({exc})"
+    return fused_attention_unsupported_reason(q)
 
 
 def select_attention_impl(q: torch.Tensor, dropout_p: float = 0.0) -> str:
+    """The implementation (reference, sdpa or fused) for inputs like ``q``."""
     impl = requested_attention_impl()
+    if dropout_p > 0.0:
+        return "reference"  # only the explicit path has the official attention dropout
     if impl == "auto":
-        if dropout_p > 0.0 or q.dtype == torch.float64:
-            return "reference"
-        return "fused" if _fused_supported(q) else "sdpa"
-    if impl == "fused" and not _fused_supported(q):
-        raise RuntimeError(
-            "ONE_PEACE_ATTENTION=fused but the Triton kernel does not support these inputs "
-            f"(device={q.device}, dtype={q.dtype}, head_dim={q.shape[-1]})"
-        )
+        return "reference" if q.dtype == torch.float64 else "sdpa"
+    if impl == "fused":
+        reason = _fused_unsupported_reason(q)
+        if reason is not None:
+            raise RuntimeError(f"{_switches.ATTENTION_ENV}=fused (or set_attention_impl('fused')) but the Triton "
+                               f"kernel cannot run on these inputs: {reason}")
     return impl
 
 
@@ -86,20 +100,52 @@ def reference_attention(q, k, v, bias=None, key_padding_mask=None, dropout_p=0.0
     return torch.matmul(probs, v)
 
 
-def attention_core(q, k, v, bias=None, key_padding_mask=None, dropout_p: float = 0.0):
-    """q, k, v: (B, H, S, Dh), q pre-scaled; bias: (B|1, H, S, S); mask: (B, S) True = pad."""
-    impl = select_attention_impl(q, dropout_p)
-    if impl == "fused":
-        from .kernels import fused_attention
+def _dense_bias(bias, dtype):
+    if isinstance(bias, BucketedBias):
+        bias = bias.dense()
+    if bias is not None and bias.dtype != dtype:
+        bias = bias.to(dtype)
+    return bias
 
-        return fused_attention(q, k, v, bias=bias, key_padding_mask=key_padding_mask)
-    if impl == "sdpa" and dropout_p == 0.0:
-        b, h, s, _ = q.shape
-        mask = merge_bias_and_padding(bias, key_padding_mask, b, h, s, q.dtype, q.device)
-        if mask is not None:
-            mask = mask.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=1.0)
-    return reference_attention(q, k, v, bias, key_padding_mask, dropout_p)
+
+def _reference_impl(q, k, v, bias, key_padding_mask, dropout_p):
+    return reference_attention(q, k, v, _dense_bias(bias, q.dtype), key_padding_mask, dropout_p)
+
+
+def _sdpa_impl(q, k, v, bias, key_padding_mask, dropout_p):
+    if dropout_p > 0.0:
+        return _reference_impl(q, k, v, bias, key_padding_mask, dropout_p)
+    b, h, s, _ = q.shape
+    mask = merge_bias_and_padding(_dense_bias(bias, q.dtype), key_padding_mask, b, h, s, q.dtype, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=1.0)
+
+
+def _fused_impl(q, k, v, bias, key_padding_mask, dropout_p):
+    from .kernels import fused_attention, fused_attention_bucketed
+
+    if dropout_p > 0.0:  # the kernels have no dropout
+        return _reference_impl(q, k, v, bias, key_padding_mask, dropout_p)
+    if isinstance(bias, BucketedBias):
+        table = bias.table if bias.table.dtype == q.dtype else bias.table.to(q.dtype)
+        return fused_attention_bucketed(q, k, v, table, bias.index, key_padding_mask=key_padding_mask)
+    return fused_attention(q, k, v, bias=_dense_bias(bias, q.dtype), key_padding_mask=key_padding_mask)
+
+
+_IMPL_FNS = {"reference": _reference_impl, "sdpa": _sdpa_impl, "fused": _fused_impl}
+
+AttentionFn = Callable[..., torch.Tensor]
+
+
+def resolve_attention(q: torch.Tensor, dropout_p: float = 0.0) -> AttentionFn:
+    """``fn(q, k, v, bias, key_padding_mask, dropout_p)`` of the implementation for inputs like ``q``."""
+    return _IMPL_FNS[select_attention_impl(q, dropout_p)]
+
+
+def attention_core(q, k, v, bias=None, key_padding_mask=None, dropout_p: float = 0.0):
+    """q, k, v: (B, H, S, Dh), q pre-scaled; bias: None, (B|1, H, S, S) or a :class:`BucketedBias`;
+    key_padding_mask: (B, S), True = pad.  Resolves the implementation on every call
+    (``MultiheadSelfAttention`` caches it instead)."""
+    return resolve_attention(q, dropout_p)(q, k, v, bias, key_padding_mask, dropout_p)
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -124,18 +170,26 @@ class MultiheadSelfAttention(nn.Module):
         self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
         self.ln = make_layer_norm(embed_dim) if magneto_scale_attn else None
         self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self._attn_cache = None  # (switch version, device type, dtype, dropout active, implementation)
+
+    def _attention_fn(self, q: torch.Tensor, dropout_p: float) -> AttentionFn:
+        cached, dropout_on = self._attn_cache, dropout_p > 0.0
+        if cached is not None and cached[0] == _switches.version and cached[1] == q.device.type \
+                and cached[2] is q.dtype and cached[3] == dropout_on:
+            return cached[4]
+        fn = resolve_attention(q, dropout_p)
+        self._attn_cache = (_switches.version, q.device.type, q.dtype, dropout_on, fn)
+        return fn
 
     def forward(self, x, attn_bias=None, key_padding_mask=None):
-        """x: (B, S, D); attn_bias: (B|1, H, S, S) or None; key_padding_mask: (B, S)."""
+        """x: (B, S, D); attn_bias: None, (B|1, H, S, S) or a :class:`BucketedBias`; key_padding_mask: (B, S)."""
         bsz, seq_len, _ = x.shape
         shape = (bsz, seq_len, self.num_heads, self.head_dim)
         q = (self.q_proj(x) * self.scaling).view(shape).transpose(1, 2)
         k = self.k_proj(x).view(shape).transpose(1, 2)
         v = self.v_proj(x).view(shape).transpose(1, 2)
-        if attn_bias is not None and attn_bias.dtype != q.dtype:
-            attn_bias = attn_bias.to(q.dtype)
         dropout_p = self.dropout if self.training else 0.0
-        out = attention_core(q, k, v, attn_bias, key_padding_mask, dropout_p)  # B, H, S, Dh
+        out = self._attention_fn(q, dropout_p)(q, k, v, attn_bias, key_padding_mask, dropout_p)  # B, H, S, Dh
         if self.c_attn is not None:
             out = out * self.c_attn.view(1, -1, 1, 1)
         out = out.transpose(1, 2).reshape(bsz, seq_len, self.embed_dim)

@@ -10,9 +10,9 @@ def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
 
 
 def make_layer_norm(dim: int, eps: float = 1e-5, elementwise_affine: bool = True) -> nn.LayerNorm:
-    """LayerNorm that switches to the fused Triton kernel on CUDA half precision.
-
-    Same parameters and state-dict keys as ``torch.nn.LayerNorm``.
+    """``torch.nn.LayerNorm`` (same parameters and state-dict keys) that runs the Triton
+    LayerNorm kernel only when asked: ``ONE_PEACE_LAYER_NORM=fused`` or
+    ``set_layer_norm_impl("fused")`` (see ``kernels/switches.py``); ``F.layer_norm`` otherwise.
     """
     try:
         from .kernels import FusedLayerNorm

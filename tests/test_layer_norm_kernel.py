@@ -1,15 +1,15 @@
-"""FusedLayerNorm and fused_residual_gamma_add: values and gradients vs float64 torch.
+"""FusedLayerNorm (its Triton kernel forced with ``impl="fused"``): values and gradients vs float64 torch.
 
 CPU: kernels under Triton's interpreter (``TRITON_INTERPRET=1`` set per test by the
 ``interpret`` fixture; see tests/test_kernels.py).  GPU: model-sized rows, compiled.
+The model uses the kernel only when asked (``ONE_PEACE_LAYER_NORM=fused``).
 """
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from one_peace.models.kernels import FusedLayerNorm, fused_layer_norm, fused_residual_gamma_add, triton_available
-from one_peace.models.kernels.layer_norm import residual_gamma_add_reference
+from one_peace.models.kernels import FusedLayerNorm, fused_layer_norm, triton_available
 
 _skip_no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
 
@@ -64,7 +64,7 @@ def check_layer_norm(ln, x, dtype):
 @pytest.mark.parametrize("shape", [(3, 7, 16), (2, 5, 48), (2, 3, 1000), (1, 1, 1)])
 def test_interpreter_layer_norm(interpret, dtype, shape):
     width = shape[-1]
-    ln = FusedLayerNorm(width, eps=1e-5).to(dtype)
+    ln = FusedLayerNorm(width, eps=1e-5, impl="fused").to(dtype)
     with torch.no_grad():
         ln.weight.normal_()
         ln.bias.normal_()
@@ -75,11 +75,14 @@ def test_interpreter_layer_norm(interpret, dtype, shape):
 def test_interpreter_layer_norm_variants(interpret):
     # No affine, no bias, a non-contiguous (channels-last permuted) input, larger eps.
     x = torch.randn(2, 24, 3, 5).permute(0, 2, 3, 1).requires_grad_()  # (2, 3, 5, 24), strided
-    check_layer_norm(FusedLayerNorm(24, elementwise_affine=False), x, torch.float32)
-    ln = FusedLayerNorm(24, bias=False, eps=1e-2)
+    check_layer_norm(FusedLayerNorm(24, elementwise_affine=False, impl="fused"), x, torch.float32)
+    ln = FusedLayerNorm(24, bias=False, eps=1e-2, impl="fused")
     with torch.no_grad():
         ln.weight.normal_()
     check_layer_norm(ln, x, torch.float32)
+    # Two normalized dims without affine parameters: the row width is 3 * 8, not the last dim.
+    check_layer_norm(FusedLayerNorm((3, 8), elementwise_affine=False, impl="fused"),
+                     torch.randn(4, 3, 8, requires_grad=True), torch.float32)
     # Two normalized dims through the functional form.
     w = torch.randn(3, 8, requires_grad=True)
     b = torch.randn(3, 8, requires_grad=True)
@@ -95,7 +98,7 @@ def test_interpreter_layer_norm_variants(interpret):
 
 def test_interpreter_mixed_dtype_weight(interpret):
     # fp32 parameters with a half input (as under CUDA autocast without the cast).
-    ln = FusedLayerNorm(32)
+    ln = FusedLayerNorm(32, impl="fused")
     with torch.no_grad():
         ln.weight.normal_()
         ln.bias.normal_()
@@ -124,56 +127,42 @@ def test_drop_in_replacement(monkeypatch):
     assert fused.eps == 1e-6 and fused.normalized_shape == (12,)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("with_gamma,with_scale", [(True, True), (True, False), (False, True), (False, False)])
-def test_interpreter_residual(interpret, dtype, with_gamma, with_scale):
-    gen = torch.Generator().manual_seed(2)
-    B, S, D = 3, 5, 40
-    r = torch.randn(B, S, D, generator=gen).to(dtype).requires_grad_()
-    x = torch.randn(B, S, D, generator=gen).to(dtype).requires_grad_()
-    gamma = torch.randn(D, generator=gen).to(dtype).requires_grad_() if with_gamma else None
-    scale = torch.tensor([0.0, 1.0 / 0.75, 1.0 / 0.75]) if with_scale else None
-    out = fused_residual_gamma_add(r, x, gamma, scale)
-    assert out.dtype == dtype
-    g = torch.randn(out.shape, generator=gen).to(dtype)
-    inputs = [t for t in (r, x, gamma) if t is not None]
-    grads = torch.autograd.grad(out, inputs, g)
-    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (r, x, gamma)]
-    ref = residual_gamma_add_reference(*leaves, scale.double() if scale is not None else None)
-    rgrads = torch.autograd.grad(ref, [t for t in leaves if t is not None], g.double())
-    assert_close(out, ref, dtype, "out")
-    for name, a, rr, t in zip(["dresidual", "dx", "dgamma"], grads, rgrads, inputs):
-        assert a.dtype == t.dtype, name
-        assert_close(a, rr, dtype, name)
-    if with_scale:  # dropped sample: its branch contributes nothing
-        assert torch.equal(out[0], r[0].detach()) and grads[1][0].abs().max() == 0
+def test_switch_selects_the_kernel(interpret, monkeypatch):
+    """FusedLayerNorm() follows ONE_PEACE_LAYER_NORM / set_layer_norm_impl (default torch);
+    impl= on the module overrides the switch."""
+    from one_peace.models.kernels import invalidate_kernel_caches, set_layer_norm_impl
+    from one_peace.models.kernels import layer_norm as ln_mod
 
-
-def test_interpreter_residual_type_promotion(interpret):
-    # fp32 gamma with a half branch promotes the sum to fp32, as ``residual + gamma * x`` does.
-    r = torch.randn(2, 3, 16, dtype=torch.float16)
-    x = torch.randn(2, 3, 16, dtype=torch.float16, requires_grad=True)
-    gamma = torch.randn(16, requires_grad=True)
-    out = fused_residual_gamma_add(r, x, gamma)
-    ref = residual_gamma_add_reference(r, x, gamma)
-    assert out.dtype == ref.dtype == torch.float32
-    assert_close(out, ref.double(), torch.float16, "out")
-    dx, dg = torch.autograd.grad(out.sum(), (x, gamma))
-    rdx, rdg = torch.autograd.grad(ref.sum(), (x, gamma))
-    assert dx.dtype == torch.float16 and dg.dtype == torch.float32
-    assert_close(dx, rdx, torch.float16, "dx")
-    assert_close(dg, rdg, torch.float16, "dgamma")
-
-
-def test_residual_fallback_and_errors(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    r, x, g = torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(8)
-    scale = torch.tensor([0.0, 2.0])
-    assert torch.equal(fused_residual_gamma_add(r, x, g, scale), r + (g * x) * scale[:, None, None])
-    with pytest.raises(ValueError, match="gamma"):
-        fused_residual_gamma_add(r, x, torch.randn(7))
-    with pytest.raises(ValueError, match="drop_path_scale"):
-        fused_residual_gamma_add(r, x, g, torch.ones(3))
+    calls = []
+    real = ln_mod._kernel_layer_norm
+    monkeypatch.setattr(ln_mod, "_kernel_layer_norm", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(3, 16)
+    default, forced_torch, forced_fused = FusedLayerNorm(16), FusedLayerNorm(16, impl="torch"), \
+        FusedLayerNorm(16, impl="fused")
+    try:
+        invalidate_kernel_caches()
+        assert torch.equal(default(x), F.layer_norm(x, (16,), default.weight, default.bias))
+        forced_torch(x)
+        assert not calls
+        forced_fused(x)
+        assert len(calls) == 1
+        monkeypatch.setenv("ONE_PEACE_LAYER_NORM", "fused")
+        default(x)
+        assert len(calls) == 1  # resolved before the variable changed: cached
+        invalidate_kernel_caches()
+        default(x)
+        forced_torch(x)
+        assert len(calls) == 2
+        set_layer_norm_impl("torch")  # the forced choice wins over the environment
+        default(x)
+        assert len(calls) == 2
+        set_layer_norm_impl("fused")
+        default(x[:0])  # empty input: nothing to launch
+        assert len(calls) == 2
+    finally:
+        set_layer_norm_impl(None)
+    with pytest.raises(ValueError, match="impl must be"):
+        FusedLayerNorm(4, impl="apex")
 
 
 # ---------------------------------------------------------------- GPU (compiled kernels)
@@ -183,7 +172,7 @@ def test_residual_fallback_and_errors(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("width", [1536, 6144, 768])
 def test_gpu_layer_norm(compiled, dtype, width):
-    ln = FusedLayerNorm(width).to("cuda", dtype)
+    ln = FusedLayerNorm(width, impl="fused").to("cuda", dtype)
     with torch.no_grad():
         ln.weight.normal_()
         ln.bias.normal_()
@@ -194,30 +183,10 @@ def test_gpu_layer_norm(compiled, dtype, width):
 @needs_cuda
 @needs_triton
 def test_gpu_layer_norm_autocast(compiled):
-    ln = FusedLayerNorm(1536).cuda()
+    ln = FusedLayerNorm(1536, impl="fused").cuda()
     x = torch.randn(4, 257, 1536, device="cuda", dtype=torch.float16)
     with torch.autocast("cuda", dtype=torch.float16):
         y = ln(x)
         yr = F.layer_norm(x, (1536,), ln.weight, ln.bias)
     assert y.dtype == yr.dtype == torch.float32
     assert_close(y, yr.double(), torch.float32, "y")
-
-
-@needs_cuda
-@needs_triton
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_gpu_residual(compiled, dtype):
-    B, S, D = 8, 577, 1536
-    r = torch.randn(B, S, D, device="cuda", dtype=dtype, requires_grad=True)
-    x = torch.randn(B, S, D, device="cuda", dtype=dtype, requires_grad=True)
-    gamma = (torch.rand(D, device="cuda") * 0.1).to(dtype).requires_grad_()
-    scale = (torch.rand(B, device="cuda") > 0.3).float() / 0.7
-    out = fused_residual_gamma_add(r, x, gamma, scale)
-    g = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (r, x, gamma), g)
-    leaves = [t.detach().double().requires_grad_() for t in (r, x, gamma)]
-    ref = residual_gamma_add_reference(*leaves, scale.double())
-    rgrads = torch.autograd.grad(ref, leaves, g.double())
-    assert_close(out, ref, dtype, "out")
-    for name, a, rr in zip(["dresidual", "dx", "dgamma"], grads, rgrads):
-        assert_close(a, rr, dtype, name)

@@ -1,19 +1,40 @@
-"""Fused Triton kernels: attention core, LayerNorm, residual + layer-scale add.
+"""Fused Triton kernels: attention core (dense or bucketed bias) and LayerNorm.
 
-Importable without triton: :func:`triton_available` is then False, ``FusedLayerNorm``
-and ``fused_residual_gamma_add`` run plain torch, and ``fused_attention_supported``
-returns False.  See docs/KERNELS.md.
+Opt-in only: the model uses them when asked to (``ONE_PEACE_ATTENTION=fused``,
+``ONE_PEACE_LAYER_NORM=fused``, or ``set_attention_impl`` / ``set_layer_norm_impl``;
+see ``switches.py``).  Importable without triton: :func:`triton_available` is then
+False, ``FusedLayerNorm`` runs plain torch and ``fused_attention_supported`` returns
+False.  ``python -m one_peace.models.kernels.self_check`` checks them on a GPU.  See
+docs/KERNELS.md.
 """
 from ._triton_utils import triton_available
-from .attention import fused_attention, fused_attention_bucketed, fused_attention_supported
-from .layer_norm import FusedLayerNorm, fused_layer_norm, fused_residual_gamma_add
+from .attention import (
+    fused_attention,
+    fused_attention_bucketed,
+    fused_attention_supported,
+    fused_attention_unsupported_reason,
+)
+from .layer_norm import FusedLayerNorm, fused_layer_norm, layer_norm_unsupported_reason
+from .switches import (
+    invalidate_kernel_caches,
+    requested_attention_impl,
+    requested_layer_norm_impl,
+    set_attention_impl,
+    set_layer_norm_impl,
+)
 
 __all__ = [
     "triton_available",
     "fused_attention",
     "fused_attention_supported",
+    "fused_attention_unsupported_reason",
     "fused_attention_bucketed",
     "FusedLayerNorm",
     "fused_layer_norm",
-    "fused_residual_gamma_add",
+    "layer_norm_unsupported_reason",
+    "set_attention_impl",
+    "set_layer_norm_impl",
+    "requested_attention_impl",
+    "requested_layer_norm_impl",
+    "invalidate_kernel_caches",
 ]

@@ -1,9 +1,9 @@
-"""Triton kernels of the fused LayerNorm and residual + layer-scale add (definitions only).
+"""Triton kernels of the fused LayerNorm (definitions only).
 
 Rows are the flattened leading dims; one tile is ROWS x BLOCK_D (BLOCK_D = next power
 of two >= D, masked).  Statistics and all arithmetic are float32; values are cast on
 load and on store, which also keeps Triton's CPU interpreter exact for bfloat16.
-Weight-type reductions (dW, dB, dGamma) are written as one float32 partial row per
+Weight-type reductions (dW, dB) are written as one float32 partial row per
 program and summed on the host: deterministic, no atomics.
 """
 import triton
@@ -88,56 +88,3 @@ def ln_bwd(X, W, DY, DX, Mean, Rstd, DWp, DBp,
     if NEED_DWB:
         tl.store(DWp + pid * D + cols, dw, mask=col_ok)
         tl.store(DBp + pid * D + cols, db, mask=col_ok)
-
-
-@triton.jit
-def residual_fwd(R, X, G, Scale, Y,
-                 stride_r, stride_x, stride_y, M, D, SEQ,
-                 BLOCK_D: tl.constexpr, ROWS: tl.constexpr, HAS_G: tl.constexpr, HAS_SCALE: tl.constexpr):
-    # y = r + scale[row // SEQ] * (gamma * x)
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_D)
-    row_ok = rows < M
-    col_ok = cols < D
-    tile_ok = row_ok[:, None] & col_ok[None, :]
-    rows64 = rows.to(tl.int64)
-    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-    if HAS_G:
-        x = x * tl.load(G + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if HAS_SCALE:
-        x = x * tl.load(Scale + rows // SEQ, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    r = tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], (r + x).to(Y.dtype.element_ty), mask=tile_ok)
-
-
-@triton.jit
-def residual_bwd(X, G, Scale, DY, DX, DGp,
-                 stride_x, stride_dy, stride_dx, M, D, SEQ,
-                 BLOCK_D: tl.constexpr, ROWS: tl.constexpr, HAS_G: tl.constexpr, HAS_SCALE: tl.constexpr,
-                 NEED_DX: tl.constexpr, NEED_DG: tl.constexpr):
-    # dx = dy * scale * gamma;  dgamma = sum_rows dy * scale * x  (dresidual = dy, on the host)
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    if HAS_G:
-        g = tl.load(G + cols, mask=col_ok, other=0.0).to(tl.float32)
-    dg = tl.full([BLOCK_D], 0.0, tl.float32)
-    for start in range(pid * ROWS, M, nprog * ROWS):
-        rows = start + tl.arange(0, ROWS)
-        row_ok = rows < M
-        tile_ok = row_ok[:, None] & col_ok[None, :]
-        rows64 = rows.to(tl.int64)
-        dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-        if HAS_SCALE:
-            dy = dy * tl.load(Scale + rows // SEQ, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-        if NEED_DX:
-            dx = dy
-            if HAS_G:
-                dx = dy * g[None, :]
-            tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=tile_ok)
-        if NEED_DG:
-            x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-            dg += tl.reduce(dy * x, 0, _ADD)
-    if NEED_DG:
-        tl.store(DGp + pid * D + cols, dg, mask=col_ok)

@@ -92,6 +92,11 @@ def fused_attention_supported(q: torch.Tensor) -> bool:
     return _unsupported_reason(q) is None
 
 
+def fused_attention_unsupported_reason(q: torch.Tensor):
+    """Why :func:`fused_attention` cannot run on tensors like ``q`` (None when it can)."""
+    return _unsupported_reason(q)
+
+
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 

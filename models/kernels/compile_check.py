@@ -18,8 +18,8 @@ import time
 
 _ATTN = "one_peace.models.kernels._attention_triton"
 _LN = "one_peace.models.kernels._layer_norm_triton"
-_FP32_POINTERS = {"Lse", "Delta", "Mean", "Rstd", "DWp", "DBp", "DGp", "Scale", "W", "B", "G"}
-_ELEMENT_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV", "Bias", "DBias", "X", "Y", "DX", "DY", "R"}
+_FP32_POINTERS = {"Lse", "Delta", "Mean", "Rstd", "DWp", "DBp", "W", "B"}
+_ELEMENT_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV", "Bias", "DBias", "X", "Y", "DX", "DY"}
 # Strides that are 1 at every launch (the host makes the bias' last dim contiguous):
 # triton specialises integer arguments equal to 1 into constants, so do the same here.
 _UNIT_STRIDES = {"stride_bn": 1, "stride_gn": 1}
@@ -28,7 +28,8 @@ _UNIT_STRIDES = {"stride_bn": 1, "stride_gn": 1}
 def _signature(fn, dtype: str, constexprs: dict):
     """Argument types and the 16-divisibility hints triton's launcher derives at run time:
     tensors are 16-byte aligned and q/k/v/out and row strides are multiples of
-    head_dim / width (>= 16); bias strides (multiples of S) and sizes get no hint."""
+    head_dim / width (>= 16); bias strides (multiples of S), the table's row stride (H)
+    and sizes get no hint."""
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -38,6 +39,8 @@ def _signature(fn, dtype: str, constexprs: dict):
             sig[name] = "*u8"
         elif name == "Index":
             sig[name] = "*i32"
+        elif name == "DBias" and constexprs.get("DBIAS_MODE") == 2:
+            sig[name] = "*fp32"  # the bucketed table gradient is accumulated in float32
         elif name in _FP32_POINTERS:
             sig[name] = "*fp32"
         elif name in _ELEMENT_POINTERS:
@@ -47,7 +50,7 @@ def _signature(fn, dtype: str, constexprs: dict):
         else:
             sig[name] = "i32"
         aligned = sig[name].startswith("*") or (
-            name.startswith("stride_") and name[len("stride_"):][:1] not in ("b", "g", "m"))
+            name.startswith("stride_") and name[len("stride_"):][:1] not in ("b", "g", "m", "t"))
         if aligned:
             attrs[(i,)] = [["tt.divisibility", 16]]
     return sig, attrs
@@ -114,7 +117,8 @@ def attention_variants(head_dim: int, arch: int):
     yield "attn_bwd_dq", dict(tiles(cfg.dq), DBIAS_MODE=1, **flags), cfg.dq
     yield "attn_fwd", dict(tiles(cfg.fwd), **bucketed), cfg.fwd
     yield "attn_bwd_dkdv", dict(tiles(cfg.dkdv), **bucketed), cfg.dkdv
-    yield "attn_bwd_dq", dict(tiles(cfg.dq), DBIAS_MODE=2, **bucketed), cfg.dq
+    # Its float32 table gradient is (buckets, H) contiguous too: head stride 1.
+    yield "attn_bwd_dq", dict(tiles(cfg.dq), DBIAS_MODE=2, stride_gh=1, **bucketed), cfg.dq
     yield "attn_bwd_dbias_reduce", dict(tiles(cfg.reduce), HAS_MASK=True, DOT_F32=False), cfg.reduce
 
 
@@ -125,8 +129,6 @@ def layer_norm_variants(width: int):
     base = dict(BLOCK_D=block_d, ROWS=rows)
     yield "ln_fwd", dict(base, HAS_W=True, HAS_B=True), warps
     yield "ln_bwd", dict(base, HAS_W=True, NEED_DWB=True), warps
-    yield "residual_fwd", dict(base, HAS_G=True, HAS_SCALE=True), warps
-    yield "residual_bwd", dict(base, HAS_G=True, HAS_SCALE=True, NEED_DX=True, NEED_DG=True), warps
 
 
 def run(archs=(80, 90), dtypes=("fp16", "bf16"), head_dims=(16, 32, 64, 128), widths=(1536, 6144), out=sys.stdout):

@@ -1,8 +1,11 @@
-"""Fused LayerNorm and residual + layer-scale (+ drop-path) add, Triton forward/backward.
+"""Fused LayerNorm, Triton forward/backward.
 
 ``FusedLayerNorm`` is a drop-in ``torch.nn.LayerNorm`` (same parameters, state-dict
-keys and eps) that uses the kernels of ``_layer_norm_triton.py`` when the input is on
-CUDA (or TRITON_INTERPRET=1) and triton is installed, else ``F.layer_norm``.
+keys and eps).  It runs ``F.layer_norm`` unless the Triton kernel of
+``_layer_norm_triton.py`` is explicitly requested: ``impl="fused"``, or
+``ONE_PEACE_LAYER_NORM=fused`` / ``set_layer_norm_impl("fused")`` (see ``switches.py``).
+``fused_layer_norm`` (the functional form) is itself the explicit request: kernel when
+usable, else ``F.layer_norm``.
 """
 import math
 from typing import Optional
@@ -11,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import switches
 from ._triton_utils import interpret_requested, kernel_module, launch_context, triton_available
 
 _KERNELS = "one_peace.models.kernels._layer_norm_triton"
@@ -18,9 +22,21 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_BLOCK_D = 16384  # one row lives in registers; wider rows fall back to torch
 
 
+def layer_norm_unsupported_reason(x: torch.Tensor, width: int) -> Optional[str]:
+    """Why the Triton LayerNorm cannot run on inputs like ``x`` of row width ``width`` (None: it can)."""
+    if not triton_available():
+        return "triton is not installed"
+    if not (x.is_cuda or interpret_requested()):
+        return f"tensor on {x.device} (needs CUDA, or TRITON_INTERPRET=1)"
+    if x.dtype not in _FLOAT_DTYPES:
+        return f"dtype {x.dtype} (supported: {', '.join(str(d) for d in _FLOAT_DTYPES)})"
+    if not 0 < width <= _MAX_BLOCK_D:
+        return f"row width {width} (supported: 1 to {_MAX_BLOCK_D})"
+    return None
+
+
 def _kernel_usable(x: torch.Tensor, width: int) -> bool:
-    return (triton_available() and (x.is_cuda or interpret_requested()) and x.dtype in _FLOAT_DTYPES
-            and 0 < width <= _MAX_BLOCK_D and x.numel() > 0)
+    return x.numel() > 0 and layer_norm_unsupported_reason(x, width) is None
 
 
 def _tiling(width: int, interpret: bool):
@@ -60,8 +76,7 @@ def _autocast_to_fp32(x: torch.Tensor) -> bool:
 
 class _LayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, out_dtype):
-        width = weight.numel() if weight is not None else x.shape[-1]
+    def forward(ctx, x, weight, bias, eps, out_dtype, width):
         x2 = _rows(x, width)
         m = x2.shape[0]
         interpret = interpret_requested()
@@ -108,7 +123,7 @@ class _LayerNormFunction(torch.autograd.Function):
             dw = dw_part.sum(0).to(weight.dtype)
         if need_dwb and bias is not None and ctx.needs_input_grad[2]:
             db = db_part.sum(0).to(bias.dtype)
-        return dx.view(ctx.x_shape), dw, db, None, None
+        return dx.view(ctx.x_shape), dw, db, None, None, None
 
 
 def fused_layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
@@ -126,103 +141,57 @@ def fused_layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bia
         raise ValueError(f"input {tuple(x.shape)} does not end with normalized_shape {normalized_shape}")
     if not _kernel_usable(x, width):
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    return _kernel_layer_norm(x, weight, bias, eps, width)
+
+
+def _kernel_layer_norm(x, weight, bias, eps, width):
     out_dtype = torch.float32 if _autocast_to_fp32(x) else x.dtype
     w = weight.reshape(-1) if weight is not None else None
     b = bias.reshape(-1) if bias is not None else None
-    return _LayerNormFunction.apply(x, w, b, eps, out_dtype)
+    return _LayerNormFunction.apply(x, w, b, eps, out_dtype, width)
 
 
 class FusedLayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` whose forward runs the Triton kernel on CUDA (same state dict)."""
+    """``nn.LayerNorm`` (same parameters and state dict) that can run the Triton kernel.
+
+    ``impl``: ``None`` follows the process-wide switch (``ONE_PEACE_LAYER_NORM`` /
+    ``set_layer_norm_impl``; default ``torch``), ``"torch"`` always ``F.layer_norm``,
+    ``"fused"`` always the kernel.  The choice is resolved on the first forward and
+    cached per (device type, dtype) until a switch changes; a ``fused`` request that the
+    kernel cannot serve raises (empty inputs just go through ``F.layer_norm``).
+    """
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 device=None, dtype=None, impl: Optional[str] = None):
+        super().__init__(normalized_shape, eps=eps, elementwise_affine=elementwise_affine, bias=bias,
+                         device=device, dtype=dtype)
+        if impl is not None and impl not in switches.LAYER_NORM_IMPLS:
+            raise ValueError(f"impl must be None or one of {switches.LAYER_NORM_IMPLS}, got {impl!r}")
+        self.impl = impl
+        self._resolved = None  # (switch version, device type, dtype, use the kernel)
+
+    def _use_kernel(self, x: torch.Tensor) -> bool:
+        cached = self._resolved
+        if cached is not None and cached[0] == switches.version and cached[1] == x.device.type \
+                and cached[2] is x.dtype:
+            return cached[3]
+        impl = self.impl or switches.requested_layer_norm_impl()
+        use = impl == "fused"
+        if use:
+            reason = layer_norm_unsupported_reason(x, math.prod(self.normalized_shape))
+            if reason is not None:
+                source = ("impl='fused'" if self.impl else
+                          f"{switches.LAYER_NORM_ENV}=fused (or set_layer_norm_impl('fused'))")
+                raise RuntimeError(f"{source} but the Triton LayerNorm kernel cannot run here: {reason}")
+        self._resolved = (switches.version, x.device.type, x.dtype, use)
+        return use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused_layer_norm(x, self.weight, self.bias, self.eps, self.normalized_shape)
+        if self._use_kernel(x) and x.numel() > 0:
+            if x.shape[x.dim() - len(self.normalized_shape):] != self.normalized_shape:
+                raise ValueError(f"input {tuple(x.shape)} does not end with normalized_shape {self.normalized_shape}")
+            return _kernel_layer_norm(x, self.weight, self.bias, self.eps, math.prod(self.normalized_shape))
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
-
-class _ResidualFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, residual, x, gamma, scale, out_dtype):
-        bsz, seq, width = x.shape
-        x2, r2 = _rows(x, width), _rows(residual, width)
-        m = x2.shape[0]
-        interpret = interpret_requested()
-        block_d, rows, warps = _tiling(width, interpret)
-        kern = kernel_module(_KERNELS, interpret)
-        y = torch.empty((m, width), dtype=out_dtype, device=x.device)
-        with launch_context(x):
-            kern.residual_fwd[(-(-m // rows),)](
-                r2, x2, gamma if gamma is not None else y, scale if scale is not None else y, y,
-                r2.stride(0), x2.stride(0), y.stride(0), m, width, seq,
-                BLOCK_D=block_d, ROWS=rows, HAS_G=gamma is not None, HAS_SCALE=scale is not None,
-                num_warps=warps, enable_fp_fusion=True,
-            )
-        ctx.save_for_backward(x2 if (gamma is not None and ctx.needs_input_grad[2]) else None, gamma, scale)
-        ctx.shape, ctx.x_dtype, ctx.r_dtype = x.shape, x.dtype, residual.dtype
-        return y.view(x.shape)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x2, gamma, scale = ctx.saved_tensors
-        bsz, seq, width = ctx.shape
-        need_dx = ctx.needs_input_grad[1]
-        need_dg = gamma is not None and ctx.needs_input_grad[2]
-        dres = dy.to(ctx.r_dtype) if ctx.needs_input_grad[0] else None
-        if not (need_dx or need_dg):
-            return dres, None, None, None, None
-        dy2 = _rows(dy, width)
-        m = dy2.shape[0]
-        interpret = interpret_requested()
-        block_d, rows, warps = _tiling(width, interpret)
-        kern = kernel_module(_KERNELS, interpret)
-        nprog = _num_partials(m, rows, dy2, interpret)
-        dx = torch.empty((m, width), dtype=ctx.x_dtype, device=dy.device) if need_dx else None
-        dg_part = torch.empty((nprog, width), dtype=torch.float32, device=dy.device) if need_dg else None
-        dummy = dy2
-        with launch_context(dy2):
-            kern.residual_bwd[(nprog,)](
-                x2 if x2 is not None else dummy, gamma if gamma is not None else dummy,
-                scale if scale is not None else dummy, dy2,
-                dx if dx is not None else dummy, dg_part if dg_part is not None else dummy,
-                x2.stride(0) if x2 is not None else 0, dy2.stride(0), dx.stride(0) if dx is not None else 0,
-                m, width, seq,
-                BLOCK_D=block_d, ROWS=rows, HAS_G=gamma is not None, HAS_SCALE=scale is not None,
-                NEED_DX=need_dx, NEED_DG=need_dg, num_warps=warps, enable_fp_fusion=True,
-            )
-        dx = dx.view(ctx.shape) if need_dx else None
-        dg = dg_part.sum(0).to(gamma.dtype) if need_dg else None
-        return dres, dx, dg, None, None
-
-
-def residual_gamma_add_reference(residual, x, gamma=None, drop_path_scale=None):
-    """Plain torch: residual + drop_path_scale[:, None, None] * (gamma * x)."""
-    if gamma is not None:
-        x = gamma * x
-    if drop_path_scale is not None:
-        x = x * drop_path_scale.to(x.dtype)[:, None, None]
-    return residual + x
-
-
-def fused_residual_gamma_add(residual: torch.Tensor, x: torch.Tensor, gamma: Optional[torch.Tensor] = None,
-                             drop_path_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """residual + drop_path_scale[:, None, None] * (gamma * x) for batch-first (B, S, D).
-
-    ``drop_path_scale``: None or (B,) per-sample 0 or 1/keep (treated as a constant: no
-    gradient).  One pass on CUDA (or TRITON_INTERPRET=1); plain torch otherwise.  The
-    result dtype follows torch's type promotion of residual, x and gamma.
-    """
-    if x.dim() != 3 or residual.shape != x.shape:
-        raise ValueError(f"residual and x must both be (B, S, D), got {tuple(residual.shape)}, {tuple(x.shape)}")
-    bsz, _, width = x.shape
-    if gamma is not None and tuple(gamma.shape) != (width,):
-        raise ValueError(f"gamma must be ({width},), got {tuple(gamma.shape)}")
-    if drop_path_scale is not None and tuple(drop_path_scale.shape) != (bsz,):
-        raise ValueError(f"drop_path_scale must be ({bsz},), got {tuple(drop_path_scale.shape)}")
-    out_dtype = torch.promote_types(residual.dtype, x.dtype)
-    if gamma is not None:
-        out_dtype = torch.promote_types(out_dtype, gamma.dtype)
-    usable = (_kernel_usable(x, width) and residual.dtype in _FLOAT_DTYPES and out_dtype in _FLOAT_DTYPES
-              and residual.device == x.device and not (drop_path_scale is not None and drop_path_scale.requires_grad))
-    if not usable:
-        return residual_gamma_add_reference(residual, x, gamma, drop_path_scale)
-    scale = drop_path_scale.detach().contiguous() if drop_path_scale is not None else None
-    return _ResidualFunction.apply(residual, x, gamma, scale, out_dtype)
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", impl={self.impl!r}" if self.impl else "")
