@@ -46,7 +46,7 @@ setup(
         "omegaconf",
         'triton; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    extras_require={"dev": ["pytest", "scikit-learn"]},
+    extras_require={"dev": ["pytest", "scikit-learn", "ruff"]},
     entry_points={
         "console_scripts": [
             "one-peace-evaluate=one_peace.evaluate:cli_main",

@@ -15,7 +15,7 @@ from fairseq.tasks import FairseqTask, register_task
 
 from ..data_utils.bpe_files import resolve_bpe_dir
 from ..data_utils.feature_spec import parse_feature_encoder_spec
-from ..data_utils.tsv import TSVReader, expand_data_paths
+from ..data_utils.tsv import TSVReader, expand_data_paths, select_epoch_file
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ class BaseTask(FairseqTask):
         if split == "train" or self.cfg.valid_data is None:
             if not self.cfg.data:
                 raise ValueError(f"task {self.cfg._name}: no data file configured for split {split!r}")
-            paths = expand_data_paths(self.cfg.data)
-            return paths[(epoch - 1) % len(paths)]
+            return select_epoch_file(expand_data_paths(self.cfg.data), epoch)
         return self.cfg.valid_data
 
     def has_sharded_data(self, split):
