@@ -96,8 +96,12 @@ def make_batch(stage, n, image_size, audio_seconds, tmp, cfg):
 
 
 def criterion_for(stage):
-    from one_peace.criterions.pretrain_loss import (AudioTextPretrainLossConfig, AudioTextPretrainLossCriterion,
-                                                    ImageTextPretrainLossConfig, ImageTextPretrainLossCriterion)
+    from one_peace.criterions.pretrain_loss import (
+        AudioTextPretrainLossConfig,
+        AudioTextPretrainLossCriterion,
+        ImageTextPretrainLossConfig,
+        ImageTextPretrainLossCriterion,
+    )
 
     if stage == 1:
         return ImageTextPretrainLossCriterion(ImageTextPretrainLossConfig(), task=None)

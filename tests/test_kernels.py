@@ -342,7 +342,7 @@ def test_import_without_triton():
 def tiny_pretrain(fixtures_dir):
     import json
 
-    from conftest import load_fixture
+    from helpers import load_fixture
     from omegaconf import OmegaConf
 
     from one_peace.models import OnePeacePretrainModel
@@ -391,7 +391,7 @@ def test_interpreter_tiny_model_matches_official_and_reference_grads(interpret, 
     relative-position tables included -- equal to the plain-torch reference run.  Every
     attention call gets the bucketed (table, bucket map) bias; for vl the table is
     [text ; image ; zero row] with a block-diagonal map (and padded text keys)."""
-    from conftest import load_fixture
+    from helpers import load_fixture
 
     set_attention_impl, set_layer_norm_impl = kernel_switches
     inputs, official = load_fixture("inputs.pt"), load_fixture("encoder_outputs.pt")
@@ -446,7 +446,7 @@ def test_interpreter_tiny_model_matches_official_and_reference_grads(interpret, 
 def test_auto_never_picks_the_kernels(interpret, kernel_switches, kernel_calls, tiny_pretrain):
     """Even where the kernels could run (TRITON_INTERPRET=1, fp16/fp32), ``auto`` is SDPA
     and FusedLayerNorm is F.layer_norm (bitwise); float64 and dropout take the reference."""
-    from conftest import load_fixture
+    from helpers import load_fixture
 
     from one_peace.models.attention import select_attention_impl
     from one_peace.models.kernels import FusedLayerNorm, invalidate_kernel_caches
