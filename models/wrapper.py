@@ -4,6 +4,7 @@ Used twice by the pretraining model: as ``encoder_wrapper`` (the ONE-PEACE encod
 and as ``decoder_wrapper`` (the small decoder of the masked student path, which has
 no token table, no patch/conv extractor and no relative-position bias).
 """
+from collections.abc import Mapping
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
@@ -20,6 +21,31 @@ class ModalityFeatures(NamedTuple):
     features: torch.Tensor  # (B, S, D) after the modality's final LayerNorm
     padding_mask: torch.Tensor  # (B, S) True = pad
     full_padding_mask: torch.Tensor  # padding of the unmasked sequence (student views differ)
+
+
+class EncoderOutputs(Mapping):
+    """``{modality: ModalityFeatures}`` of one pass; an int index gives the i-th modality's entry.
+
+    Not a ``dict``: torch's module backward hooks (used by fairseq's NaN detector) look for the
+    first tensor of an output by ``output[0]``, which this supports.
+    """
+
+    def __init__(self, items: Dict[str, ModalityFeatures]):
+        self._items = dict(items)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return list(self._items.values())[key]
+        return self._items[key]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __repr__(self):
+        return f"EncoderOutputs({', '.join(self._items)})"
 
 
 class ModelWrapper(nn.Module):
@@ -51,15 +77,15 @@ class ModelWrapper(nn.Module):
                 raise MissingInputError(f"encoder_type={encoder_type!r} needs {err.key}", err.key) from None
         return inputs
 
-    def forward(self, encoder_type: str = "text", **net_input) -> Dict[str, ModalityFeatures]:
+    def forward(self, encoder_type: str = "text", **net_input) -> EncoderOutputs:
         """``{modality: ModalityFeatures}`` of one (fused) pass over the official ``net_input`` keys
         (``src_tokens``, ``src_images``, ``src_audios``, ``audio_padding_masks``, ``<m>_preserve_ids``, ...)."""
         return self.run_fusion(self.embed(encoder_type, net_input), encoder_type_modalities(encoder_type))
 
-    def run_fusion(self, inputs: List[AdapterOutput], modalities) -> Dict[str, ModalityFeatures]:
+    def run_fusion(self, inputs: List[AdapterOutput], modalities) -> EncoderOutputs:
         features = self.fusion_model(inputs, list(modalities))
-        return {m: ModalityFeatures(f, inp.padding_mask, inp.full_padding_mask)
-                for m, f, inp in zip(modalities, features, inputs)}
+        return EncoderOutputs({m: ModalityFeatures(f, inp.padding_mask, inp.whole_sequence_mask)
+                               for m, f, inp in zip(modalities, features, inputs)})
 
     def forward_intermediates(self, encoder_type: str, indices=None, norm: bool = False,
                               **net_input) -> Dict[str, List[torch.Tensor]]:

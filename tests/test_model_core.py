@@ -130,3 +130,25 @@ def test_padding_frames_pass_no_gradient_unless_official_behaviour_is_asked_for(
     # The clip without padding is unaffected; the padded one gets sane gradients only when blocked.
     torch.testing.assert_close(results[True][1][0], results[False][1][0])
     assert results[False][1][1].abs().sum() > 50 * results[True][1][1].abs().sum()
+
+
+def test_fairseq_nan_detector_names_the_first_module_with_a_nan(fixtures_dir, caplog):
+    """fairseq's NaN diagnosis (forward and backward hooks on every module) runs through our
+    modules' outputs and reports where the NaN first appears."""
+    import logging
+
+    from fairseq.nan_detector import NanDetector
+
+    cfg = json.loads((fixtures_dir / "config.json").read_text())["pretrain_cfg_image_text"]["model"]
+    model = load_into(OnePeacePretrainModel(OmegaConf.create(cfg), vocab_size=256), load_fixture("pretrain_state_dict.pt"))
+    inputs = load_fixture("inputs.pt")
+    audios = inputs["src_audios"].clone()
+    audios[0, 50:60] = float("nan")
+    with caplog.at_level(logging.WARNING, logger="fairseq.nan_detector"):
+        with NanDetector(model):
+            emb, feats = model(src_audios=audios, audio_padding_masks=inputs["audio_padding_masks"],
+                               encoder_type="audio")
+            (emb.sum() + feats.sum()).backward()
+            text = model(src_tokens=inputs["src_tokens"], src_images=inputs["src_images"], encoder_type="vl")
+            assert torch.isfinite(text[0]).all()
+    assert "NaN detected in output of encoder_wrapper.audio_adapter.embed_audios" in caplog.text

@@ -16,8 +16,7 @@ Every adapter has the same interface (the modality registry relies on it):
   at their positions; ``full_padding_mask`` is the encoder output's ``full_padding_mask``.
 * ``NO_WEIGHT_DECAY``: parameter names (relative to the adapter) excluded from weight decay.
 """
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -25,18 +24,20 @@ import torch.nn as nn
 from ..components import make_layer_norm, trunc_normal_
 
 
-@dataclass
-class AdapterOutput:
+class AdapterOutput(NamedTuple):
+    # A tuple (tokens first) so module hooks that look for the first tensor of an output --
+    # torch's backward hooks, fairseq's NaN detector -- understand it.
     x: torch.Tensor  # (B, S, D)
     padding_mask: torch.Tensor  # (B, S) bool, True = pad
     bucket: Optional[torch.Tensor]  # (S, S) or (B, S, S) bucket ids, None without rel-pos bias
     adapter: "ModalityAdapter"
-    # Padding mask of the whole (unmasked) sequence; differs from padding_mask for a student view.
+    # Padding mask of the whole (unmasked) sequence; differs from padding_mask for a student view
+    # (None: the same as padding_mask).
     full_padding_mask: Optional[torch.Tensor] = None
 
-    def __post_init__(self):
-        if self.full_padding_mask is None:
-            self.full_padding_mask = self.padding_mask
+    @property
+    def whole_sequence_mask(self) -> torch.Tensor:
+        return self.padding_mask if self.full_padding_mask is None else self.full_padding_mask
 
     def rel_bias(self, layer_idx: int) -> Optional[torch.Tensor]:
         """(1|B, H, S, S) additive bias of the given layer (None without rel-pos bias)."""
