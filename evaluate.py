@@ -105,6 +105,7 @@ def load_task_and_model(cfg):
     from fairseq.dataclass.utils import overwrite_args_by_name
     from omegaconf import open_dict
 
+    from .data_utils.bpe_files import saved_bpe_dir_or_none
     from .models.checkpoint import load_checkpoint_file
 
     path = cfg.common_eval.path
@@ -119,9 +120,12 @@ def load_task_and_model(cfg):
         if cfg.task._name != saved.task._name:
             raise ValueError(f"{path} was trained with task {saved.task._name!r}; evaluate it with --task "
                              f"{saved.task._name} or pass --zero-shot to use task {cfg.task._name!r}")
+        explicit = _explicit_task_options(cfg.task)
         with open_dict(saved.task):
-            for key, value in _explicit_task_options(cfg.task).items():
+            for key, value in explicit.items():
                 saved.task[key] = value
+            if "bpe_dir" not in explicit:
+                saved.task.bpe_dir = saved_bpe_dir_or_none(saved.task.get("bpe_dir"))
         task = tasks.setup_task(saved.task)
     state["cfg"] = saved
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)

@@ -27,6 +27,9 @@ def load_audio(path: str, target_sr: int = SAMPLE_RATE, strict_sample_rate: bool
         raise ValueError(f"cannot read audio {path}: {exc}") from None
     if wav.shape[0] == 0:
         raise ValueError(f"audio file {path} contains no samples")
+    if not np.isfinite(wav).all():
+        bad = int((~np.isfinite(wav)).any(axis=1).sum())
+        raise ValueError(f"audio file {path} contains NaN or infinite samples ({bad} of {wav.shape[0]} frames)")
     wav = wav.mean(axis=1, dtype=np.float32) if wav.shape[1] > 1 else wav[:, 0]
     if sr != target_sr:
         if strict_sample_rate:

@@ -146,6 +146,10 @@ class TextTokenizer:
             raise TypeError(f"text must be a str, got {type(original).__name__}: {original!r}")
         if not text.strip():
             raise ValueError(f"cannot encode empty or whitespace-only text: {original!r}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"text {original!r} is not encodable as UTF-8 ({err.reason})") from None
 
     def encode(self, text: str, clean: bool = False) -> torch.LongTensor:
         """Dataset encoding: [clean_caption] -> BPE(' ' + text) -> ids[:max_src_length] + EOS."""

@@ -4,6 +4,7 @@ The files are not shipped with the package: they are fairseq's published gpt2 BP
 verified by sha256 so a truncated or tampered download is never used.
 """
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.request
@@ -17,6 +18,7 @@ BPE_SHA256 = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "dict.txt": "2c31c5b236661067fe8626775eb995ef5fe808ac87d2ad4a6ddbef68550f5cc6",
 }
+logger = logging.getLogger(__name__)
 ENV_BPE_DIR = "ONE_PEACE_BPE_DIR"
 ENV_CACHE = "ONE_PEACE_CACHE"
 FETCH_HINT = "python -m one_peace.data_utils.bpe fetch [--dest DIR]"
@@ -33,6 +35,19 @@ def default_cache_dir() -> str:
 
 def missing_bpe_files(directory: str):
     return [f for f in BPE_FILES if not os.path.isfile(os.path.join(directory, f))]
+
+
+def saved_bpe_dir_or_none(saved: Optional[str], source: str = "checkpoint") -> Optional[str]:
+    """A BPE directory recorded in a checkpoint's config, or None when it lacks the files.
+
+    Saved paths are often relative to the trainer's machine (official configs say
+    ``../../utils/BPE``); unlike a directory the user gives, a missing one falls back to
+    ``$ONE_PEACE_BPE_DIR`` / the cache, and the fallback is logged.
+    """
+    if saved and missing_bpe_files(os.path.expanduser(saved)):
+        logger.info("the %s's bpe_dir %s lacks the BPE files; using $%s or the cache", source, saved, ENV_BPE_DIR)
+        return None
+    return saved
 
 
 def resolve_bpe_dir(bpe_dir: Optional[str] = None) -> str:

@@ -19,20 +19,56 @@ Rng = Union[None, torch.Generator, np.random.Generator]
 
 
 def load_image(path: str) -> Image.Image:
-    """Open ``path`` and return a fully decoded RGB image (any PIL mode is converted)."""
+    """Open ``path`` and return a fully decoded RGB image.
+
+    Every PIL mode is converted faithfully or refused with an error naming the file: 8-bit
+    modes through PIL; 16-bit greyscale (``I;16*``, and ``I`` holding 0..65535) scaled to 8 bits;
+    float (``F``) images in [0, 1] or [0, 255] scaled likewise.  (PIL's own ``convert("RGB")``
+    clips 16-bit values, which turns most 16-bit pictures white.)
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()  # decode now so truncated files fail here, not later in a worker
-            if img.mode == "RGB":
-                return img.copy()
-            if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:
-                # Go through RGBA so palette transparency is resolved before dropping alpha.
-                return img.convert("RGBA").convert("RGB")
-            return img.convert("RGB")
+            return to_rgb(img, path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
+
+
+def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
+    """A faithful RGB copy of ``img`` (see :func:`load_image`); ValueError naming ``name`` otherwise."""
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode.startswith("I") or img.mode == "F":
+        return _high_depth_to_rgb(img, name)
+    if img.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") or "transparency" in img.info:
+        # Go through RGBA so palette transparency is resolved before dropping alpha.
+        return img.convert("RGBA").convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:  # e.g. LAB: PIL has no conversion
+        raise ValueError(f"{name}: image mode {img.mode} cannot be converted to RGB ({exc})") from None
+
+
+def _high_depth_to_rgb(img: Image.Image, name: str) -> Image.Image:
+    values = np.asarray(img, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"{name}: unsupported image mode {img.mode} with shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name}: image of mode {img.mode} contains NaN or infinite values")
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if img.mode == "F" and low >= 0 and high <= 1:
+        scale = 255.0
+    elif low >= 0 and (high <= 255 and not img.mode.startswith("I;16")):
+        scale = 1.0  # 8-bit values stored in a wide mode
+    elif low >= 0 and high <= 65535 and img.mode != "F":
+        scale = 255.0 / 65535.0  # 16-bit
+    else:
+        raise ValueError(f"{name}: image of mode {img.mode} has values in [{low:g}, {high:g}], which "
+                         "do not map to 8 bits unambiguously (expected 0..255, 0..65535, or 0..1 for float)")
+    grey = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

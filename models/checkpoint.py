@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import re
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import numpy as np
 import torch
@@ -65,20 +65,43 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> dict:
     """``torch.load`` a checkpoint safely; ``allow_pickle=True`` opts into arbitrary pickles."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    kind = _file_kind(path)
     register_safe_globals()
     try:
         state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        hint = "" if allow_pickle else (
-            " If you trust this file, load it with allow_pickle=True (arbitrary code can run)."
-        )
-        raise ValueError(f"cannot load checkpoint {path}: {err}.{hint}") from err
+        raise ValueError(f"cannot load checkpoint {path}: {_load_failure(err, kind, allow_pickle)}") from err
     if not isinstance(state, dict) or "model" not in state:
         keys = list(state)[:10] if isinstance(state, dict) else type(state).__name__
         raise CheckpointMismatchError(
             f"{path} is not a ONE-PEACE/fairseq checkpoint: expected a dict with a 'model' entry, got {keys}"
         )
     return state
+
+
+def _file_kind(path: str) -> str:
+    """``zip`` (torch >= 1.6 format) or ``pickle`` (legacy); ValueError for anything else."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise ValueError(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
+    if head.startswith(b"PK"):
+        return "zip"
+    if head[0] == 0x80:  # pickle protocol 2+ opcode
+        return "pickle"
+    raise ValueError(f"cannot load checkpoint {path}: not a PyTorch checkpoint (neither a zip archive nor a "
+                     f"pickle; it starts with {head!r})")
+
+
+def _load_failure(err: Exception, kind: str, allow_pickle: bool) -> str:
+    text = str(err)
+    if "Weights only load failed" in text or "weights_only" in text:
+        hint = "" if allow_pickle else (" It holds objects outside the allow-list; if you trust this file, "
+                                        "load it with allow_pickle=True (arbitrary code can run).")
+        return text.splitlines()[0] + "." + hint
+    if kind == "zip":
+        return f"the zip archive is truncated or corrupt ({text.splitlines()[0]})"
+    return f"the pickle is truncated or corrupt ({text.splitlines()[0] if text else type(err).__name__})"
 
 
 def _rename_legacy_keys(state_dict: Dict[str, torch.Tensor]):
@@ -216,8 +239,27 @@ def upgrade_state_dict(model, state_dict: Dict[str, torch.Tensor], reset_logit_s
     return state_dict
 
 
-def check_and_fill(model, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint"):
-    """Fill derived buffers and wholly-absent components from the model; raise on the rest."""
+def fresh_components(model, reset_logit_scale=False, drop_image=False) -> set:
+    """Components that may start from fresh initialisation when a checkpoint lacks them entirely:
+    a new classification head; the image branch of the audio-visual model (from an audio-only
+    checkpoint); the stage-2 audio branch and decoder (``drop_image``); a reset logit scale."""
+    allowed = set()
+    if hasattr(model, "classify_head"):
+        allowed.add("classify_head")
+    if getattr(model, "head_type", None) == "av":
+        allowed.add("image")
+    if drop_image:
+        allowed |= {"audio", "decoder", "logit_scale"}
+    if reset_logit_scale:
+        allowed.add("logit_scale")
+    return allowed
+
+
+def check_and_fill(model, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint",
+                   fresh_ok: Iterable[str] = ()):
+    """Fill derived buffers and the wholly-absent components named in ``fresh_ok`` from the model;
+    raise on everything else missing, unexpected or mis-shaped."""
+    fresh_ok = set(fresh_ok)
     own = model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}
     missing = [k for k in own if k not in state_dict]
@@ -227,7 +269,7 @@ def check_and_fill(model, state_dict: Dict[str, torch.Tensor], source: str = "ch
     for key in missing:
         if key in buffers:
             state_dict[key] = own[key]  # derived (rp_bucket, position_idx, version)
-        elif component_of(key) not in present_components:
+        elif component_of(key) in fresh_ok and component_of(key) not in present_components:
             state_dict[key] = own[key]
             fresh.append(key)
         else:
@@ -237,6 +279,10 @@ def check_and_fill(model, state_dict: Dict[str, torch.Tensor], source: str = "ch
     if bad_missing or unexpected or shapes:
         parts = [f"{source} does not fit {type(model).__name__}"]
         if bad_missing:
+            absent = sorted({component_of(k) for k in bad_missing} - present_components)
+            if absent:
+                parts.append(f"absent components: {', '.join(absent)} (only {', '.join(sorted(fresh_ok)) or 'none'} "
+                             "may start fresh for this model)")
             parts.append(f"missing keys ({len(bad_missing)}): {_short(bad_missing)}")
         if unexpected:
             parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
@@ -259,7 +305,7 @@ def _short(items: List[str], limit: int = 20) -> str:
 def load_into(model, state_dict, source="checkpoint", **upgrade_kwargs):
     """Upgrade, check and strictly load ``state_dict`` into ``model``."""
     state_dict = upgrade_state_dict(model, state_dict, **upgrade_kwargs)
-    state_dict = check_and_fill(model, state_dict, source)
+    state_dict = check_and_fill(model, state_dict, source, fresh_ok=fresh_components(model, **upgrade_kwargs))
     # Keep the model's dtype for parameters (official checkpoints are often bf16).
     torch.nn.Module.load_state_dict(model, state_dict, strict=True)
     return model

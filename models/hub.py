@@ -50,8 +50,11 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     if model_type == "one_peace_retrieval":
         # Embed every modality the checkpoint has weights for.
         task_overrides["head_type"] = head_type_for(_modalities_in(state["model"]))
-    if bpe_dir is not None:
-        task_overrides["bpe_dir"] = bpe_dir
+    if bpe_dir is None:
+        from ..data_utils.bpe_files import saved_bpe_dir_or_none
+
+        bpe_dir = saved_bpe_dir_or_none((state["cfg"].get("task") or {}).get("bpe_dir"))
+    task_overrides["bpe_dir"] = bpe_dir
     if task_overrides:
         overrides["task"] = task_overrides
     # What fairseq's load_checkpoint_to_cpu does, on the state we already loaded safely.

@@ -5,6 +5,7 @@ Each function is a modality's ``processor`` (see ``one_peace.models.modalities``
 geometry and device (``hub.task``, ``hub.patch_image_size``, ``hub.max_duration``,
 ``hub.device``, ``hub.dtype``, ``hub.model``).  The data layer is imported lazily.
 """
+import os
 from typing import Dict, Sequence
 
 import torch
@@ -23,8 +24,12 @@ def as_list(items, argument: str) -> list:
 def process_text(hub, texts) -> Dict[str, torch.Tensor]:
     from ..data_utils.collate import collate_tokens
 
-    texts = as_list(texts, "texts")
-    tokens = [hub.task.tokenizer.encode_hub(text) for text in texts]
+    tokens = []
+    for i, text in enumerate(as_list(texts, "texts")):
+        try:
+            tokens.append(hub.task.tokenizer.encode_hub(text))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"texts[{i}]: {err}") from None
     # Token ids stay integers whatever the model dtype (the official hub cast them).
     return {"src_tokens": collate_tokens(tokens, pad_idx=hub.task.dictionary.pad()).to(hub.device)}
 
@@ -32,7 +37,11 @@ def process_text(hub, texts) -> Dict[str, torch.Tensor]:
 def load_images(image_paths):
     from ..data_utils.image import load_image
 
-    return [load_image(p) for p in as_list(image_paths, "image_paths")]
+    paths = as_list(image_paths, "image_paths")
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"image_paths must hold file paths, got {type(path).__name__}")
+    return [load_image(os.fspath(p)) for p in paths]
 
 
 def process_image(hub, image_paths) -> Dict[str, torch.Tensor]:
@@ -56,7 +65,9 @@ def process_audio(hub, audio_paths) -> Dict[str, torch.Tensor]:
     adapter = hub.model.encoder_wrapper.adapter("audio")
     waves, masks = [], []
     for path in as_list(audio_paths, "audio_paths"):
-        wav = prepare_waveform(load_audio(path), max_duration=hub.max_duration)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"audio_paths must hold file paths, got {type(path).__name__}")
+        wav = prepare_waveform(load_audio(os.fspath(path)), max_duration=hub.max_duration)
         frames = adapter.num_frames(wav.numel(), name=path)
         waves.append(wav)
         masks.append(audio_padding_mask(frames))

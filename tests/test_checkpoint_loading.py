@@ -94,6 +94,39 @@ def test_files_that_are_not_checkpoints(tmp_path):
         load_checkpoint_file(str(tmp_path / "nothing.pt"))
 
 
+def test_empty_or_trunkless_state_dicts_are_errors_not_random_models(model_cfg):
+    """Only a new classification head (or the documented stage-2 parts) may start fresh."""
+    model = OnePeaceRetrievalModel(model_cfg, head_type="val", vocab_size=256)
+    with pytest.raises(CheckpointMismatchError, match=r"absent components: .*shared.*text"):
+        load_into(model, {})
+    state = load_fixture("pretrain_state_dict.pt")
+    without_audio = {k: v for k, v in state.items() if "audio_" not in k}
+    with pytest.raises(CheckpointMismatchError, match=r"absent components: audio \(only none may start fresh"):
+        load_into(model, without_audio)
+    classify = OnePeaceClassifyModel(OmegaConf.merge(model_cfg, {"head_scale_ratio": 1, "attn_pooling": False,
+                                                                 "use_pooler": False, "pooler_dropout": 0.0,
+                                                                 "use_image_features": False}),
+                                     head_type="audio", num_classes=3, vocab_size=256)
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(42\): .*layers\.0\.self_attn"):
+        load_into(classify, {k: v for k, v in state.items() if "fusion_model.layers" not in k})
+    with pytest.raises(CheckpointMismatchError, match=r"only classify_head may start fresh"):
+        load_into(classify, {})
+
+
+def test_broken_files_say_what_is_wrong_without_suggesting_pickles(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}}, good)
+    cases = {"empty.pt": b"", "garbage.pt": b"this is plain text, not a checkpoint",
+             "truncated.pt": good.read_bytes()[:600]}
+    expected = {"empty.pt": "the file is empty", "garbage.pt": "not a PyTorch checkpoint",
+                "truncated.pt": "truncated or corrupt"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=expected[name]) as info:
+            load_checkpoint_file(str(tmp_path / name))
+        assert name in str(info.value) and "allow_pickle" not in str(info.value)
+
+
 class Custom:
     pass
 

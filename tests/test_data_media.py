@@ -77,6 +77,45 @@ def test_load_image_converts_modes(tmp_path, mode):
     assert image_to_tensor(out, 16).shape == (3, 16, 16)
 
 
+def _grey_ramp():
+    return (np.arange(24 * 32).reshape(24, 32) % 256).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode,suffix", [("I;16", "png"), ("I;16", "tiff"), ("I", "tiff"), ("F01", "tiff"),
+                                         ("F255", "tiff"), ("I;16B", "tiff")])
+def test_high_bit_depth_images_match_their_8_bit_picture(tmp_path, mode, suffix):
+    """A 16-bit / 32-bit / float greyscale picture gives the same pixels as its 8-bit version
+    (PIL's convert('RGB') clips such images to white)."""
+    grey = _grey_ramp()
+    if mode.startswith("I;16"):
+        img = Image.fromarray(grey.astype(np.uint16) * 257)
+        if mode == "I;16B":
+            img = Image.frombytes("I;16B", img.size, (grey.astype(">u2") * 257).tobytes())
+    elif mode == "I":
+        img = Image.fromarray(grey.astype(np.int32) * 257, mode="I")
+    else:
+        img = Image.fromarray(grey.astype(np.float32) / (255.0 if mode == "F01" else 1.0), mode="F")
+    path = tmp_path / f"img.{suffix}"
+    img.save(path)
+    eight_bit = tmp_path / "img8.png"
+    Image.fromarray(grey).save(eight_bit)
+    ours = np.asarray(load_image(str(path)), dtype=np.int16)
+    assert np.abs(ours - np.asarray(load_image(str(eight_bit)), dtype=np.int16)).max() <= 1
+
+
+def test_ambiguous_or_non_finite_wide_images_are_refused(tmp_path):
+    wide = tmp_path / "wide.tiff"
+    Image.fromarray(np.full((4, 4), 70000, dtype=np.int32), mode="I").save(wide)
+    with pytest.raises(ValueError, match="wide.tiff.*do not map to 8 bits"):
+        load_image(str(wide))
+    nan = tmp_path / "nan.tiff"
+    values = np.zeros((4, 4), dtype=np.float32)
+    values[1, 1] = np.nan
+    Image.fromarray(values, mode="F").save(nan)
+    with pytest.raises(ValueError, match="nan.tiff.*NaN"):
+        load_image(str(nan))
+
+
 def test_load_shared_jpegs():
     for name in ["dog.JPEG", "pokemons.jpg"]:
         img = load_image(str(MEDIA / name))
@@ -229,6 +268,12 @@ def test_bad_audio(tmp_path):
     sf.write(empty, np.zeros((0,), dtype=np.float32), 16000)
     with pytest.raises(ValueError, match="empty.wav.*no samples"):
         load_audio(str(empty))
+    for value, name in ((np.nan, "nan.wav"), (np.inf, "inf.wav")):
+        samples = np.zeros(16000, dtype=np.float32)
+        samples[100] = value
+        sf.write(tmp_path / name, samples, 16000, subtype="FLOAT")
+        with pytest.raises(ValueError, match=f"{name} contains NaN or infinite samples"):
+            load_audio(str(tmp_path / name))
 
 
 # ---- collation ------------------------------------------------------------------------------

@@ -115,6 +115,35 @@ def test_bad_inputs_name_the_input(hub, tmp_path):
         hub.process_audio([str(empty)])
 
 
+def test_degenerate_inputs_get_an_error_naming_the_argument_or_a_correct_result(hub, tmp_path):
+    for method, name in ((hub.process_text, "texts"), (hub.process_image, "image_paths"),
+                         (hub.process_audio, "audio_paths")):
+        with pytest.raises(ValueError, match=f"{name} is empty"):
+            method([])
+    with pytest.raises(ValueError, match=r"texts\[1\]: .*not encodable"):
+        hub.process_text(["fine", "bad \ud800 surrogate"])
+    with pytest.raises(TypeError, match=r"texts\[0\]: text must be a str"):
+        hub.process_text([None])
+    with pytest.raises(TypeError, match="image_paths must hold file paths"):
+        hub.process_image([3])
+    nan_clip = tmp_path / "nan.wav"
+    samples = np.zeros(16000, dtype=np.float32)
+    samples[5] = np.nan
+    sf.write(nan_clip, samples, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="nan.wav contains NaN"):
+        hub.process_audio([str(nan_clip)])
+    # silent, tiny and one-pixel inputs are valid: finite, normalised embeddings
+    silent, tiny, pixel = tmp_path / "silent.wav", tmp_path / "tiny.wav", tmp_path / "pixel.png"
+    sf.write(silent, np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(tiny, np.full(10, 0.1, dtype=np.float32), 16000)
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(pixel)
+    audio = hub.extract_audio_features(*hub.process_audio([str(silent), str(tiny)]))
+    image = hub.extract_image_features(hub.process_image(str(pixel)))
+    for emb in (audio, image):
+        assert torch.isfinite(emb).all()
+        torch.testing.assert_close(emb.norm(dim=-1), torch.ones(emb.size(0)))
+
+
 def test_classify_checkpoints_through_hub(fixture_bpe_dir):
     inputs = load_fixture("inputs.pt")
     audio_ref = load_fixture("classify_audio.pt")
