@@ -107,6 +107,7 @@ def load_task_and_model(cfg):
 
     from .data_utils.bpe_files import saved_bpe_dir_or_none
     from .models.checkpoint import load_checkpoint_file
+    from .tasks.evaluation import require_evaluable
 
     path = cfg.common_eval.path
     state = load_checkpoint_file(path)
@@ -127,6 +128,7 @@ def load_task_and_model(cfg):
             if "bpe_dir" not in explicit:
                 saved.task.bpe_dir = saved_bpe_dir_or_none(saved.task.get("bpe_dir"))
         task = tasks.setup_task(saved.task)
+    require_evaluable(task)  # before the weights are loaded: a pretraining checkpoint fails here
     state["cfg"] = saved
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
     return task, models[0]

@@ -189,6 +189,19 @@ def test_clean_caption():
 
 
 # ---- BPE file discovery and fetch -----------------------------------------------------------
+def test_explicit_bpe_dir_without_files_is_an_error_naming_it(tmp_path, monkeypatch, user_dir):
+    """The task's --bpe-dir and the hub's bpe_dir= never fall back to the env var or the cache."""
+    from fairseq import tasks
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("ONE_PEACE_BPE_DIR", str(BPE_DIR))  # a good fallback exists, and is not used
+    given = tmp_path / "my_bpe"
+    given.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"BPE directory {given} \\(from bpe_dir argument\\)"):
+        tasks.setup_task(OmegaConf.create({"_name": "base_task", "bpe_dir": str(given)}))
+    assert tasks.setup_task(OmegaConf.create({"_name": "base_task", "bpe_dir": None})).dictionary is not None
+
+
 def test_resolve_bpe_dir_order(tmp_path, monkeypatch):
     monkeypatch.delenv("ONE_PEACE_BPE_DIR", raising=False)
     monkeypatch.setenv("ONE_PEACE_CACHE", str(tmp_path / "cache"))

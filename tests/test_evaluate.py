@@ -47,6 +47,16 @@ def evaluate(argv):
     return run_cli([str(a) for a in argv])
 
 
+def test_pretraining_checkpoint_is_refused_up_front_with_what_to_do(tmp_path, fixture_bpe_dir):
+    cfg = json.loads((FIXTURES / "config.json").read_text())["pretrain_cfg_image_text"]
+    path = tmp_path / "pretrain.pt"
+    torch.save({"args": None, "cfg": cfg, "model": load_fixture("pretrain_state_dict.pt")}, path)
+    tsv = write_fixture_clips(tmp_path)
+    with pytest.raises(ValueError, match=r"'image_text_pretrain' cannot be evaluated.*--zero-shot --task"):
+        evaluate(["--path", path, "--gen-subset", "valid", "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir,
+                  "--cpu"])
+
+
 def test_classify_audio_fixture_logits_through_console_script(tmp_path, fixture_bpe_dir):
     tsv = write_fixture_clips(tmp_path)
     cmd = [str(VENV_BIN / "one-peace-evaluate"), "--path", str(FIXTURES / "classify_audio_checkpoint.pt"),
