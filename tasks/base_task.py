@@ -3,6 +3,8 @@
 Official checkpoints store their task config; every field here keeps its official name
 and default so such configs merge unchanged.
 """
+import argparse
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -44,6 +46,30 @@ class BaseTaskConfig(FairseqDataclass):
         "help": "directory media paths in the TSVs are relative to (default: each TSV's own directory)"})
     skip_bad_samples: bool = field(default=True, metadata={
         "help": "skip (log and count) rows with missing/corrupt media or fields instead of failing"})
+
+
+def parse_bool(value: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _boolean_options_take_values(parser, names) -> None:
+    for action in list(parser._actions):
+        if action.dest not in names or not isinstance(action, (argparse._StoreTrueAction,
+                                                               argparse._StoreFalseAction)):
+            continue
+        parser._remove_action(action)
+        for option in action.option_strings:
+            parser._option_string_actions.pop(option, None)
+        for group in getattr(parser, "_action_groups", []):
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        parser.add_argument(*action.option_strings, dest=action.dest, nargs="?", const=True, type=parse_bool,
+                            default=action.default, metavar="true|false", help=action.help)
 
 
 @register_task("base_task", dataclass=BaseTaskConfig)
@@ -92,6 +118,17 @@ class BaseTask(FairseqTask):
 
     def has_sharded_data(self, split):
         return bool(self.cfg.data) and len(expand_data_paths(self.cfg.data)) > 1 and split == "train"
+
+    @classmethod
+    def add_args(cls, parser):
+        """fairseq's flags, except that boolean options take a value as documented (``--skip-bad-samples
+        false``; a bare flag means true) instead of fairseq's store_true/store_false, where a bare
+        ``--skip-bad-samples`` (default true) would turn skipping *off*."""
+        super().add_args(parser)
+        dc = getattr(cls, "__dataclass", None)
+        if dc is not None:
+            booleans = {f.name for f in dataclasses.fields(dc) if f.type is bool or f.type == "bool"}
+            _boolean_options_take_values(parser, booleans)
 
     def reader(self, split: str, epoch: int = 1) -> TSVReader:
         cols = self.cfg.selected_cols or self.DEFAULT_COLS

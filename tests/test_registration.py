@@ -2,6 +2,8 @@
 import argparse
 import importlib
 
+import pytest
+
 
 def test_user_dir_and_package_import_register_once(user_dir):
     from fairseq import utils
@@ -33,3 +35,24 @@ def test_fairseq_train_parser_sees_the_plugin(user_dir):
     assert args.arch == "one_peace_pretrain_tiny"
     assert args.dcl_text_alpha == 0.25 and args.stage2_pretrain and args.patch_image_size == 64
     assert args.data == "train.tsv"
+
+
+@pytest.mark.parametrize("flags,expected", [([], True), (["--skip-bad-samples"], True),
+                                            (["--skip-bad-samples", "false"], False),
+                                            (["--skip-bad-samples=no"], False), (["--skip-bad-samples", "TRUE"], True)])
+def test_boolean_task_options_take_values_as_documented(user_dir, flags, expected):
+    from fairseq import options
+
+    parser = options.get_training_parser(default_task="vggsound")
+    args = options.parse_args_and_arch(parser, input_args=["train.tsv", "--task", "vggsound", "--arch",
+                                                           "one_peace_classify_tiny", *flags])
+    assert args.skip_bad_samples is expected and args.data == "train.tsv"
+
+
+def test_boolean_task_option_rejects_other_values(user_dir):
+    from fairseq import options
+
+    parser = options.get_training_parser(default_task="vggsound")
+    with pytest.raises(SystemExit):
+        options.parse_args_and_arch(parser, input_args=["train.tsv", "--task", "vggsound", "--arch",
+                                                        "one_peace_classify_tiny", "--skip-bad-samples", "maybe"])
