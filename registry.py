@@ -2,9 +2,30 @@
 
 Imported by the user dir (``--user-dir user_src``) and safe to import again as a
 package: Python's module cache makes every registration happen exactly once.
+
+Importing fairseq has side effects we undo: one of its modules calls
+``logging.basicConfig(level=DEBUG)`` (hub users then see every library's debug lines), and
+fairseq 0.12's config code triggers a screenful of hydra deprecation warnings on each start.
 """
-from . import criterions as _criterions  # noqa: F401
-from . import fairseq_compat as _compat  # noqa: F401
-from . import tasks as _tasks  # noqa: F401
-from .models import registration as _models  # noqa: F401
-from .models import registration_av as _models_av  # noqa: F401
+import logging as _logging
+import warnings as _warnings
+
+_root = _logging.getLogger()
+_saved = (_root.level, list(_root.handlers))
+try:
+    from . import criterions as _criterions  # noqa: F401
+    from . import fairseq_compat as _compat  # noqa: F401
+    from . import tasks as _tasks  # noqa: F401
+    from .models import registration as _models  # noqa: F401
+    from .models import registration_av as _models_av  # noqa: F401
+finally:  # never change the caller's logging configuration
+    _root.setLevel(_saved[0])
+    _root.handlers[:] = _saved[1]
+
+# Deprecations inside fairseq 0.12's own use of hydra (nothing a user of ours can act on).
+for _message in (r"hydra\.experimental\.(initialize|compose)\(\) is no longer experimental",
+                 r"\s*The version_base parameter is not specified",
+                 r"In 'config': Usage of deprecated keyword in package header",
+                 r"\s*'config' is validated against ConfigStore schema",
+                 r"\s*The strict flag in the compose API is deprecated"):
+    _warnings.filterwarnings("ignore", message=_message)

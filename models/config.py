@@ -4,27 +4,18 @@ An official checkpoint stores its resolved config as a nested dict; fairseq merg
 into these dataclasses, so every key it contains must exist here, including fields the
 model never reads (``normalize_before``, ``learned_pos``, ``freeze_extractor`` ...).
 
-The classes derive from ``FairseqDataclass`` when fairseq is importable (needed for
-registration) and from a plain dataclass otherwise, so ``one_peace.models`` keeps
-working without fairseq (e.g. on a bare GPU machine for kernel work).
+These are plain dataclasses, so ``one_peace.models`` imports without fairseq (fast, and
+without fairseq's side effects on logging).  The fairseq glue registers their
+``FairseqDataclass`` twins (``models/registration.py:fairseq_config``), field for field.
 """
 from dataclasses import dataclass, field
 from typing import Any, Optional
-
-try:  # fairseq is optional for the model core
-    from fairseq.dataclass import FairseqDataclass
-except ImportError:  # pragma: no cover - exercised on machines without fairseq
-
-    @dataclass
-    class FairseqDataclass:  # type: ignore[no-redef]
-        _name: Optional[str] = None
-
 
 from ..data_utils.feature_spec import OFFICIAL_FEATURE_ENCODER_SPEC as DEFAULT_FEATURE_ENCODER_SPEC
 
 
 @dataclass
-class TextAdapterConfig(FairseqDataclass):
+class TextAdapterConfig:
     bucket_size: int = 256
     layernorm_embedding: bool = False
     add_type_embedding: bool = False
@@ -34,7 +25,7 @@ class TextAdapterConfig(FairseqDataclass):
 
 
 @dataclass
-class ImageAdapterConfig(FairseqDataclass):
+class ImageAdapterConfig:
     bucket_size: int = 16
     rel_bucket_size: int = 16
     layernorm_embedding: bool = False
@@ -46,7 +37,7 @@ class ImageAdapterConfig(FairseqDataclass):
 
 
 @dataclass
-class AudioAdapterConfig(FairseqDataclass):
+class AudioAdapterConfig:
     feature_embed_dim: int = 512  # not read: the extractor width comes from the spec
     feature_encoder_spec: Optional[str] = DEFAULT_FEATURE_ENCODER_SPEC
     abs_pos_type: str = "conv"  # conv | fixed
@@ -69,7 +60,7 @@ class AudioAdapterConfig(FairseqDataclass):
 
 
 @dataclass
-class EncoderConfig(FairseqDataclass):
+class EncoderConfig:
     """``AdjustEncDecConfig``: fairseq's EncDecBaseConfig fields + ONE-PEACE fields."""
 
     embed_path: Optional[str] = None
@@ -106,7 +97,9 @@ class EncoderConfig(FairseqDataclass):
 
 
 @dataclass
-class OnePeaceBaseConfig(FairseqDataclass):
+class OnePeaceBaseConfig:
+    _name: Optional[str] = None
+
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: EncoderConfig = field(default_factory=EncoderConfig)
 

@@ -33,9 +33,7 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     ``bpe_dir`` overrides the checkpoint's BPE directory (else the saved one, then
     ``$ONE_PEACE_BPE_DIR``, then the cache filled by ``python -m one_peace.data_utils.bpe fetch``).
     """
-    from fairseq import checkpoint_utils
-
-    from .. import registry  # noqa: F401 - registers tasks/models
+    from .. import registry  # noqa: F401 - registers tasks/models (first: it guards fairseq's import)
 
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
@@ -58,6 +56,7 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     if task_overrides:
         overrides["task"] = task_overrides
     # What fairseq's load_checkpoint_to_cpu does, on the state we already loaded safely.
+    from fairseq import checkpoint_utils
     from fairseq.dataclass.utils import overwrite_args_by_name
     from omegaconf import OmegaConf
 

@@ -4,8 +4,10 @@ The fairseq classes add only what fairseq needs (``build_model`` from a task and
 config, ``load_state_dict`` with the official upgrades); the networks themselves are
 the plain-torch models of ``one_peace.models.one_peace``.
 """
+import dataclasses
 import logging
 
+from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from omegaconf import open_dict
@@ -19,6 +21,33 @@ from .one_peace import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRet
 logger = logging.getLogger(__name__)
 
 ckpt.register_safe_globals()
+
+_TWINS = {}
+
+
+def fairseq_config(cls):
+    """The ``FairseqDataclass`` twin of a plain config dataclass (nested configs twinned too).
+
+    Same fields, defaults and metadata; fairseq needs its own base class for registration,
+    argparse flags and config merging.
+    """
+    if cls not in _TWINS:
+        fields = []
+        for f in dataclasses.fields(cls):
+            if f.name == "_name":
+                continue  # FairseqDataclass declares it
+            if dataclasses.is_dataclass(f.type):
+                twin = fairseq_config(f.type)
+                fields.append((f.name, twin, dataclasses.field(default_factory=twin, metadata=f.metadata)))
+            elif f.default_factory is not dataclasses.MISSING:
+                fields.append((f.name, f.type, dataclasses.field(default_factory=f.default_factory,
+                                                                 metadata=f.metadata)))
+            else:
+                fields.append((f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)))
+        twin = dataclasses.make_dataclass(cls.__name__, fields, bases=(FairseqDataclass,))
+        twin.__module__, twin.__doc__ = cls.__module__, cls.__doc__
+        _TWINS[cls] = twin
+    return _TWINS[cls]
 
 
 def _task_value(task, name, default=None):
@@ -62,7 +91,7 @@ class _FairseqGlue(BaseFairseqModel):
         return state_dict  # upgrades happen in load_state_dict, which sees the whole model
 
 
-@register_model("one_peace_retrieval", dataclass=OnePeaceRetrievalConfig)
+@register_model("one_peace_retrieval", dataclass=fairseq_config(OnePeaceRetrievalConfig))
 class OnePeaceRetrieval(OnePeaceRetrievalModel, _FairseqGlue):
     @classmethod
     def build_model(cls, cfg, task):
@@ -73,7 +102,7 @@ class OnePeaceRetrieval(OnePeaceRetrievalModel, _FairseqGlue):
                    copy_rel_pos_table=cfg.copy_rel_pos_table)
 
 
-@register_model("one_peace_classify", dataclass=OnePeaceClassifyConfig)
+@register_model("one_peace_classify", dataclass=fairseq_config(OnePeaceClassifyConfig))
 class OnePeaceClassify(OnePeaceClassifyModel, _FairseqGlue):
     @classmethod
     def build_model(cls, cfg, task):
@@ -86,7 +115,7 @@ class OnePeaceClassify(OnePeaceClassifyModel, _FairseqGlue):
                    use_two_images=bool(_task_value(task, "use_two_images", False)))
 
 
-@register_model("one_peace_pretrain", dataclass=OnePeacePretrainConfig)
+@register_model("one_peace_pretrain", dataclass=fairseq_config(OnePeacePretrainConfig))
 class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
     @classmethod
     def build_model(cls, cfg, task):
@@ -136,9 +165,10 @@ def freeze_all_but(model, modality: str):
 
 
 def _register_architectures():
-    for model_name, dc in (("one_peace_retrieval", OnePeaceRetrievalConfig),
-                           ("one_peace_classify", OnePeaceClassifyConfig),
-                           ("one_peace_pretrain", OnePeacePretrainConfig)):
+    for model_name, plain in (("one_peace_retrieval", OnePeaceRetrievalConfig),
+                              ("one_peace_classify", OnePeaceClassifyConfig),
+                              ("one_peace_pretrain", OnePeacePretrainConfig)):
+        dc = fairseq_config(plain)
         for size, preset in PRESETS.items():
             def arch(cfg, preset=preset, dc=dc):
                 # fairseq also calls this on the flat argparse namespace: presets apply to the

@@ -12,7 +12,7 @@ from fairseq.models import register_model, register_model_architecture
 from .architectures import PRESETS, apply_preset
 from .audio_visual import AV_MODALITIES, OnePeaceAudioVisualClassifyModel
 from .config import OnePeaceClassifyConfig
-from .registration import _configure_from_task, _FairseqGlue, _task_value
+from .registration import _configure_from_task, _FairseqGlue, _task_value, fairseq_config
 
 
 @dataclass
@@ -20,7 +20,7 @@ class OnePeaceClassifyAVConfig(OnePeaceClassifyConfig):
     pass
 
 
-@register_model("one_peace_classify_av", dataclass=OnePeaceClassifyAVConfig)
+@register_model("one_peace_classify_av", dataclass=fairseq_config(OnePeaceClassifyAVConfig))
 class OnePeaceClassifyAV(OnePeaceAudioVisualClassifyModel, _FairseqGlue):
     @classmethod
     def build_model(cls, cfg, task):
@@ -34,7 +34,7 @@ class OnePeaceClassifyAV(OnePeaceAudioVisualClassifyModel, _FairseqGlue):
 def _register_architectures():
     for size, preset in PRESETS.items():
         def arch(cfg, preset=preset):
-            apply_preset(cfg, preset, OnePeaceClassifyAVConfig())
+            apply_preset(cfg, preset, fairseq_config(OnePeaceClassifyAVConfig)())
 
         register_model_architecture("one_peace_classify_av", f"one_peace_classify_av_{size}")(arch)
 

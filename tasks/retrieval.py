@@ -10,6 +10,7 @@ gathered), then scores each row's embedding against all of them.  A row matches 
 captions listed under its ``uniq_id`` in ``valid_file`` (JSON {id: [captions]}); without
 ``valid_file`` the captions are the ``text`` column of the evaluation TSV.
 """
+import functools
 import json
 import logging
 import os
@@ -85,6 +86,10 @@ class CaptionBank:
         return cls(keys, captions, groups)
 
 
+def prefixed(text: str, prefix: str = "") -> str:
+    return prefix + text
+
+
 class RetrievalTask(BaseTask):
     QUERY_MODALITY = "audio"
     METRIC_PREFIX = "audio"
@@ -95,8 +100,11 @@ class RetrievalTask(BaseTask):
         self.bank: Optional[CaptionBank] = None
         self._unknown_ids_warned = False
 
-    def caption(self, text: str) -> str:
-        return self.TEMPLATE + text if self.cfg.use_template else text
+    @property
+    def caption(self):
+        """text -> caption as embedded (the template when ``use_template``); a picklable function,
+        so datasets holding it can go to DataLoader worker processes."""
+        return functools.partial(prefixed, prefix=self.TEMPLATE if self.cfg.use_template else "")
 
     @property
     def metric_keys(self):

@@ -56,3 +56,22 @@ def test_boolean_task_option_rejects_other_values(user_dir):
     with pytest.raises(SystemExit):
         options.parse_args_and_arch(parser, input_args=["train.tsv", "--task", "vggsound", "--arch",
                                                         "one_peace_classify_tiny", "--skip-bad-samples", "maybe"])
+
+
+def test_model_core_and_hub_leave_logging_alone_and_skip_fairseq_until_needed(tmp_path):
+    """`import one_peace.models` does not import fairseq; loading the plugin does not change the
+    caller's logging configuration (fairseq's import sets the root logger to DEBUG)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "root = logging.getLogger(); root.setLevel(logging.WARNING)\n"
+        "import one_peace.models\n"
+        "assert 'fairseq' not in sys.modules, 'one_peace.models imported fairseq'\n"
+        "import one_peace.registry\n"
+        "assert 'fairseq' in sys.modules\n"
+        "assert root.level == logging.WARNING and root.handlers == [], (root.level, root.handlers)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
