@@ -24,8 +24,13 @@ def load_fixture(name):
 
 
 def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| relative to max |expected| (0 when both are all zero)."""
+    """max |actual - expected| relative to max |expected| over the finite entries (0 when both are
+    all zero); infinite if the non-finite entries (e.g. -inf attention masks) differ."""
     actual, expected = actual.double(), expected.double()
+    finite = torch.isfinite(expected)
+    if not torch.equal(torch.isfinite(actual), finite) or not torch.equal(actual[~finite], expected[~finite]):
+        return float("inf")
+    actual, expected = actual[finite], expected[finite]
     scale = expected.abs().max().item() if expected.numel() else 0.0
     diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
     return diff / scale if scale > 0 else diff

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 from fairseq import checkpoint_utils
-from helpers import FIXTURES, load_fixture
+from helpers import FIXTURES, assert_scaled_close, load_fixture
 from omegaconf import OmegaConf
 
 from one_peace.models import OnePeaceClassifyModel, OnePeaceRetrievalModel
@@ -31,7 +31,7 @@ def test_classify_checkpoints_load_through_fairseq(user_dir, fixture_bpe_dir, na
     assert cfg.task._name == ref["task"]
     with torch.no_grad():
         logits = model(**{k: inputs[k] for k in ref["call_kwargs"]})
-    torch.testing.assert_close(logits, ref["logits"], atol=1e-5, rtol=0)
+    assert_scaled_close(logits, ref['logits'], rel=1e-05)
 
 
 def test_shared_table_copied_to_per_layer_tables(model_cfg):
@@ -145,4 +145,4 @@ def test_image_rel_pos_table_resize_keeps_special_rows_and_centre():
     assert resized.shape == ((2 * 3 - 1) ** 2 + 3, 4)
     assert torch.equal(resized[-3:], table[-3:])
     # the zero offset (grid centre) keeps its value: the spline interpolates through the knots
-    torch.testing.assert_close(resized[(5 * 5) // 2], table[(3 * 3) // 2], atol=1e-5, rtol=0)
+    assert_scaled_close(resized[5 * 5 // 2], table[3 * 3 // 2], rel=1e-05)
