@@ -99,18 +99,20 @@ def _explicit_task_options(task_cfg) -> Dict:
     return out
 
 
-def load_task_and_model(cfg):
-    """Rebuild (task, model) from ``cfg.common_eval.path`` as described in the module doc."""
+def load_task_and_model(cfg, dtype=torch.float32, device="cpu"):
+    """Rebuild (task, model) from ``cfg.common_eval.path`` as described in the module doc; the
+    weights land in ``dtype`` on ``device`` as they are read (none is initialised first)."""
     from fairseq import checkpoint_utils, tasks
     from fairseq.dataclass.utils import overwrite_args_by_name
     from omegaconf import open_dict
 
     from .data_utils.bpe_files import saved_bpe_dir_or_none
     from .models.checkpoint import load_checkpoint_file
+    from .models.deferred_init import loading_context
     from .tasks.evaluation import require_evaluable
 
     path = cfg.common_eval.path
-    state = load_checkpoint_file(path)
+    state = load_checkpoint_file(path, mmap=True)
     saved = _saved_cfg(state, path)
     overrides = _parse_overrides(cfg.common_eval.model_overrides)
     if overrides:
@@ -130,7 +132,8 @@ def load_task_and_model(cfg):
         task = tasks.setup_task(saved.task)
     require_evaluable(task)  # before the weights are loaded: a pretraining checkpoint fails here
     state["cfg"] = saved
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
+    with loading_context(dtype, device, files=path):
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
     return task, models[0]
 
 
@@ -209,7 +212,7 @@ def main(cfg, out: Optional[Dict] = None, **unused):
     dtype = torch.bfloat16 if cfg.common.bf16 else torch.float16 if cfg.common.fp16 else torch.float32
     if dtype == torch.float16 and not use_cuda:
         raise ValueError("--fp16 needs a GPU; use --bf16 or float32 on CPU")
-    task, model = load_task_and_model(cfg)
+    task, model = load_task_and_model(cfg, dtype, device)
     batch_size = cfg.dataset.batch_size or 1
     subset = cfg.dataset.gen_subset
     results, predictions = evaluate(task, model, subset, batch_size, device, dtype,

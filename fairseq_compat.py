@@ -5,12 +5,22 @@
   'best_loss'``.  We fill an empty history instead.
 * The torch.load allow-list for fairseq checkpoints (``weights_only=True`` is the
   default of the torch.load call inside fairseq) is registered here.
+* ``load_model_ensemble_and_task`` (what the hub, ``one-peace-evaluate`` and users call to
+  rebuild a model from a checkpoint) builds the model without initialising the weights the
+  checkpoint provides and memory-maps the file (``models/deferred_init.py``): loading the
+  released 4B model takes seconds and one copy of the weights.  ``fairseq-train`` starting from a
+  checkpoint (``--finetune-from-model``, ``--restore-file``, ``checkpoint_last.pt``) builds the
+  model the same way and copies the mapped tensors into it.
 """
+import contextlib
 import functools
 
 from fairseq import checkpoint_utils
+from fairseq.dataclass.utils import overwrite_args_by_name
+from omegaconf import OmegaConf
 
-from .models.checkpoint import register_safe_globals
+from .models.checkpoint import load_checkpoint_file, register_safe_globals
+from .models.deferred_init import current_load_target, loading_context, memory_map_for
 
 
 def _tolerant_upgrade(original):
@@ -27,9 +37,45 @@ def _tolerant_upgrade(original):
     return upgrade
 
 
+def _deferred_loading(original):
+    @functools.wraps(original)
+    def load_model_ensemble_and_task(filenames, *args, **kwargs):
+        context = loading_context(files=filenames) if current_load_target() is None else contextlib.nullcontext()
+        with context:
+            return original(filenames, *args, **kwargs)
+
+    load_model_ensemble_and_task.one_peace_patched = True
+    return load_model_ensemble_and_task
+
+
+def _mapped_loading(original):
+    @functools.wraps(original)
+    def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+        if not memory_map_for(path):  # nothing built to receive it lazily: fairseq's own loading
+            return original(path, arg_overrides, load_on_all_ranks)
+        # What fairseq's load_checkpoint_to_cpu does, reading the file memory-mapped.
+        state = load_checkpoint_file(path, mmap=True)
+        if state.get("args") is not None and arg_overrides is not None:
+            for name, value in arg_overrides.items():
+                setattr(state["args"], name, value)
+        if state.get("cfg") is not None:
+            state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
+            if arg_overrides is not None:
+                overwrite_args_by_name(state["cfg"], arg_overrides)
+        return checkpoint_utils._upgrade_state_dict(state)
+
+    load_checkpoint_to_cpu.one_peace_patched = True
+    return load_checkpoint_to_cpu
+
+
 def install():
     if not getattr(checkpoint_utils._upgrade_state_dict, "one_peace_patched", False):
         checkpoint_utils._upgrade_state_dict = _tolerant_upgrade(checkpoint_utils._upgrade_state_dict)
+    if not getattr(checkpoint_utils.load_model_ensemble_and_task, "one_peace_patched", False):
+        checkpoint_utils.load_model_ensemble_and_task = _deferred_loading(
+            checkpoint_utils.load_model_ensemble_and_task)
+    if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "one_peace_patched", False):
+        checkpoint_utils.load_checkpoint_to_cpu = _mapped_loading(checkpoint_utils.load_checkpoint_to_cpu)
     register_safe_globals()
 
 

@@ -5,6 +5,8 @@ legacy ``base_architecture`` functions, so explicit yaml/CLI values win -- excep
 equal to the dataclass default, which cannot be told from an unset one and takes the
 preset's (e.g. ``drop_path_rate: 0.0`` under a 4b preset gives 0.4).
 """
+import dataclasses
+
 RELEASE_ENCODER = dict(
     embed_dim=1536, ffn_embed_dim=6144, layers=40, attention_heads=24, normalize_before=True,
     learned_pos=True, drop_path_rate=0.4, magneto_scale_attn=True, scale_attn=False, scale_fc=True,
@@ -52,8 +54,23 @@ PRESETS = {
 }
 
 
+def fill_unset(cfg, defaults):
+    """Give fields that are None the dataclass default when that is not None.
+
+    ``fairseq-train``'s flags for nested model fields carry no defaults, so every nested field not
+    on the command line arrives as None (the audio conv stack would silently vanish).
+    """
+    for f in dataclasses.fields(defaults):
+        default = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(default):
+            fill_unset(getattr(cfg, f.name), default)
+        elif getattr(cfg, f.name, None) is None and default is not None:
+            setattr(cfg, f.name, default)
+
+
 def apply_preset(cfg, preset: dict, defaults):
     """Set ``cfg`` fields (attribute access: dataclass or DictConfig) still equal to ``defaults``."""
+    fill_unset(cfg, defaults)
     for key, value in preset.items():
         default = getattr(defaults, key)
         if isinstance(value, dict):

@@ -61,14 +61,18 @@ def register_safe_globals():
     torch.serialization.add_safe_globals(_safe_globals())
 
 
-def load_checkpoint_file(path: str, allow_pickle: bool = False) -> dict:
-    """``torch.load`` a checkpoint safely; ``allow_pickle=True`` opts into arbitrary pickles."""
+def load_checkpoint_file(path: str, allow_pickle: bool = False, mmap: bool = False) -> dict:
+    """``torch.load`` a checkpoint safely; ``allow_pickle=True`` opts into arbitrary pickles.
+
+    ``mmap=True`` memory-maps a zip-format file instead of reading it: tensors are paged in from
+    disk as they are used (legacy pickle files cannot be mapped and are read).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     kind = _file_kind(path)
     register_safe_globals()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        state = torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=mmap and kind == "zip")
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot load checkpoint {path}: {_load_failure(err, kind, allow_pickle)}") from err
     if not isinstance(state, dict) or "model" not in state:
@@ -258,7 +262,7 @@ def fresh_components(model, reset_logit_scale=False, drop_image=False) -> set:
 def check_and_fill(model, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint",
                    fresh_ok: Iterable[str] = ()):
     """Fill derived buffers and the wholly-absent components named in ``fresh_ok`` from the model;
-    raise on everything else missing, unexpected or mis-shaped."""
+    raise on everything else missing, unexpected or mis-shaped.  Returns (state_dict, fresh keys)."""
     fresh_ok = set(fresh_ok)
     own = model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}
@@ -293,7 +297,7 @@ def check_and_fill(model, state_dict: Dict[str, torch.Tensor], source: str = "ch
         comps = sorted({component_of(k) for k in fresh})
         logger.warning("%s has no %s weights: %d tensors start from fresh initialisation",
                        source, "/".join(comps), len(fresh))
-    return state_dict
+    return state_dict, fresh
 
 
 def _short(items: List[str], limit: int = 20) -> str:
@@ -305,7 +309,15 @@ def _short(items: List[str], limit: int = 20) -> str:
 def load_into(model, state_dict, source="checkpoint", **upgrade_kwargs):
     """Upgrade, check and strictly load ``state_dict`` into ``model``."""
     state_dict = upgrade_state_dict(model, state_dict, **upgrade_kwargs)
-    state_dict = check_and_fill(model, state_dict, source, fresh_ok=fresh_components(model, **upgrade_kwargs))
+    state_dict, fresh = check_and_fill(model, state_dict, source,
+                                       fresh_ok=fresh_components(model, **upgrade_kwargs))
+    if getattr(model, "_deferred_init", None) is not None:
+        # Built without initialisation (models/deferred_init.py): initialise only what the
+        # checkpoint lacks, adopt or copy the rest.
+        from .deferred_init import load_deferred
+
+        load_deferred(model, state_dict, fresh)
+        return model
     # Keep the model's dtype for parameters (official checkpoints are often bf16).
     torch.nn.Module.load_state_dict(model, state_dict, strict=True)
     return model

@@ -40,7 +40,8 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = os.path.expanduser(model_name_or_path)
-    state = load_checkpoint_file(path, allow_pickle=allow_pickle)
+    # Memory-mapped: tensors stay on disk until used; a bf16 load keeps them mapped (no copy).
+    state = load_checkpoint_file(path, allow_pickle=allow_pickle, mmap=True)
     if state.get("cfg") is None:
         raise ValueError(f"{path} has no saved 'cfg'; it was not written by fairseq/ONE-PEACE")
     overrides = {"model": {"_name": model_type}}
@@ -63,9 +64,13 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
     overwrite_args_by_name(state["cfg"], overrides)
     state = checkpoint_utils._upgrade_state_dict(state)
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], state=state)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from .deferred_init import loading_context
+
+    # Built without initialising what the checkpoint provides; tensors land in dtype on device.
+    with loading_context(DTYPES[dtype], device, files=path):
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], state=state)
     return OnePeaceHubInterface(models[0], task, cfg, device=device, dtype=DTYPES[dtype])
 
 

@@ -15,6 +15,7 @@ from omegaconf import open_dict
 from . import checkpoint as ckpt
 from .architectures import PRESETS, apply_preset
 from .config import OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig
+from .deferred_init import build_for_loading
 from .modalities import encoder_type_modalities, modalities_of, modality_names
 from .one_peace import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRetrievalModel
 
@@ -98,8 +99,8 @@ class OnePeaceRetrieval(OnePeaceRetrievalModel, _FairseqGlue):
         head_type = _task_value(task, "head_type", "val")
         modalities = modalities_of(head_type)
         _configure_from_task(cfg, task, modalities, "one_peace_retrieval")
-        return cls(cfg, head_type=head_type, vocab_size=_vocab_size(task),
-                   copy_rel_pos_table=cfg.copy_rel_pos_table)
+        return build_for_loading(lambda: cls(cfg, head_type=head_type, vocab_size=_vocab_size(task),
+                                             copy_rel_pos_table=cfg.copy_rel_pos_table), cfg)
 
 
 @register_model("one_peace_classify", dataclass=fairseq_config(OnePeaceClassifyConfig))
@@ -111,8 +112,10 @@ class OnePeaceClassify(OnePeaceClassifyModel, _FairseqGlue):
         if not num_classes:
             raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for one_peace_classify")
         _configure_from_task(cfg, task, encoder_type_modalities(head_type), "one_peace_classify")
-        return cls(cfg, head_type=head_type, num_classes=num_classes, vocab_size=_vocab_size(task),
-                   use_two_images=bool(_task_value(task, "use_two_images", False)))
+        return build_for_loading(lambda: cls(cfg, head_type=head_type, num_classes=num_classes,
+                                             vocab_size=_vocab_size(task),
+                                             use_two_images=bool(_task_value(task, "use_two_images", False))),
+                                 cfg)
 
 
 @register_model("one_peace_pretrain", dataclass=fairseq_config(OnePeacePretrainConfig))
@@ -125,7 +128,7 @@ class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
             if patch and cfg.encoder.use_image_moe:
                 cfg.encoder.image_adapter.rel_bucket_size = patch // 16
                 cfg.decoder.image_adapter.bucket_size = patch // 16
-        model = cls(cfg, vocab_size=_vocab_size(task))
+        model = build_for_loading(lambda: cls(cfg, vocab_size=_vocab_size(task)), cfg)
         model.stage2_pretrain = bool(cfg.stage2_pretrain)
         model.reset_logit_scale = bool(cfg.reset_logit_scale)
         if model.stage2_pretrain:

@@ -12,6 +12,7 @@ from fairseq.models import register_model, register_model_architecture
 from .architectures import PRESETS, apply_preset
 from .audio_visual import AV_MODALITIES, OnePeaceAudioVisualClassifyModel
 from .config import OnePeaceClassifyConfig
+from .deferred_init import build_for_loading
 from .registration import _configure_from_task, _FairseqGlue, _task_value, fairseq_config
 
 
@@ -28,7 +29,7 @@ class OnePeaceClassifyAV(OnePeaceAudioVisualClassifyModel, _FairseqGlue):
         if not num_classes:
             raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for one_peace_classify_av")
         _configure_from_task(cfg, task, AV_MODALITIES, "one_peace_classify_av")
-        return cls(cfg, num_classes=num_classes)
+        return build_for_loading(lambda: cls(cfg, num_classes=num_classes), cfg)
 
 
 def _register_architectures():

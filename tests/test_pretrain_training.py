@@ -102,6 +102,8 @@ def test_sigkill_then_restart_continues_like_an_uninterrupted_run(images, tmp_pa
     loaded = re.search(r"[Ll]oaded checkpoint \S*checkpoint_last\.pt \(epoch (\d+) @ (\d+) updates\)", resumed_log)
     assert loaded, resumed_log[-3000:]
     assert (int(loaded.group(1)), int(loaded.group(2))) == (2, 14)
+    # the restarted model was built without initialising the weights checkpoint_last.pt provides
+    assert "built without initialising them" in resumed_log, resumed_log[-3000:]
     after = losses_by_update(resumed_log)
     assert sorted(after) == list(range(15, 41))
     for update in range(15, 41):

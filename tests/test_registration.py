@@ -75,3 +75,23 @@ def test_model_core_and_hub_leave_logging_alone_and_skip_fairseq_until_needed(tm
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_fairseq_train_flags_build_the_preset_model(user_dir, fixture_bpe_dir):
+    """fairseq-train's nested model flags carry no defaults (unset ones arrive as None): the size
+    preset and the dataclass defaults must still fill them (the audio conv stack vanished)."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from one_peace.data_utils.feature_spec import parse_feature_encoder_spec
+    from one_peace.models.architectures import TINY_SPEC
+
+    parser = options.get_training_parser(default_task="audio_classify")
+    args = options.parse_args_and_arch(parser, input_args=[
+        "train.tsv", "--task", "audio_classify", "--num-classes", "3", "--arch", "one_peace_classify_tiny",
+        "--bpe-dir", fixture_bpe_dir, "--cpu"])
+    cfg = convert_namespace_to_omegaconf(args)
+    model = tasks.setup_task(cfg.task).build_model(cfg.model)
+    audio = model.encoder_wrapper.audio_adapter
+    assert audio.embed_audios is not None and audio.spec == parse_feature_encoder_spec(TINY_SPEC)
+    assert model.encoder_wrapper.fusion_model.layers[0].self_attn.embed_dim == 64
