@@ -5,7 +5,8 @@ retrieval-relevant keys of the tri-modal model, one shared rel-pos table per ada
 buffers omitted, and a saved ``cfg``; random bf16 values, as the released files were written by a
 bf16 trainer).  Keys and shapes come from the model built on the meta device, so no float32 copy
 of the weights is ever allocated.  Each measurement then runs in a fresh process so its peak RSS
-(``ru_maxrss``, which counts memory-mapped file pages it touched) is its own.
+(``VmHWM``, which counts the memory-mapped file pages it touched) is its own.  (Not ``ru_maxrss``:
+it survives ``exec`` and would report the parent's size at ``fork``.)
 
     python bench/load.py                                   # base and 4b, bfloat16 and float32 loads
     python bench/load.py --size base --dtype bfloat16
@@ -18,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -65,6 +65,13 @@ def make_stand_in(path, size, vocab_size=50264, seed=0):
     return sum(t.numel() for t in weights.values())
 
 
+def peak_rss_gib() -> float:
+    """This process image's peak resident set (VmHWM), in GiB."""
+    with open("/proc/self/status") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    return kib / 2 ** 20
+
+
 def measure_load(path, dtype):
     """In this process: from_pretrained + one text embedding; returns a result dict."""
     from one_peace.models import from_pretrained
@@ -76,7 +83,7 @@ def measure_load(path, dtype):
     done = time.perf_counter()
     assert torch.isfinite(emb.float()).all()
     return {"load_s": loaded - start, "first_embedding_s": done - start,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+            "peak_rss_gib": peak_rss_gib(),
             "params": sum(p.numel() for p in hub.model.parameters())}
 
 
