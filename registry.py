@@ -22,10 +22,13 @@ finally:  # never change the caller's logging configuration
     _root.setLevel(_saved[0])
     _root.handlers[:] = _saved[1]
 
-# Deprecations inside fairseq 0.12's own use of hydra (nothing a user of ours can act on).
+# Warnings from fairseq 0.12's own code on every start (nothing a user of ours can act on): its use
+# of hydra's deprecated APIs, its torch.cuda.amp call, its pinned-memory loader on CPU-only machines.
 for _message in (r"hydra\.experimental\.(initialize|compose)\(\) is no longer experimental",
                  r"\s*The version_base parameter is not specified",
                  r"In 'config': Usage of deprecated keyword in package header",
                  r"\s*'config' is validated against ConfigStore schema",
-                 r"\s*The strict flag in the compose API is deprecated"):
+                 r"\s*The strict flag in the compose API is deprecated",
+                 r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated",
+                 r"'pin_memory' argument is set as true but no accelerator is found"):
     _warnings.filterwarnings("ignore", message=_message)

@@ -63,7 +63,7 @@ class _PretrainCriterion(FairseqCriterion):
         for key in cls.LOSS_KEYS:
             metrics.log_scalar(key, sum(log.get(key, 0) for log in logging_outputs) / batches, batches, round=3)
         for key in cls.NCORRECT_KEYS:
-            acc = sum(log.get(key, 0) for log in logging_outputs) / nsentences
+            acc = 100.0 * sum(log.get(key, 0) for log in logging_outputs) / nsentences  # percent
             metrics.log_scalar(key.replace("_ncorrect", "_acc"), acc, nsentences, round=3)
         metrics.log_scalar("logit_scale_exp", sum(log.get("logit_scale_exp", 0) for log in logging_outputs)
                            / max(len(logging_outputs), 1), round=3)

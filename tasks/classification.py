@@ -14,9 +14,7 @@ split metrics.  The evaluation protocol (``tasks/evaluation.py``) is ``eval_step
 ``reduce_split_metrics``; ``valid_step``/``reduce_metrics`` are what fairseq's trainer calls.
 Every metric is in percent.
 """
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -26,7 +24,7 @@ from ..criterions.hinge_loss import choice_scores
 from ..metrics.accuracy import accuracy_sum
 from ..metrics.average_precision import mean_average_precision
 from ..metrics.fairseq_logging import concatenated, log_accuracy, log_arrays, log_split_metrics
-from .base_task import BaseTask, BaseTaskConfig
+from .base_task import BaseTask, BaseTaskConfig, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +38,7 @@ class ClassificationConfig(BaseTaskConfig):
 
 def load_label_names(path: str, option: str = "label_file") -> Dict[int, str]:
     """{class id: name} from a JSON file: {"id": "name"}, {"id": ["name", ...]} or ["name", ...]."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label map file not found: {path} (set by task.{option})")
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"label map file {path} is not valid JSON: {err}") from None
+    data = read_json_file(path, option, what="label map file")
     items = enumerate(data) if isinstance(data, list) else data.items()
     names = {}
     for key, value in items:

@@ -11,9 +11,7 @@ captions listed under its ``uniq_id`` in ``valid_file`` (JSON {id: [captions]});
 ``valid_file`` the captions are the ``text`` column of the evaluation TSV.
 """
 import functools
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -25,7 +23,7 @@ from ..data_utils.collate import collate_tokens
 from ..data_utils.tsv import TSVReader
 from ..metrics.fairseq_logging import concatenated, log_arrays, log_split_metrics
 from ..metrics.retrieval import first_match_rank, retrieval_metrics
-from .base_task import BaseTask, BaseTaskConfig
+from .base_task import BaseTask, BaseTaskConfig, read_json_file
 from .classification import sample_ids
 
 logger = logging.getLogger(__name__)
@@ -50,13 +48,7 @@ class CaptionBank:
 
     @classmethod
     def from_valid_file(cls, path: str):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"caption/label file not found: {path} (set by task.valid_file)")
-        with open(path, encoding="utf-8") as fh:
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON: {err}") from None
+        data = read_json_file(path, "valid_file", what="caption/label file")
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object {{id: [captions]}}")
         keys, captions, groups = [], [], []

@@ -152,3 +152,26 @@ def test_fairseq_nan_detector_names_the_first_module_with_a_nan(fixtures_dir, ca
             text = model(src_tokens=inputs["src_tokens"], src_images=inputs["src_images"], encoder_type="vl")
             assert torch.isfinite(text[0]).all()
     assert "NaN detected in output of encoder_wrapper.audio_adapter.embed_audios" in caplog.text
+
+
+def test_forward_intermediates_and_named_methods(tiny_pretrain):
+    """forward_intermediates returns each chosen layer's tokens (the last one, through the final
+    LayerNorm, equals the regular pass), image maps as NCHW; encode_* equal the flag-driven forward."""
+    inputs = load_fixture("inputs.pt")
+    images = inputs["src_images"]
+    with torch.no_grad():
+        layers = tiny_pretrain.forward_intermediates("image", indices=[0, -1], src_images=images)
+        normed = tiny_pretrain.forward_intermediates("image", indices=1, norm=True, src_images=images)
+        maps = tiny_pretrain.forward_intermediates("image", indices=1, output_fmt="NCHW", src_images=images)
+        emb, feats = tiny_pretrain(src_images=images, encoder_type="image")
+        encoded = tiny_pretrain.encode_image(images)
+        text = tiny_pretrain.encode_text(inputs["src_tokens"])
+        text_ref, _ = tiny_pretrain(src_tokens=inputs["src_tokens"], encoder_type="text")
+    grid = images.size(-1) // 16
+    assert [t.shape for t in layers["image"]] == [feats.shape, feats.shape]
+    assert torch.equal(normed["image"][0], feats)
+    assert not torch.equal(layers["image"][1], feats)  # without the final LayerNorm
+    assert maps["image"][0].shape == (images.size(0), feats.size(-1), grid, grid)
+    assert torch.equal(maps["image"][0].flatten(2).transpose(1, 2), layers["image"][1][:, 1:])
+    assert torch.equal(encoded, emb) and torch.equal(text, text_ref)
+    assert tiny_pretrain.logit_scale_exp().item() == pytest.approx(tiny_pretrain(return_logit_scale=True).item())
