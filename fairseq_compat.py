@@ -53,19 +53,23 @@ def _mapped_loading(original):
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
         if not memory_map_for(path):  # nothing built to receive it lazily: fairseq's own loading
             return original(path, arg_overrides, load_on_all_ranks)
-        # What fairseq's load_checkpoint_to_cpu does, reading the file memory-mapped.
-        state = load_checkpoint_file(path, mmap=True)
-        if state.get("args") is not None and arg_overrides is not None:
-            for name, value in arg_overrides.items():
-                setattr(state["args"], name, value)
-        if state.get("cfg") is not None:
-            state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
-            if arg_overrides is not None:
-                overwrite_args_by_name(state["cfg"], arg_overrides)
-        return checkpoint_utils._upgrade_state_dict(state)
+        return prepare_state(load_checkpoint_file(path, mmap=True), arg_overrides)
 
     load_checkpoint_to_cpu.one_peace_patched = True
     return load_checkpoint_to_cpu
+
+
+def prepare_state(state: dict, arg_overrides=None) -> dict:
+    """What fairseq's ``load_checkpoint_to_cpu`` does after reading the file: apply overrides to
+    the saved args/cfg (cfg as an OmegaConf object) and run the state upgrades."""
+    if state.get("args") is not None and arg_overrides is not None:
+        for name, value in arg_overrides.items():
+            setattr(state["args"], name, value)
+    if state.get("cfg") is not None:
+        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
+        if arg_overrides is not None:
+            overwrite_args_by_name(state["cfg"], arg_overrides)
+    return checkpoint_utils._upgrade_state_dict(state)
 
 
 def install():

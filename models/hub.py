@@ -44,26 +44,19 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     state = load_checkpoint_file(path, allow_pickle=allow_pickle, mmap=True)
     if state.get("cfg") is None:
         raise ValueError(f"{path} has no saved 'cfg'; it was not written by fairseq/ONE-PEACE")
-    overrides = {"model": {"_name": model_type}}
-    task_overrides = {}
-    if model_type == "one_peace_retrieval":
-        # Embed every modality the checkpoint has weights for.
-        task_overrides["head_type"] = head_type_for(_modalities_in(state["model"]))
     if bpe_dir is None:
         from ..data_utils.bpe_files import saved_bpe_dir_or_none
 
         bpe_dir = saved_bpe_dir_or_none((state["cfg"].get("task") or {}).get("bpe_dir"))
-    task_overrides["bpe_dir"] = bpe_dir
-    if task_overrides:
-        overrides["task"] = task_overrides
-    # What fairseq's load_checkpoint_to_cpu does, on the state we already loaded safely.
+    task_overrides = {"bpe_dir": bpe_dir}
+    if model_type == "one_peace_retrieval":
+        # Embed every modality the checkpoint has weights for.
+        task_overrides["head_type"] = head_type_for(_modalities_in(state["model"]))
     from fairseq import checkpoint_utils
-    from fairseq.dataclass.utils import overwrite_args_by_name
-    from omegaconf import OmegaConf
 
-    state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
-    overwrite_args_by_name(state["cfg"], overrides)
-    state = checkpoint_utils._upgrade_state_dict(state)
+    from ..fairseq_compat import prepare_state
+
+    state = prepare_state(state, {"model": {"_name": model_type}, "task": task_overrides})
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     from .deferred_init import loading_context
