@@ -85,3 +85,9 @@ class RetrievalCriterion(FairseqCriterion):
 class AudioTextRetrievalCriterion(RetrievalCriterion):
     QUERY_MODALITY = "audio"
     SHORT = "a"
+
+
+@register_criterion("image_text_retrieval_criterion", dataclass=RetrievalCriterionConfig)
+class ImageTextRetrievalCriterion(RetrievalCriterion):
+    QUERY_MODALITY = "image"
+    SHORT = "i"

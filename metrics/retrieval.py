@@ -44,7 +44,9 @@ def retrieval_metrics(query_emb, query_ids, text_emb, text_ids, query_name: str 
     """Both directions between one modality and texts, with the official key names.
 
     ``txt_r{K}``: query -> text (for each audio/image, is a matching caption in the top K);
-    ``{query_name}_r{K}``: text -> query; ``r_mean``: mean of all of them.
+    ``{query_name}_r{K}``: text -> query; ``r_mean``: mean of all of them (= the mean of the two
+    directions' means ``txt_r_mean`` and ``{query_name}_r_mean``); ``txt_count`` / ``{query_name}_count``:
+    how many texts / queries were ranked.
     """
     query_emb = torch.as_tensor(np.asarray(query_emb), dtype=torch.float32)
     text_emb = torch.as_tensor(np.asarray(text_emb), dtype=torch.float32)
@@ -57,4 +59,8 @@ def retrieval_metrics(query_emb, query_ids, text_emb, text_ids, query_name: str 
     for k, value in recall_at_k(scores.t(), text_ids, query_ids, ks).items():
         out[f"{query_name}_r{k}"] = value
     out["r_mean"] = float(np.mean(list(out.values()))) if out else 0.0
+    # Official extras: the mean of each direction and how many items each side holds.
+    out["txt_r_mean"] = float(np.mean([out[f"txt_r{k}"] for k in ks]))
+    out[f"{query_name}_r_mean"] = float(np.mean([out[f"{query_name}_r{k}"] for k in ks]))
+    out["txt_count"], out[f"{query_name}_count"] = float(len(text_ids)), float(len(query_ids))
     return out

@@ -101,7 +101,8 @@ class RetrievalTask(BaseTask):
     @property
     def metric_keys(self):
         p = self.METRIC_PREFIX
-        return ("txt_r1", "txt_r5", "txt_r10", f"{p}_r1", f"{p}_r5", f"{p}_r10", "r_mean")
+        return ("txt_r1", "txt_r5", "txt_r10", f"{p}_r1", f"{p}_r5", f"{p}_r10", "r_mean", "txt_r_mean",
+                f"{p}_r_mean", "txt_count", f"{p}_count")
 
     # ---- caption bank ------------------------------------------------------------------------
     def load_bank(self) -> CaptionBank:

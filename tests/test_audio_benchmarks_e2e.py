@@ -5,39 +5,11 @@ is fine-tuned for a few updates through its run script (``fairseq-hydra-train`` 
 benchmark's yaml, its size preset swapped for the tiny one by hydra overrides) and
 evaluated through ``one_peace.evaluate``.
 """
-import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from audio_bench_data import TINY_SPEC, make_audio_data
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ONE_PEACE_SHARED", REPO.parent / "shared"))
-BPE_DIR = SHARED / "assets" / "bpe"
-VENV_BIN = Path(sys.executable).parent
-
-
-# The yaml's size preset (one_peace_<model>_4b) swapped for the fixtures' tiny one, on CPU, in float32.
-TINY = [
-    "model.encoder.drop_path_rate=0.0", "model.encoder.checkpoint_activations=false",
-    "task.patch_image_size=32", "common.cpu=true", "common.bf16=false", "common.memory_efficient_bf16=false",
-    "common.log_interval=1", "dataset.num_workers=0", "checkpoint.no_epoch_checkpoints=true",
-]
-
-
-def tiny_model(script):
-    """``model._name=<model>_tiny`` for the yaml the run script trains with."""
-    text = (REPO / "run_scripts" / script).read_text()
-    config = re.search(r'finetune_on_tsvs "\$HERE" (\S+)', text).group(1)
-    name = re.search(r"^  _name: (\S+)_4b$", (REPO / "run_scripts" / script).parent.joinpath(f"{config}.yaml")
-                     .read_text(), re.M).group(1)
-    return f"model._name={name}_tiny"
-
+from e2e_helpers import BPE_DIR, REPO, evaluate, finetune, read_results, run
 
 
 @pytest.fixture(scope="module")
@@ -50,35 +22,6 @@ def retrieval_checkpoint(tmp_path_factory, fixture_bpe_dir):
     from test_evaluate import write_retrieval_checkpoint
 
     return write_retrieval_checkpoint(tmp_path_factory.mktemp("retrieval") / "retrieval.pt")
-
-
-def run(cmd, env_extra, cwd):
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", NUM_GPUS="1",
-               BPE_DIR=str(BPE_DIR), PYTHONWARNINGS="ignore")
-    env.update(env_extra)
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return proc.stdout + proc.stderr
-
-
-def finetune(script, data, tmp_path, train, valid, *overrides, **env):
-    save_dir = tmp_path / "ckpt"
-    env = dict(TRAIN_TSV=train, VALID_TSV=valid, BATCH="2", UPDATE_FREQ="1", EPOCHS="1", SAVE_DIR=str(save_dir), **env)
-    log = run(["bash", str(REPO / "run_scripts" / script), tiny_model(script), *TINY, *overrides], env, tmp_path)
-    assert (save_dir / "checkpoint_best.pt").is_file(), log[-3000:]
-    return save_dir / "checkpoint_best.pt", log
-
-
-def evaluate(argv):
-    from one_peace.evaluate import run_cli
-
-    return run_cli([str(a) for a in argv])
-
-
-def read_results(results_dir, subset="test"):
-    preds = json.loads((Path(results_dir) / f"{subset}_predict.json").read_text())
-    metrics = json.loads((Path(results_dir) / f"{subset}_metrics.json").read_text())
-    return preds, metrics
 
 
 # ---- end to end ------------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""``image_text_retrieval``: COCO / Flickr30K image-text retrieval (the retrieval family, image rows).
+
+TSV ``image_id, image, caption`` (one row per image, or per image-caption pair for training);
+evaluation captions come from ``valid_file`` (JSON ``{image_id: [captions]}``).  Recall keys:
+``txt_r1/5/10`` (image -> text), ``img_r1/5/10`` (text -> image), their means and ``r_mean``.
+"""
+from dataclasses import dataclass
+
+import torch
+from fairseq.tasks import register_task
+
+from ...data_utils.collate import collate_tokens
+from ...data_utils.dataset import TSVDataset
+from ...data_utils.image import image_to_tensor, load_image
+from ..retrieval import RetrievalConfig, RetrievalTask
+
+
+@dataclass
+class ImageTextRetrievalConfig(RetrievalConfig):
+    head_type: str = "vl"
+
+
+class ImageTextDataset(TSVDataset):
+    """Row: ``image_id, image, caption``; the caption is required in training only."""
+
+    def __init__(self, split, reader, tokenizer, patch_image_size, caption=None, require_text=True,
+                 skip_bad_samples=True):
+        super().__init__(split, reader, skip_bad_samples)
+        self.tokenizer = tokenizer
+        self.patch_image_size = patch_image_size
+        self.caption = caption or (lambda text: text)
+        self.require_text = require_text
+
+    def load_item(self, index, row):
+        image_id, path = self.field(row, "image_id"), self.field(row, "image")
+        text = row.get("caption", "")
+        if self.require_text and not text.strip():
+            raise ValueError("empty caption")
+        item = {"uniq_id": image_id,
+                "source_image": image_to_tensor(load_image(self.resolve(path)), self.patch_image_size)}
+        if text.strip():
+            item["source_text"] = self.tokenizer.encode(self.caption(text), clean=True)
+        return item
+
+    def collate(self, samples):
+        net_input = {"src_images": torch.stack([s["source_image"] for s in samples])}
+        if all("source_text" in s for s in samples):
+            net_input["src_tokens"] = collate_tokens([s["source_text"] for s in samples], pad_idx=self.tokenizer.pad)
+        return {"net_input": net_input, "uniq_ids": [s["uniq_id"] for s in samples]}
+
+
+@register_task("image_text_retrieval", dataclass=ImageTextRetrievalConfig)
+class ImageTextRetrievalTask(RetrievalTask):
+    DEFAULT_COLS = "image_id,image,caption"
+    QUERY_MODALITY = "image"
+    METRIC_PREFIX = "img"
+
+    def build_dataset(self, split, reader):
+        return ImageTextDataset(split, reader, self.tokenizer, self.cfg.patch_image_size, caption=self.caption,
+                                require_text=(split == "train"), skip_bad_samples=self.skip_bad(split))
