@@ -1,10 +1,15 @@
 """``classify_criterion``: cross-entropy (single label) or BCE-with-logits (multi-label).
 
+The logged ``acc`` is the arg-max accuracy; with 2-D targets (multi-hot, VQA soft scores) it is the
+target score at the arg-max (the VQA accuracy).  Unlike the official criterion, soft-target CE logs
+that same score (the official logs ``sum(softmax * target)``).
+
 Losses are summed over the batch and ``sample_size`` is the number of samples, so the
 reported (and optimised) loss is a per-sample mean, as in the official criterion.
 """
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
@@ -34,9 +39,9 @@ class ClassifyCriterion(FairseqCriterion):
         target = sample["target"]
         logits = logits.float()
         ncorrect = None
+        if target.dim() == 2 and target.shape != logits.shape:
+            raise ValueError(f"2-D targets {tuple(target.shape)} must match logits {tuple(logits.shape)}")
         if self.use_multi_label:
-            if target.shape != logits.shape:
-                raise ValueError(f"multi-label targets {tuple(target.shape)} must match logits {tuple(logits.shape)}")
             loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="sum")
         elif target.dim() == 2:
             # Soft targets (e.g. mixed labels): CE against a distribution.
@@ -52,6 +57,10 @@ class ClassifyCriterion(FairseqCriterion):
             "sample_size": sample_size,
             "num_skipped": sample.get("num_skipped", 0),
         }
+        if target.dim() == 2:
+            # Multi-hot or soft scores (VQA): the target score at the arg-max, summed (the VQA accuracy).
+            with torch.no_grad():
+                ncorrect = target.float().gather(1, logits.argmax(dim=-1, keepdim=True)).sum().item()
         if ncorrect is not None:
             logging_output["_ncorrect"] = ncorrect
         return loss, sample_size, logging_output
