@@ -144,6 +144,59 @@ class OnePeaceHubInterface:
     def extract_audio_features(self, src_audios, audio_padding_masks):
         return self.extract_features("audio", src_audios=src_audios, audio_padding_masks=audio_padding_masks)
 
+    # ---- task-specific helpers -----------------------------------------------------------------
+    def _paired(self, images, texts, what: str):
+        from .preprocess import as_list
+
+        images, texts = as_list(images, "images"), as_list(texts, what)
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images but {len(texts)} {what}: give one per image")
+        return images, texts
+
+    def _require_classifier(self, outputs: Optional[int], call: str, kind: str):
+        head = getattr(self.model, "classify_head", None)
+        if head is None or getattr(self.model, "head_type", None) != "vl":
+            raise ValueError(f"{call} needs a vision-language {kind} checkpoint (one_peace_classify, head_type vl); "
+                             f"this one is {type(self.model).__name__} ({getattr(self.model, 'head_type', '?')})")
+        classes = head.classifier[-1].out_features
+        if outputs is not None and classes != outputs:
+            raise ValueError(f"{call} needs a {kind} checkpoint with {outputs} outputs; this one has {classes}")
+        return classes
+
+    def ground(self, images, texts) -> torch.Tensor:
+        """The box each phrase refers to in its image: (N, 4) xyxy in that image's own pixels
+        (a RefCOCO/+/g checkpoint)."""
+        from ..tasks.vl_tasks.refcoco import boxes_to_pixels
+
+        self._require_classifier(4, "ground", "grounding (RefCOCO)")
+        images, texts = self._paired(images, texts, "texts")
+        src_images, widths, heights = self.process_image(images, return_image_sizes=True)
+        with torch.no_grad():
+            logits = self.model(src_images=src_images, src_tokens=self.process_text(texts))
+        size = self.patch_image_size
+        return boxes_to_pixels(logits.cpu(), size / widths.cpu().double(), size / heights.cpu().double(), size).float()
+
+    def answer(self, images, questions, k: int = 5, label_map=None):
+        """Top-``k`` answers per (image, question) as ``[[(answer, score), ...], ...]`` (a VQA checkpoint);
+        ``label_map``: a JSON file or dict ``{class id: answer}`` (default: the task's ``label_file``)."""
+        classes = self._require_classifier(None, "answer", "VQA")
+        names = label_map if isinstance(label_map, dict) else None
+        if isinstance(label_map, (str, os.PathLike)):
+            from ..tasks.classification import load_label_names
+
+            names = load_label_names(os.fspath(label_map), option="label_map")
+        names = names or getattr(self.task, "label_names", None)
+        if not names:
+            raise ValueError("answer needs the answer vocabulary: pass label_map= (JSON {class id: answer}) or "
+                             "load a checkpoint whose task has a label_file")
+        images, questions = self._paired(images, questions, "questions")
+        with torch.no_grad():
+            scores = torch.sigmoid(self.model(src_images=self.process_image(images),
+                                              src_tokens=self.process_text(questions)).float())
+        top = scores.topk(min(k, classes), dim=-1)
+        return [[(names.get(int(i), str(int(i))), float(v)) for v, i in zip(values, ids)]
+                for values, ids in zip(top.values.cpu(), top.indices.cpu())]
+
     def extract_vl_features(self, src_images, src_tokens):
         """Joint vision-language pass of a classification model (e.g. grounding logits)."""
         if not self.is_classifier:

@@ -121,3 +121,38 @@ def test_bad_boxes_name_the_row(tmp_path, fixture_bpe_dir, user_dir):
     for i, reason in enumerate(["row 2: .*outside the 40x30 image", "row 3: .*degenerate", "row 4: .*four numbers"]):
         with pytest.raises(BadSampleError, match=reason):
             dataset[i]
+
+
+def test_hub_ground_and_answer(fixture_bpe_dir, tmp_path, official):
+    """hub.ground: boxes in each image's pixels from a RefCOCO checkpoint; hub.answer: top-k answers
+    of a VQA checkpoint; wrong checkpoints and mismatched inputs are clear errors."""
+    import json
+
+    from one_peace.models import from_pretrained
+
+    raw = task_fixture("task_inputs.pt")["raw"]
+    paths = []
+    for i, array in enumerate(raw["refcoco"]["images_uint8_HWC"]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.asarray(array, dtype=np.uint8)).save(paths[-1])
+    hub = from_pretrained(str(TASK_FIXTURES / "ckpt_refcoco_imgfeat.pt"), model_type="one_peace_classify",
+                          device="cpu", bpe_dir=fixture_bpe_dir)
+    rows = [0, 2, 3]  # captions the hub's (official) text processing leaves as the dataset does
+    boxes = hub.ground([paths[i] for i in rows], [raw["refcoco"]["texts"][i] for i in rows])
+    assert_scaled_close(boxes.double(), official["refcoco_imgfeat"]["hyps_pixels"][rows].double(), rel=1e-5)
+    with pytest.raises(ValueError, match="2 images but 1 texts"):
+        hub.ground(paths[:2], ["a cat"])
+    with pytest.raises(ValueError, match="answer needs the answer vocabulary"):
+        hub.answer(paths[:1], ["what is it?"])
+
+    vqa = from_pretrained(str(TASK_FIXTURES / "ckpt_vqa.pt"), model_type="one_peace_classify", device="cpu",
+                          bpe_dir=fixture_bpe_dir)
+    (tmp_path / "answers.json").write_text(json.dumps({str(i): a for i, a in enumerate(
+        ["yes", "no", "two", "three", "one", "red"])}))
+    answers = vqa.answer(paths[:2], ["what is to red?", "what color is it?"], k=3, label_map=tmp_path / "answers.json")
+    assert [len(a) for a in answers] == [3, 3]
+    for ranked in answers:
+        assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+        assert all(name in {"yes", "no", "two", "three", "one", "red"} for name, _ in ranked)
+    with pytest.raises(ValueError, match="needs a grounding \\(RefCOCO\\) checkpoint with 4 outputs; this one has 6"):
+        vqa.ground(paths[:1], ["a cat"])
