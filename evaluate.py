@@ -13,7 +13,8 @@ on the command line (those differing from the task's defaults, e.g. ``--valid-da
 literal) override the saved values.  ``--task`` defaults to the checkpoint's task.
 
 Prints the split metrics and writes ``{results_path}/{gen_subset}_predict.json`` (one
-entry per row, in row order) and ``{results_path}/{gen_subset}_metrics.json``.  Runs on
+entry per row, in row order), ``{results_path}/{gen_subset}_metrics.json`` and, for tasks
+with one (VQA), a submission file in the benchmark server's format.  Runs on
 CPU (``--cpu`` or no GPU) or GPU; under ``torchrun`` every worker evaluates a share of
 the split and the results are gathered.
 """
@@ -228,6 +229,11 @@ def main(cfg, out: Optional[Dict] = None, **unused):
                 json.dump(predictions, fh)
             with open(os.path.join(cfg.common_eval.results_path, f"{subset}_metrics.json"), "w") as fh:
                 json.dump(results, fh, indent=1)
+            submission = task.submission(predictions)  # e.g. VQAv2's evaluation-server format
+            if submission is not None:
+                name, content = submission
+                with open(os.path.join(cfg.common_eval.results_path, f"{subset}_{name}"), "w") as fh:
+                    json.dump(content, fh)
     if out is not None:
         out.update(results)
     return results

@@ -159,6 +159,10 @@ class BaseTask(FairseqTask):
         logger.info("%s %s: %d rows from %s", self.cfg._name, split, len(self.datasets[split]),
                     self.datasets[split].reader.path)
 
+    def submission(self, predictions):
+        """``(file name suffix, JSON content)`` of a benchmark server's submission, or None."""
+        return None
+
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         audio = getattr(getattr(model, "encoder_wrapper", None), "audio_adapter", None)

@@ -5,6 +5,7 @@ TSV ``uniq_id, image, question, refs``; ``refs`` lists the reference answers as 
 target is the soft score vector; the metric (``accuracy``) is the VQA score: the
 target score of the arg-max answer, averaged over questions.
 """
+import logging
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -15,6 +16,8 @@ from ...data_utils.collate import collate_tokens
 from ...data_utils.dataset import TSVDataset, parse_class_id
 from ...data_utils.image import image_to_tensor, load_image
 from ..classification import ClassificationConfig, ClassificationTask
+
+logger = logging.getLogger(__name__)
 
 ITEM_SEPARATOR = "&&"
 FIELD_SEPARATOR = "|!+"
@@ -79,7 +82,18 @@ class VQATask(ClassificationTask):
         out = super().predictions(logits, sample)
         answers = sample.get("answers") or [{}] * len(out)
         for i, item in enumerate(out):
-            item["answer"] = answers[i].get(item["prediction"])  # known when the refs name it
+            # The answer string: from the label map (label_file), else from the row's references.
+            names = self.label_names or answers[i]
+            item["answer"] = names.get(item["prediction"])
             item["score"] = float(sample["target"][i][item["prediction"]])
             item.pop("target", None)  # the soft vector is long; the score says what counts
         return out
+
+    def submission(self, predictions):
+        """VQAv2 evaluation-server format: ``[{"question_id": int, "answer": str}, ...]``."""
+        if self.label_names is None:
+            logger.warning("no VQAv2 submission file: set task.label_file (the answer vocabulary written by "
+                           "convert_vqa.py) to map predictions to answers")
+            return None
+        return "vqa_submission.json", [{"question_id": int(p["uniq_id"]), "answer": p["answer"]}
+                                       for p in predictions]
