@@ -44,6 +44,7 @@ setup(
         "Pillow",
         "tensorboardX",
         "omegaconf",
+        "kornia>=0.7",
         'triton; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
     extras_require={"dev": ["pytest", "scikit-learn", "ruff"]},

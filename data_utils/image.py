@@ -87,10 +87,11 @@ def normalize(tensor: torch.Tensor, mean: Sequence[float] = CLIP_MEAN,
     return (tensor - mean_t) / std_t
 
 
-def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """Eval/hub transform: Resize((size, size), bicubic; aspect not kept) -> ToTensor -> CLIP Normalize."""
-    resized = img.resize((size, size), Image.BICUBIC)
-    return normalize(to_tensor(resized))
+def image_to_tensor(img: Image.Image, size: int, augment=None, seed: int = 0) -> torch.Tensor:
+    """Eval/hub transform: Resize((size, size), bicubic; aspect not kept) -> ToTensor -> CLIP Normalize;
+    ``augment(tensor in [0, 1], seed)`` (``data_utils/augment.py``) runs before the normalisation."""
+    pixels = to_tensor(img.resize((size, size), Image.BICUBIC))
+    return normalize(augment(pixels, seed) if augment is not None else pixels)
 
 
 def _uniform(rng: Rng, low: float, high: float) -> float:

@@ -3,8 +3,7 @@
 TSV ``uniq_id, text, image1, image2, label`` with label ``True`` (class 0) or ``False`` (class 1).
 The ``vl`` classify model (``use_two_images``) runs two joint passes, (text, image1) and
 (text, image2) with the second image's ``type_embedding_2``, and classifies the two pooled text
-features concatenated.  Images get the evaluation transform (resize to ``patch_image_size``); the
-official training augmentations (colour jitter, blur, flip, RandAugment) are not applied yet.
+features concatenated.  Training images get the official augmentations (``data_utils/augment.py``).
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -12,6 +11,7 @@ from typing import Optional
 import torch
 from fairseq.tasks import register_task
 
+from ...data_utils.augment import nlvr2_train_augment, sample_seed
 from ...data_utils.collate import collate_tokens
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import image_to_tensor, load_image
@@ -32,9 +32,14 @@ class NLVR2Dataset(TSVDataset):
         super().__init__(split, reader, skip_bad_samples)
         self.tokenizer = tokenizer
         self.patch_image_size = patch_image_size
+        # Training augmentation (colour jitter, blur, flip, RandAugment), seeded per sample and epoch.
+        self.augment = nlvr2_train_augment() if split == "train" else None
+        self.seed, self.epoch = torch.initial_seed() % 2 ** 31, 1
 
-    def image(self, row, column):
-        return image_to_tensor(load_image(self.resolve(self.field(row, column))), self.patch_image_size)
+    def image(self, row, column, index, which):
+        seed = sample_seed(self.seed, self.epoch, 2 * index + which)
+        return image_to_tensor(load_image(self.resolve(self.field(row, column))), self.patch_image_size,
+                               self.augment, seed)
 
     def load_item(self, index, row):
         label = self.field(row, "label").strip()
@@ -42,7 +47,8 @@ class NLVR2Dataset(TSVDataset):
             raise ValueError(f"label {label!r} is not True or False")
         return {"uniq_id": row.get("uniq_id", ""),
                 "source_text": self.tokenizer.encode(self.field(row, "text"), clean=True),
-                "source_image": self.image(row, "image1"), "source_image2": self.image(row, "image2"),
+                "source_image": self.image(row, "image1", index, 0),
+                "source_image2": self.image(row, "image2", index, 1),
                 "target": torch.tensor(LABELS[label])}
 
     def collate(self, samples):

@@ -5,8 +5,8 @@ pixels.  The image is resized to ``patch_image_size`` squared (aspect not kept, 
 ``RandomResize([P], max_size=P)``); the target is the box normalised by the image size.  The ``vl``
 classify model (4 outputs, ``use_image_features`` for RefCOCO/+) predicts ``sigmoid(logits)``.
 Metric: ``iou_acc`` (percent of boxes with IoU >= 0.5 against the reference, in original pixels);
-predictions hold each row's box in its image's pixels.  The official training augmentation
-(Gaussian blur) is not applied yet.
+predictions hold each row's box in its image's pixels.  Training images get the official Gaussian
+blur (``data_utils/augment.py``).
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 import torch
 from fairseq.tasks import register_task
 
+from ...data_utils.augment import refcoco_train_augment, sample_seed
 from ...data_utils.collate import collate_tokens
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import image_to_tensor, load_image
@@ -56,6 +57,9 @@ class RefCOCODataset(TSVDataset):
         super().__init__(split, reader, skip_bad_samples)
         self.tokenizer = tokenizer
         self.size = patch_image_size
+        # Training augmentation (Gaussian blur), seeded per sample and epoch.
+        self.augment = refcoco_train_augment() if split == "train" else None
+        self.seed, self.epoch = torch.initial_seed() % 2 ** 31, 1
 
     def load_item(self, index, row):
         image = load_image(self.resolve(self.field(row, "image")))
@@ -64,7 +68,8 @@ class RefCOCODataset(TSVDataset):
         normaliser = torch.tensor([width, height, width, height], dtype=torch.float64)
         return {"uniq_id": row.get("uniq_id", ""),
                 "source_text": self.tokenizer.encode(self.field(row, "text"), clean=True),
-                "source_image": image_to_tensor(image, self.size),
+                "source_image": image_to_tensor(image, self.size, self.augment,
+                                                sample_seed(self.seed, self.epoch, index)),
                 "target": (box / normaliser).float(),
                 "w_resize_ratio": torch.tensor(self.size / width), "h_resize_ratio": torch.tensor(self.size / height),
                 "region_coord": box.float()}
