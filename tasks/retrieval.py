@@ -85,6 +85,7 @@ def prefixed(text: str, prefix: str = "") -> str:
 class RetrievalTask(BaseTask):
     QUERY_MODALITY = "audio"
     METRIC_PREFIX = "audio"
+    ID_COLUMN = "uniq_id"  # the column captions are grouped by (the keys of valid_file)
     TEMPLATE = ""  # prefix of every caption when use_template is set
 
     def __init__(self, cfg, dictionary=None, tokenizer=None):
@@ -107,8 +108,22 @@ class RetrievalTask(BaseTask):
     # ---- caption bank ------------------------------------------------------------------------
     def load_bank(self) -> CaptionBank:
         if self.cfg.valid_file:
-            return CaptionBank.from_valid_file(self.cfg.valid_file)
+            bank = CaptionBank.from_valid_file(self.cfg.valid_file)
+            self.check_caption_ids(bank)
+            return bank
         return CaptionBank.from_tsv(self.reader("valid"))
+
+    def check_caption_ids(self, bank: CaptionBank) -> None:
+        """Every id of the caption file must name a row of the splits being evaluated (else its captions
+        could never be retrieved correctly and would silently lower the text -> row recall)."""
+        for split, dataset in self.datasets.items():
+            if split == "train":
+                continue
+            rows = {row.get(self.ID_COLUMN, "") for row in dataset.reader}
+            orphans = [key for key in bank.keys if key not in rows]
+            if orphans:
+                raise ValueError(f"{self.cfg.valid_file}: captions of {len(orphans)} ids match no row of "
+                                 f"{dataset.reader.path} (column {self.ID_COLUMN}): {orphans[:10]}")
 
     @torch.no_grad()
     def build_bank(self, model) -> CaptionBank:

@@ -129,3 +129,39 @@ def test_refs_pickle_with_code_is_refused(tmp_path):
     load_refs.__spec__.loader.exec_module(load_refs)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load .*print"):
         load_refs.load_refs(tmp_path / "refs.p")
+
+
+def test_bad_vl_rows_name_the_row_or_file(tmp_path, fixture_bpe_dir, user_dir):
+    """A missing second image, an answer id outside the vocabulary, caption ids that match no image."""
+    from omegaconf import OmegaConf
+
+    from one_peace.data_utils.dataset import BadSampleError
+    from one_peace.tasks.vl_tasks.image_text_retrieval import ImageTextRetrievalConfig, ImageTextRetrievalTask
+    from one_peace.tasks.vl_tasks.nlvr2 import NLVR2Config, NLVR2Task
+    from one_peace.tasks.vl_tasks.vqa import VQAConfig, VQATask
+
+    first = image(tmp_path / "a.png", COLOURS[0])
+    (tmp_path / "nlvr2.tsv").write_text("uniq_id\ttext\timage1\timage2\tlabel\n"
+                                        f"x\ttwo dogs\t{first}\t{tmp_path / 'gone.png'}\tTrue\n")
+    task = NLVR2Task.setup_task(OmegaConf.structured(NLVR2Config(
+        bpe_dir=fixture_bpe_dir, valid_data=str(tmp_path / "nlvr2.tsv"), patch_image_size=32)))
+    task.load_dataset("valid")
+    with pytest.raises(BadSampleError, match="row 2: .*gone.png"):
+        task.dataset("valid")[0]
+
+    (tmp_path / "vqa.tsv").write_text("uniq_id\timage\tquestion\trefs\n"
+                                      f"7\t{first}\twhat is it?\tcat|!+9|!+1.0\n")
+    task = VQATask.setup_task(OmegaConf.structured(VQAConfig(
+        bpe_dir=fixture_bpe_dir, valid_data=str(tmp_path / "vqa.tsv"), num_classes=3, patch_image_size=32)))
+    task.load_dataset("valid")
+    with pytest.raises(BadSampleError, match="row 2: unknown answer label id 9"):
+        task.dataset("valid")[0]
+
+    (tmp_path / "ret.tsv").write_text(f"image_id\timage\tcaption\n1\t{first}\ta red square\n")
+    (tmp_path / "ret.json").write_text(json.dumps({"1": ["a red square"], "2": ["a lost caption"]}))
+    task = ImageTextRetrievalTask.setup_task(OmegaConf.structured(ImageTextRetrievalConfig(
+        bpe_dir=fixture_bpe_dir, valid_data=str(tmp_path / "ret.tsv"), valid_file=str(tmp_path / "ret.json"),
+        patch_image_size=32)))
+    task.load_dataset("valid")
+    with pytest.raises(ValueError, match=r"ret.json: captions of 1 ids match no row of .*ret.tsv .*\['2'\]"):
+        task.load_bank()

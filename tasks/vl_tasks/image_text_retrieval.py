@@ -54,6 +54,7 @@ class ImageTextRetrievalTask(RetrievalTask):
     DEFAULT_COLS = "image_id,image,caption"
     QUERY_MODALITY = "image"
     METRIC_PREFIX = "img"
+    ID_COLUMN = "image_id"
 
     def build_dataset(self, split, reader):
         return ImageTextDataset(split, reader, self.tokenizer, self.cfg.patch_image_size, caption=self.caption,
