@@ -66,10 +66,13 @@ def test_retrieval_metrics_keys_and_rows_without_match():
     emb = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
     ids = torch.tensor([0, 1, 2, 3, -1])  # the last clip has no caption: always a miss
     out = retrieval_metrics(emb, ids, emb[:4], torch.arange(4), query_name="audio")
-    assert set(out) == {"txt_r1", "txt_r5", "txt_r10", "audio_r1", "audio_r5", "audio_r10", "r_mean"}
+    recalls = {"txt_r1", "txt_r5", "txt_r10", "audio_r1", "audio_r5", "audio_r10"}
+    assert set(out) == recalls | {"r_mean", "txt_r_mean", "audio_r_mean", "txt_count", "audio_count"}
     assert out["txt_r1"] == pytest.approx(80.0)  # 4 of 5 clips find their own caption first
     assert out["audio_r1"] == pytest.approx(100.0)
-    assert out["r_mean"] == pytest.approx(np.mean([v for k, v in out.items() if k != "r_mean"]))
+    assert out["r_mean"] == pytest.approx(np.mean([out[k] for k in recalls]))
+    assert out["r_mean"] == pytest.approx((out["txt_r_mean"] + out["audio_r_mean"]) / 2)  # the official definition
+    assert (out["txt_count"], out["audio_count"]) == (4, 5)
 
 
 # ---- accuracy --------------------------------------------------------------------------------
