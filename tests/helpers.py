@@ -23,6 +23,11 @@ def load_fixture(name):
     return torch.load(require(FIXTURES / name), weights_only=True)
 
 
+def load_task_fixture(name):
+    """A file of the fine-tuning fixtures (official-parity-tasks)."""
+    return torch.load(require(TASK_FIXTURES / name), weights_only=True)
+
+
 def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| relative to max |expected| over the finite entries (0 when both are
     all zero); infinite if the non-finite entries (e.g. -inf attention masks) differ."""

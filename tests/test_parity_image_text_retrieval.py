@@ -9,17 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TASK_FIXTURES, assert_scaled_close, require
+from helpers import TASK_FIXTURES, assert_scaled_close, load_task_fixture
 from PIL import Image
-
-
-def task_fixture(name):
-    return torch.load(require(TASK_FIXTURES / name), weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def official():
-    return task_fixture("image_text_retrieval.pt")
+    return load_task_fixture("image_text_retrieval.pt")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +23,7 @@ def loaded(tmp_path_factory, fixture_bpe_dir, user_dir):
     """(task, model, criterion) from the official checkpoint; the raw inputs written as files."""
     from fairseq import checkpoint_utils
 
-    inputs = task_fixture("task_inputs.pt")
+    inputs = load_task_fixture("task_inputs.pt")
     bpe_symbols = [line.split()[0] for line in open(f"{fixture_bpe_dir}/dict.txt", encoding="utf-8")]
     assert bpe_symbols == inputs["dict_symbols"][4:], "the task fixtures use the pretraining fixtures' dictionary"
     raw = inputs["raw"]["retrieval"]

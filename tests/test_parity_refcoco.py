@@ -3,22 +3,18 @@ variants (image features for RefCOCO/+, text features for RefCOCOg), through fai
 import numpy as np
 import pytest
 import torch
-from helpers import TASK_FIXTURES, assert_scaled_close, require
+from helpers import TASK_FIXTURES, assert_scaled_close, load_task_fixture
 from PIL import Image
-
-
-def task_fixture(name):
-    return torch.load(require(TASK_FIXTURES / name), weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def official():
-    return task_fixture("refcoco.pt")
+    return load_task_fixture("refcoco.pt")
 
 
 @pytest.fixture(scope="module")
 def valid_tsv(tmp_path_factory):
-    raw = task_fixture("task_inputs.pt")["raw"]["refcoco"]
+    raw = load_task_fixture("task_inputs.pt")["raw"]["refcoco"]
     out = tmp_path_factory.mktemp("refcoco")
     rows = ["uniq_id\timage\ttext\tregion_coord"]
     for i, (array, text, box) in enumerate(zip(raw["images_uint8_HWC"], raw["texts"], raw["region_coord_strings"])):
@@ -130,7 +126,7 @@ def test_hub_ground_and_answer(fixture_bpe_dir, tmp_path, official):
 
     from one_peace.models import from_pretrained
 
-    raw = task_fixture("task_inputs.pt")["raw"]
+    raw = load_task_fixture("task_inputs.pt")["raw"]
     paths = []
     for i, array in enumerate(raw["refcoco"]["images_uint8_HWC"]):
         paths.append(str(tmp_path / f"{i}.png"))

@@ -7,12 +7,8 @@ gradients, and the split metrics must match the official values.
 import numpy as np
 import pytest
 import torch
-from helpers import TASK_FIXTURES, assert_scaled_close, require
+from helpers import TASK_FIXTURES, assert_scaled_close, load_task_fixture
 from PIL import Image
-
-
-def task_fixture(name):
-    return torch.load(require(TASK_FIXTURES / name), weights_only=True)
 
 
 def write_png(path, array):
@@ -42,7 +38,7 @@ def case(request, tmp_path_factory, fixture_bpe_dir, user_dir):
     from fairseq import checkpoint_utils
 
     name = request.param
-    raw = task_fixture("task_inputs.pt")["raw"][name]
+    raw = load_task_fixture("task_inputs.pt")["raw"][name]
     out = tmp_path_factory.mktemp(name)
     rows = (nlvr2_rows if name == "nlvr2" else vqa_rows)(raw, out)
     (out / "valid.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -50,7 +46,7 @@ def case(request, tmp_path_factory, fixture_bpe_dir, user_dir):
         [str(TASK_FIXTURES / f"ckpt_{name}.pt")],
         arg_overrides={"bpe_dir": fixture_bpe_dir, "valid_data": str(out / "valid.tsv")})
     task.load_dataset("valid")
-    return name, task_fixture(f"{name}.pt"), task, models[0].eval(), task.build_criterion(cfg.criterion)
+    return name, load_task_fixture(f"{name}.pt"), task, models[0].eval(), task.build_criterion(cfg.criterion)
 
 
 def test_dataset_items_and_batch(case):
