@@ -82,6 +82,27 @@ def prefixed(text: str, prefix: str = "") -> str:
     return prefix + text
 
 
+class CaptionedRows:
+    """What the retrieval datasets share: an optional caption column, required in training only,
+    tokenised through the task's ``caption`` function; batches get ``src_tokens`` when every row has one.
+
+    The dataset sets ``tokenizer``, ``caption`` and ``require_text``.
+    """
+
+    def caption_tokens(self, row, column: str):
+        """The row's caption as token ids, or None (a ValueError when training needs one)."""
+        text = row.get(column, "")
+        if not text.strip():
+            if self.require_text:
+                raise ValueError("empty caption")
+            return None
+        return self.tokenizer.encode(self.caption(text), clean=True)
+
+    def add_caption_tokens(self, samples, net_input) -> None:
+        if all(s.get("source_text") is not None for s in samples):
+            net_input["src_tokens"] = collate_tokens([s["source_text"] for s in samples], pad_idx=self.tokenizer.pad)
+
+
 class RetrievalTask(BaseTask):
     QUERY_MODALITY = "audio"
     METRIC_PREFIX = "audio"

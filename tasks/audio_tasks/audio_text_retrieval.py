@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 
 from ...data_utils.audio_dataset import AudioRowDataset
-from ...data_utils.collate import collate_tokens
-from ..retrieval import RetrievalConfig, RetrievalTask
+from ..retrieval import CaptionedRows, RetrievalConfig, RetrievalTask
 
 TEMPLATE = "This is a sound of "
 
@@ -23,7 +22,7 @@ class AudioTextRetrievalConfig(RetrievalConfig):
     head_type: str = "al"
 
 
-class AudioTextDataset(AudioRowDataset):
+class AudioTextDataset(CaptionedRows, AudioRowDataset):
     """Row: ``uniq_id, audio, text, duration``; the caption is required in training only."""
 
     def __init__(self, split, reader, tokenizer, feature_spec, max_duration=15, caption=None,
@@ -34,19 +33,12 @@ class AudioTextDataset(AudioRowDataset):
         self.require_text = require_text
 
     def load_item(self, index, row):
-        text = row.get("text", "")
-        if self.require_text and not text.strip():
-            raise ValueError("empty caption")
-        item = self.audio_item(row)
-        if text.strip():
-            item["source_text"] = self.tokenizer.encode(self.caption(text), clean=True)
-        return item
+        tokens = self.caption_tokens(row, "text")  # first: an empty caption is reported before any audio is read
+        return dict(self.audio_item(row), source_text=tokens)
 
     def collate(self, samples):
         batch = super().collate(samples)
-        if all("source_text" in s for s in samples):
-            batch["net_input"]["src_tokens"] = collate_tokens([s["source_text"] for s in samples],
-                                                              pad_idx=self.tokenizer.pad)
+        self.add_caption_tokens(samples, batch["net_input"])
         return batch
 
 

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import torch
 from fairseq.tasks import register_task
 
-from ...data_utils.collate import collate_tokens
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import image_to_tensor, load_image
-from ..retrieval import RetrievalConfig, RetrievalTask
+from ..retrieval import CaptionedRows, RetrievalConfig, RetrievalTask
 
 
 @dataclass
@@ -20,7 +19,7 @@ class ImageTextRetrievalConfig(RetrievalConfig):
     head_type: str = "vl"
 
 
-class ImageTextDataset(TSVDataset):
+class ImageTextDataset(CaptionedRows, TSVDataset):
     """Row: ``image_id, image, caption``; the caption is required in training only."""
 
     def __init__(self, split, reader, tokenizer, patch_image_size, caption=None, require_text=True,
@@ -33,19 +32,13 @@ class ImageTextDataset(TSVDataset):
 
     def load_item(self, index, row):
         image_id, path = self.field(row, "image_id"), self.field(row, "image")
-        text = row.get("caption", "")
-        if self.require_text and not text.strip():
-            raise ValueError("empty caption")
-        item = {"uniq_id": image_id,
+        tokens = self.caption_tokens(row, "caption")
+        return {"uniq_id": image_id, "source_text": tokens,
                 "source_image": image_to_tensor(load_image(self.resolve(path)), self.patch_image_size)}
-        if text.strip():
-            item["source_text"] = self.tokenizer.encode(self.caption(text), clean=True)
-        return item
 
     def collate(self, samples):
         net_input = {"src_images": torch.stack([s["source_image"] for s in samples])}
-        if all("source_text" in s for s in samples):
-            net_input["src_tokens"] = collate_tokens([s["source_text"] for s in samples], pad_idx=self.tokenizer.pad)
+        self.add_caption_tokens(samples, net_input)
         return {"net_input": net_input, "uniq_ids": [s["uniq_id"] for s in samples]}
 
 
