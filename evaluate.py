@@ -35,14 +35,9 @@ logger = logging.getLogger("one_peace.evaluate")
 # ---- checkpoint and task ---------------------------------------------------------------------
 def _peek_saved_cfg(path: str):
     """The checkpoint's saved config, without reading the weights into memory when possible."""
-    from .models.checkpoint import load_checkpoint_file, register_safe_globals
+    from .models.checkpoint import load_checkpoint_file
 
-    register_safe_globals()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped
-        state = load_checkpoint_file(path)
-    return _saved_cfg(state, path)
+    return _saved_cfg(load_checkpoint_file(path, mmap=True), path)  # mapped unless a legacy pickle
 
 
 def _saved_cfg(state: dict, path: str):

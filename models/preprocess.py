@@ -21,6 +21,15 @@ def as_list(items, argument: str) -> list:
     return items
 
 
+def as_paths(items, argument: str) -> list:
+    """:func:`as_list` of file paths (TypeError naming the argument for anything else)."""
+    paths = as_list(items, argument)
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"{argument} must hold file paths, got {type(path).__name__}")
+    return [os.fspath(p) for p in paths]
+
+
 def process_text(hub, texts) -> Dict[str, torch.Tensor]:
     from ..data_utils.collate import collate_tokens
 
@@ -37,11 +46,7 @@ def process_text(hub, texts) -> Dict[str, torch.Tensor]:
 def load_images(image_paths):
     from ..data_utils.image import load_image
 
-    paths = as_list(image_paths, "image_paths")
-    for path in paths:
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"image_paths must hold file paths, got {type(path).__name__}")
-    return [load_image(os.fspath(p)) for p in paths]
+    return [load_image(p) for p in as_paths(image_paths, "image_paths")]
 
 
 def process_image(hub, image_paths) -> Dict[str, torch.Tensor]:
@@ -64,10 +69,8 @@ def process_audio(hub, audio_paths) -> Dict[str, torch.Tensor]:
 
     adapter = hub.model.encoder_wrapper.adapter("audio")
     waves, masks = [], []
-    for path in as_list(audio_paths, "audio_paths"):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"audio_paths must hold file paths, got {type(path).__name__}")
-        wav = prepare_waveform(load_audio(os.fspath(path)), max_duration=hub.max_duration)
+    for path in as_paths(audio_paths, "audio_paths"):
+        wav = prepare_waveform(load_audio(path), max_duration=hub.max_duration)
         frames = adapter.num_frames(wav.numel(), name=path)
         waves.append(wav)
         masks.append(audio_padding_mask(frames))
