@@ -56,3 +56,13 @@ def read_results(results_dir, subset="test"):
     preds = json.loads((Path(results_dir) / f"{subset}_predict.json").read_text())
     metrics = json.loads((Path(results_dir) / f"{subset}_metrics.json").read_text())
     return preds, metrics
+
+
+def run_script_module(path: str):
+    """A Python file under run_scripts/ (a converter, ...) loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / "run_scripts" / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from audio_bench_data import TINY_SPEC, make_audio_data, write_clip, write_tsv
+from e2e_helpers import run_script_module
 from helpers import scaled_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,12 +230,7 @@ def load_audio_batch():
 
 # ---- data converters -------------------------------------------------------------------------
 def converter(path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / "run_scripts" / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return run_script_module(path).main
 
 
 def test_converters_write_the_task_layouts(tmp_path):

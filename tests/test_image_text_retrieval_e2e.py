@@ -1,11 +1,10 @@
 """Image-text retrieval end to end on generated data: Karpathy JSON -> converter -> fine-tune ->
 evaluate, and zero-shot evaluation from a pretrained checkpoint, all through the run scripts."""
-import importlib.util
 import json
 
 import numpy as np
 import pytest
-from e2e_helpers import REPO, TINY, read_results, run, tiny_model
+from e2e_helpers import REPO, TINY, read_results, run, run_script_module, tiny_model
 from PIL import Image
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (230, 220, 30),
@@ -15,11 +14,7 @@ SPLITS = ["train", "train", "train", "restval", "val", "val", "test", "test", "t
 
 
 def converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_karpathy", REPO / "run_scripts" / "image_text_retrieval" / "convert_karpathy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return run_script_module("image_text_retrieval/convert_karpathy.py").main
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,18 @@
 """VQAv2, NLVR2 and RefCOCO end to end on generated data: each release format -> its converter ->
 fine-tuning through the run script (tiny preset) -> evaluation through the run script."""
-import importlib.util
 import json
 import pickle
 
 import numpy as np
 import pytest
-from e2e_helpers import REPO, TINY, read_results, run, tiny_model
+from e2e_helpers import REPO, TINY, read_results, run, run_script_module, tiny_model
 from PIL import Image
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (30, 60, 220), (230, 220, 30), (140, 40, 170), (240, 240, 240)]
 
 
 def converter(path):
-    spec = importlib.util.spec_from_file_location(path.replace("/", "_"), REPO / "run_scripts" / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return run_script_module(path).main
 
 
 def image(path, colour, size=(48, 40)):
@@ -124,11 +120,8 @@ def test_refs_pickle_with_code_is_refused(tmp_path):
             return (print, ("this must never run",))
 
     (tmp_path / "refs.p").write_bytes(pickle.dumps([{"ref_id": 0, "x": Evil()}], protocol=2))
-    load_refs = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
-        "convert_refcoco", REPO / "run_scripts/refcoco/convert_refcoco.py"))
-    load_refs.__spec__.loader.exec_module(load_refs)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load .*print"):
-        load_refs.load_refs(tmp_path / "refs.p")
+        run_script_module("refcoco/convert_refcoco.py").load_refs(tmp_path / "refs.p")
 
 
 def test_bad_vl_rows_name_the_row_or_file(tmp_path, fixture_bpe_dir, user_dir):
