@@ -1,0 +1,1 @@
+"""Vision tasks (image classification, dense prediction)."""
