@@ -23,6 +23,15 @@ def accuracy_sum(logits: torch.Tensor, target: torch.Tensor) -> Tuple[float, int
     return float(score), int(pred.numel())
 
 
+def topk_accuracy_sum(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> Tuple[float, int]:
+    """(samples whose class id is among the ``k`` highest scores, number of samples); 1-D ``target``.
+    With fewer than ``k`` classes every sample counts (top-5 of a 3-class problem is 100 %)."""
+    if target.dim() != 1:
+        raise ValueError(f"top-k accuracy needs 1-D class-id targets, got {tuple(target.shape)}")
+    top = logits.topk(min(k, logits.size(-1)), dim=-1).indices
+    return float((top == target.unsqueeze(1)).any(dim=1).sum()), int(target.numel())
+
+
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
     """Accuracy in percent."""
     score, count = accuracy_sum(logits, target)

@@ -14,15 +14,17 @@ import torch
 from fairseq import metrics
 
 
-def log_accuracy(logging_outputs, key: str = "accuracy") -> None:
-    """``key`` = 100 * sum(_acc_score) / sum(_acc_cnt) when the logs carry them."""
-    logs = [log for log in logging_outputs if "_acc_cnt" in log]
+def log_accuracy(logging_outputs, key: str = "accuracy", prefix: str = "_acc") -> None:
+    """``key`` = 100 * sum(<prefix>_score) / sum(<prefix>_cnt) when the logs carry them
+    (``prefix="_top5"`` for a top-5 accuracy beside the top-1 one)."""
+    score, count = f"{prefix}_score", f"{prefix}_cnt"
+    logs = [log for log in logging_outputs if count in log]
     if not logs:
         return
-    metrics.log_scalar_sum("_acc_score", sum(float(log["_acc_score"]) for log in logs))
-    metrics.log_scalar_sum("_acc_cnt", sum(int(log["_acc_cnt"]) for log in logs))
+    metrics.log_scalar_sum(score, sum(float(log[score]) for log in logs))
+    metrics.log_scalar_sum(count, sum(int(log[count]) for log in logs))
     metrics.log_derived(key, lambda meters: round(
-        100.0 * meters["_acc_score"].sum / max(meters["_acc_cnt"].sum, 1), 4))
+        100.0 * meters[score].sum / max(meters[count].sum, 1), 4))
 
 
 def as_tensor(value) -> torch.Tensor:
