@@ -197,6 +197,48 @@ class OnePeaceHubInterface:
         return [[(names.get(int(i), str(int(i))), float(v)) for v, i in zip(values, ids)]
                 for values, ids in zip(top.values.cpu(), top.indices.cpu())]
 
+    def zero_shot_classifier(self, class_names, templates=None, batch_size: int = 256) -> torch.Tensor:
+        """(C, D) class embeddings for :meth:`zero_shot_classify` (``models/zero_shot.py``: prompt
+        templates -- ``"default"``, ``"clip80"``, a file or a list -- averaged and re-normalised)."""
+        from .zero_shot import class_embeddings
+
+        if self.is_classifier or not {"text", "image"} <= set(self.model.modalities):
+            raise ValueError("zero-shot classification needs an image-text embedding checkpoint (one_peace_retrieval "
+                             f"or one_peace_pretrain with text and image); this one is {type(self.model).__name__} "
+                             f"with {', '.join(self.model.modalities)}")
+        return class_embeddings(lambda prompts: self.extract_text_features(self.process_text(prompts)),
+                                class_names, templates, batch_size)
+
+    def zero_shot_logits(self, images, classifier: torch.Tensor) -> torch.Tensor:
+        """(B, C) logits of images (paths or PIL images): ``logit_scale`` x cosine similarity to each row of
+        ``classifier`` (from :meth:`zero_shot_classifier`)."""
+        from .preprocess import as_list
+        from .zero_shot import zero_shot_logits
+
+        embeddings = self.extract_image_features(self.process("image", as_list(images, "images"))["src_images"])
+        with torch.no_grad():
+            scale = float(self.model.logit_scale_exp())
+        return zero_shot_logits(embeddings, classifier.to(embeddings.device), scale)
+
+    def zero_shot_classify(self, images, class_names, templates=None, k: int = 5, classifier=None):
+        """Top-``k`` classes of each image (paths or PIL images) among ``class_names``, zero-shot.
+
+        Returns one dict per image: ``{"classes": [class index, ...], "labels": [class name, ...],
+        "scores": [probability, ...]}`` best first; probabilities are the softmax over all classes of
+        ``logit_scale * cosine similarity``.  Pass ``classifier=hub.zero_shot_classifier(names, templates)``
+        to reuse the class embeddings across calls (``class_names`` still names the classes)."""
+        from .preprocess import as_list
+        from .zero_shot import top_k
+
+        names = as_list(class_names, "class_names")
+        if classifier is None:
+            classifier = self.zero_shot_classifier(names, templates)
+        elif classifier.size(0) != len(names):
+            raise ValueError(f"classifier has {classifier.size(0)} classes but {len(names)} class_names were given")
+        top = top_k(self.zero_shot_logits(images, classifier), k)
+        return [{"classes": ids, "labels": [names[i] for i in ids], "scores": values}
+                for ids, values in zip(top.indices.cpu().tolist(), top.values.cpu().tolist())]
+
     def extract_vl_features(self, src_images, src_tokens):
         """Joint vision-language pass of a classification model (e.g. grounding logits)."""
         if not self.is_classifier:
