@@ -18,6 +18,11 @@ try:
     from . import tasks as _tasks  # noqa: F401
     from .models import registration as _models  # noqa: F401
     from .models import registration_av as _models_av  # noqa: F401
+    from .optim import adjust_adam as _adjust_adam  # noqa: F401
+    from .optim import lr_schedulers as _lr_schedulers  # noqa: F401
+    from .optim.common_config import extend_common_config as _extend_common_config
+
+    _extend_common_config()  # the official common.layer_decay / common.no_bias_decay
 finally:  # never change the caller's logging configuration
     _root.setLevel(_saved[0])
     _root.handlers[:] = _saved[1]

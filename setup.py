@@ -8,7 +8,7 @@ import os
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SOURCE_DIRS = ["models", "data_utils", "tasks", "criterions", "user_src", "metrics"]
+SOURCE_DIRS = ["models", "data_utils", "tasks", "criterions", "user_src", "metrics", "optim"]
 
 
 def find_subpackages():
@@ -26,6 +26,9 @@ def find_subpackages():
 
 
 packages, package_dir = find_subpackages()
+# Hydra scans the hydra_plugins namespace when fairseq-hydra-train starts (optim/common_config.py).
+packages.append("hydra_plugins.one_peace")
+package_dir["hydra_plugins.one_peace"] = "hydra_plugins/one_peace"
 
 setup(
     name="one-peace",

@@ -12,6 +12,7 @@ from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from omegaconf import open_dict
 
+from ..optim.layer_decay import info_of, tag_parameters
 from . import checkpoint as ckpt
 from .architectures import PRESETS, apply_preset
 from .config import OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig
@@ -69,7 +70,14 @@ def _configure_from_task(cfg, task, modalities, model_name):
             setattr(cfg.encoder, f"use_{m}_moe", m in modalities)
         patch = _task_value(task, "patch_image_size")
         if patch:
-            cfg.encoder.image_adapter.rel_bucket_size = patch // 16
+            for adapter_cfg in _vision_adapters(cfg.encoder, modalities):
+                adapter_cfg.rel_bucket_size = patch // 16
+
+
+def _vision_adapters(encoder_cfg, modalities):
+    """Adapter configs of the given modalities that take images of patch_image_size (image, video)."""
+    adapters = [getattr(encoder_cfg, f"{m}_adapter", None) for m in modalities]
+    return [a for a in adapters if a is not None and hasattr(a, "rel_bucket_size")]
 
 
 class _FairseqGlue(BaseFairseqModel):
@@ -86,7 +94,14 @@ class _FairseqGlue(BaseFairseqModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         if not strict:
             return super(BaseFairseqModel, self).load_state_dict(state_dict, strict=False)
-        return ckpt.load_into(self, state_dict, source="checkpoint", **self._upgrade_options())
+        return self._load_checked(state_dict, **self._upgrade_options())
+
+    def _load_checked(self, state_dict, **options):
+        tagged = any(info_of(p) is not None for p in self.parameters())
+        result = ckpt.load_into(self, state_dict, source="checkpoint", **options)
+        if tagged:  # a load that adopts the checkpoint's tensors replaces the parameters
+            tag_parameters(self)
+        return result
 
     def upgrade_state_dict_named(self, state_dict, name):
         return state_dict  # upgrades happen in load_state_dict, which sees the whole model
@@ -125,14 +140,21 @@ class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
         with open_dict(cfg):
             cfg._name = "one_peace_pretrain"
             patch = _task_value(task, "patch_image_size")
-            if patch and cfg.encoder.use_image_moe:
-                cfg.encoder.image_adapter.rel_bucket_size = patch // 16
-                cfg.decoder.image_adapter.bucket_size = patch // 16
+            enabled = [m for m in modality_names() if getattr(cfg.encoder, f"use_{m}_moe", False)]
+            if patch:
+                for adapter_cfg in _vision_adapters(cfg.encoder, enabled):
+                    adapter_cfg.rel_bucket_size = patch // 16
+                for adapter_cfg in _vision_adapters(cfg.decoder, enabled):
+                    adapter_cfg.bucket_size = patch // 16
         model = build_for_loading(lambda: cls(cfg, vocab_size=_vocab_size(task)), cfg)
         model.stage2_pretrain = bool(cfg.stage2_pretrain)
         model.reset_logit_scale = bool(cfg.reset_logit_scale)
         if model.stage2_pretrain:
-            freeze_all_but(model, "audio")
+            # Stage 2 trains the modalities stage 1 did not have (audio officially; video).
+            new = [m for m in model.modalities if m not in ("text", "image")]
+            if not new:
+                raise ValueError("stage2_pretrain needs a modality beyond text and image (use_audio_moe, ...)")
+            freeze_all_but(model, *new)
         return model
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
@@ -145,23 +167,25 @@ class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
                 options = {"reset_logit_scale": self.reset_logit_scale, "drop_image": True}
         elif self.reset_logit_scale:
             options = {"reset_logit_scale": True}
-        return ckpt.load_into(self, state_dict, source="checkpoint", **options)
+        return self._load_checked(state_dict, **options)
 
 
-def freeze_all_but(model, modality: str):
-    """Train one new modality on the frozen encoder (official stage 2 with ``audio``).
+def freeze_all_but(model, *modalities: str):
+    """Train new modalities on the frozen encoder (official stage 2 with ``audio``; ``video``).
 
     Frozen: the shared attention, every other modality's adapter/FFN/final LayerNorm and the
-    text projection.  Trained: the modality's adapter, FFNs and final LayerNorm, plus what lies
-    outside the encoder (decoder, projections of the new modality, mask heads, logit scale).
+    text projection.  Trained: the modalities' adapters, FFNs and final LayerNorms, plus what lies
+    outside the encoder (decoder, projections of the new modalities, mask heads, logit scale).
     """
     for p in model.text_proj.parameters():
         p.requires_grad = False
     wrapper = model.encoder_wrapper
     for p in wrapper.parameters():
         p.requires_grad = False
-    trainable = [wrapper.adapter(modality), getattr(wrapper.fusion_model, f"{modality}_layer_norm")]
-    trainable += [getattr(layer, f"{modality}_ffn") for layer in wrapper.fusion_model.layers]
+    trainable = []
+    for modality in modalities:
+        trainable += [wrapper.adapter(modality), getattr(wrapper.fusion_model, f"{modality}_layer_norm")]
+        trainable += [getattr(layer, f"{modality}_ffn") for layer in wrapper.fusion_model.layers]
     for module in trainable:
         for p in module.parameters():
             p.requires_grad = True

@@ -19,6 +19,8 @@ from fairseq.tasks import FairseqTask, register_task
 from ..data_utils.bpe_files import resolve_bpe_dir
 from ..data_utils.feature_spec import parse_feature_encoder_spec
 from ..data_utils.tsv import TSVReader, expand_data_paths, select_epoch_file
+from ..optim.layer_decay import tag_parameters
+from ..optim.lr_schedulers import record_train_batches
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +170,7 @@ class BaseTask(FairseqTask):
         audio = getattr(getattr(model, "encoder_wrapper", None), "audio_adapter", None)
         if audio is not None and audio.spec:
             self.model_feature_spec = audio.spec
+        tag_parameters(model)  # names and layer ids for adjust_adam's layer-wise lr decay
         return model
 
     @property
@@ -193,6 +196,8 @@ class BaseTask(FairseqTask):
         batches = [order[i:i + max_sentences] for i in range(0, len(order), max_sentences)]
         if skip_remainder_batch and batches and len(batches[-1]) < max_sentences and len(batches) > 1:
             batches = batches[:-1]
+        if self.is_training(dataset):  # the run's length for warmup_ratio (optim/lr_schedulers.py)
+            record_train_batches(-(-len(batches) // num_shards))
         return iterators.EpochBatchIterator(
             dataset=dataset, collate_fn=dataset.collater, batch_sampler=batches, seed=seed,
             num_shards=num_shards, shard_id=shard_id, num_workers=num_workers, epoch=epoch,

@@ -54,6 +54,9 @@ def conv_positional_embedding(embed_dim, width, depth, groups, pre_ln=False):
 
 
 class AudioAdapter(ModalityAdapter):
+    # embed_positions.weight: the decoder's learned positions (the encoder's conv positions are decayed).
+    NO_WEIGHT_DECAY = ("cls_embedding", "embed_positions.weight")
+
     def __init__(self, cfg, embed_dim, attention_heads, num_tables=1, max_positions=1024, **unused):
         super().__init__(cfg, embed_dim, attention_heads, token_bucket_count(cfg.bucket_size), num_tables)
         # The pretraining decoder's audio adapter has no conv stack (spec None).
