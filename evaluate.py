@@ -187,6 +187,9 @@ def evaluate(task, model, subset: str, batch_size: int, device, dtype=torch.floa
     with metrics.aggregate(new_root=True) as agg:
         task.reduce_split_metrics(logs)
         results = {k: _plain(v) for k, v in agg.get_smoothed_values().items()}
+        details = getattr(task, "split_details", None)  # e.g. per-class segmentation IoU
+        if callable(details):
+            results.update(details(agg))
     return results, predictions
 
 
@@ -211,13 +214,15 @@ def main(cfg, out: Optional[Dict] = None, **unused):
     task, model = load_task_and_model(cfg, dtype, device)
     batch_size = cfg.dataset.batch_size or 1
     subset = cfg.dataset.gen_subset
+    if cfg.common_eval.results_path and hasattr(task, "set_results_path"):
+        task.set_results_path(os.path.join(cfg.common_eval.results_path, f"{subset}_masks"))  # per-row files
     results, predictions = evaluate(task, model, subset, batch_size, device, dtype,
                                     num_workers=cfg.dataset.num_workers)
     rank, _ = world_info()
     if rank == 0:
-        logger.info("%s | %s | %s", task.cfg._name, subset,
-                    " | ".join(f"{k} {v}" for k, v in results.items()))
-        print(json.dumps({"task": task.cfg._name, "subset": subset, **results}), flush=True)
+        summary = {k: v for k, v in results.items() if not isinstance(v, dict)}  # per-class tables: file only
+        logger.info("%s | %s | %s", task.cfg._name, subset, " | ".join(f"{k} {v}" for k, v in summary.items()))
+        print(json.dumps({"task": task.cfg._name, "subset": subset, **summary}), flush=True)
         if cfg.common_eval.results_path:
             os.makedirs(cfg.common_eval.results_path, exist_ok=True)
             with open(os.path.join(cfg.common_eval.results_path, f"{subset}_predict.json"), "w") as fh:

@@ -54,6 +54,15 @@ PRESETS = {
 }
 
 
+# Width of the segmentation decoder (UperNet / auxiliary FCN) per size; merged into the size presets of
+# ``one_peace_segmentation_<size>`` (BEiT's base UperNet is 768 wide; mmseg's default 512).
+SEGMENTATION_HEADS = {
+    "tiny": dict(seg_channels=32, aux_channels=16),
+    "base": dict(seg_channels=768, aux_channels=256),
+    "4b": dict(seg_channels=1024, aux_channels=256),
+}
+
+
 def fill_unset(cfg, defaults):
     """Give fields that are None the dataclass default when that is not None.
 

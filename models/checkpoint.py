@@ -217,6 +217,8 @@ def component_of(key: str) -> str:
     """The component a key belongs to, for deciding what may start fresh."""
     if key.startswith("classify_head."):
         return "classify_head"
+    if key.startswith(("seg_head.", "aux_head.")):
+        return "segmentation_head"
     if key == "logit_scale":
         return "logit_scale"
     if any(re.search(p, key) for p in pretrain_only_patterns()):
@@ -245,11 +247,13 @@ def upgrade_state_dict(model, state_dict: Dict[str, torch.Tensor], reset_logit_s
 
 def fresh_components(model, reset_logit_scale=False, drop_image=False) -> set:
     """Components that may start from fresh initialisation when a checkpoint lacks them entirely:
-    a new classification head; the image branch of the audio-visual model (from an audio-only
-    checkpoint); the stage-2 audio branch and decoder (``drop_image``); a reset logit scale."""
+    a new classification head or segmentation decoder; the image branch of the audio-visual model
+    (from an audio-only checkpoint); the stage-2 audio branch and decoder (``drop_image``); a reset logit scale."""
     allowed = set()
     if hasattr(model, "classify_head"):
         allowed.add("classify_head")
+    if hasattr(model, "seg_head"):
+        allowed.add("segmentation_head")
     if getattr(model, "head_type", None) == "av":
         allowed.add("image")
     if drop_image:

@@ -125,3 +125,15 @@ class OnePeacePretrainConfig(OnePeaceBaseConfig):
     logit_scale_init: float = 1 / 0.07
     stage2_pretrain: bool = False
 
+
+@dataclass
+class OnePeaceSegmentationConfig(OnePeaceBaseConfig):
+    """UperNet decoder on the image encoder (``models/segmentation.py``); not an official model."""
+
+    seg_layers: Optional[str] = None  # comma-separated encoder layers (default: the quarter points)
+    seg_channels: int = 512  # UperNet / PPM / FPN width
+    seg_pool_scales: str = "1,2,3,6"  # PPM
+    seg_dropout: float = 0.1  # Dropout2d before the classifier (mmseg)
+    aux_head: bool = True  # FCN head on the third pyramid level (training only)
+    aux_channels: int = 256
+
