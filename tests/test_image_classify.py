@@ -213,13 +213,18 @@ def test_converter_formats_agree(tmp_path):
     assert val[1] == "../release/val/ILSVRC2012_val_00000001.JPEG\t2"  # n01443537 is the 2nd class
     assert (out / "imagenet_classes.tsv").read_text().splitlines()[:2] == ["class\twnid\tname", "0\tn01440764\ttench"]
     assert json.loads((out / "imagenet_label.json").read_text())["2"] == "great white shark"
-    # The devkit's ground truth: class ids in the devkit's (here reversed) order, with its wnid list.
+    # The devkit's ground truth: class ids in the devkit's (here reversed) order, from its meta.mat
+    # (a struct array; entries with children are not classes).
+    from scipy.io import savemat
+
     devkit_order = ["n01484850", "n01443537", "n01440764"]
-    (root / "wnids.txt").write_text("\n".join(devkit_order) + "\n")
+    synsets = [(i + 1, w, w, 0) for i, w in enumerate(devkit_order)] + [(1001, "n00001740", "entity", 3)]
+    savemat(root / "meta.mat", {"synsets": np.array(synsets, dtype=[(k, "O") for k in (
+        "ILSVRC2012_ID", "WNID", "words", "num_children")])})
     truth = [str(devkit_order.index(("n01440764", "n01443537", "n01484850")[i % 3]) + 1) for i in range(1, 7)]
     (root / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(truth) + "\n")
     convert(["--val-dir", str(root / "val"), "--val-labels", str(root / "ILSVRC2012_validation_ground_truth.txt"),
-             "--devkit-meta", str(root / "wnids.txt"), "--out-dir", str(tmp_path / "devkit")])
+             "--devkit-meta", str(root / "meta.mat"), "--out-dir", str(tmp_path / "devkit")])
     assert (tmp_path / "devkit" / "imagenet_val.tsv").read_text() == (out / "imagenet_val.tsv").read_text()
     names = (tmp_path / "devkit" / "imagenet_classes.tsv").read_text().splitlines()
     assert names[1] == "0\tn01440764\tn01440764"  # without --synsets: sorted wnids, named by their wnid
