@@ -15,6 +15,7 @@ RELEASE_ENCODER = dict(
     image_adapter=dict(bucket_size=16, rel_bucket_size=16, vision_encoder_type="hmlp", use_attn_bias=True),
     audio_adapter=dict(bucket_size=512, use_attn_bias=True, conv_pos_depth=5, conv_pos_width=95,
                        conv_pos_groups=16),
+    video_adapter=dict(bucket_size=16, rel_bucket_size=16, vision_encoder_type="hmlp", use_attn_bias=True),
 )
 
 
@@ -26,6 +27,7 @@ def decoder_preset(dim, ffn, layers, heads, bucket_size=16):
         text_adapter=dict(use_attn_bias=False),
         image_adapter=dict(bucket_size=bucket_size, vision_encoder_type="none", use_attn_bias=False),
         audio_adapter=dict(feature_encoder_spec=None, abs_pos_type="fixed", use_attn_bias=False),
+        video_adapter=dict(bucket_size=bucket_size, vision_encoder_type="none", use_attn_bias=False),
     )
 
 
@@ -38,6 +40,7 @@ PRESETS = {
             RELEASE_ENCODER, embed_dim=64, ffn_embed_dim=128, layers=2, attention_heads=4, drop_path_rate=0.0,
             text_adapter=dict(bucket_size=8, use_attn_bias=True),
             image_adapter=dict(bucket_size=2, rel_bucket_size=2, vision_encoder_type="hmlp", use_attn_bias=True),
+            video_adapter=dict(bucket_size=2, rel_bucket_size=2, vision_encoder_type="hmlp", use_attn_bias=True),
             audio_adapter=dict(feature_embed_dim=32, feature_encoder_spec=TINY_SPEC, bucket_size=32,
                                use_attn_bias=True, conv_pos_depth=2, conv_pos_width=19, conv_pos_groups=4),
         ),

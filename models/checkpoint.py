@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List
 import numpy as np
 import torch
 
-from .modalities import modality_names
+from .modalities import all_modalities, modality_names
 
 logger = logging.getLogger(__name__)
 
@@ -230,10 +230,16 @@ def component_of(key: str) -> str:
 
 
 def upgrade_state_dict(model, state_dict: Dict[str, torch.Tensor], reset_logit_scale=False,
-                       drop_image=False) -> Dict[str, torch.Tensor]:
-    """Apply the official load-time upgrades to a copy of ``state_dict``."""
+                       drop_image=False, fresh_keys=None) -> Dict[str, torch.Tensor]:
+    """Apply the official load-time upgrades to a copy of ``state_dict``, then the registered
+    modalities' ``upgrade`` hooks (keys they let start fresh are added to the set ``fresh_keys``)."""
     state_dict = dict(state_dict)
     _rename_legacy_keys(state_dict)
+    for modality in all_modalities():  # before drop_image: a hook may derive from the image branch
+        if modality.upgrade is not None and modality.name in getattr(model, "modalities", ()):
+            allowed = set(modality.upgrade(model, state_dict))
+            if fresh_keys is not None:
+                fresh_keys |= allowed
     if reset_logit_scale:
         state_dict.pop("logit_scale", None)
     if drop_image:  # stage-2 pretraining starts without the image branch
@@ -264,10 +270,11 @@ def fresh_components(model, reset_logit_scale=False, drop_image=False) -> set:
 
 
 def check_and_fill(model, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint",
-                   fresh_ok: Iterable[str] = ()):
-    """Fill derived buffers and the wholly-absent components named in ``fresh_ok`` from the model;
-    raise on everything else missing, unexpected or mis-shaped.  Returns (state_dict, fresh keys)."""
-    fresh_ok = set(fresh_ok)
+                   fresh_ok: Iterable[str] = (), fresh_keys: Iterable[str] = ()):
+    """Fill derived buffers, the wholly-absent components named in ``fresh_ok`` and the keys in
+    ``fresh_keys`` (from modality hooks) from the model; raise on everything else missing,
+    unexpected or mis-shaped.  Returns (state_dict, fresh keys)."""
+    fresh_ok, fresh_keys = set(fresh_ok), set(fresh_keys)
     own = model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}
     missing = [k for k in own if k not in state_dict]
@@ -277,7 +284,7 @@ def check_and_fill(model, state_dict: Dict[str, torch.Tensor], source: str = "ch
     for key in missing:
         if key in buffers:
             state_dict[key] = own[key]  # derived (rp_bucket, position_idx, version)
-        elif component_of(key) in fresh_ok and component_of(key) not in present_components:
+        elif key in fresh_keys or (component_of(key) in fresh_ok and component_of(key) not in present_components):
             state_dict[key] = own[key]
             fresh.append(key)
         else:
@@ -312,9 +319,10 @@ def _short(items: List[str], limit: int = 20) -> str:
 
 def load_into(model, state_dict, source="checkpoint", **upgrade_kwargs):
     """Upgrade, check and strictly load ``state_dict`` into ``model``."""
-    state_dict = upgrade_state_dict(model, state_dict, **upgrade_kwargs)
+    hook_fresh = set()
+    state_dict = upgrade_state_dict(model, state_dict, fresh_keys=hook_fresh, **upgrade_kwargs)
     state_dict, fresh = check_and_fill(model, state_dict, source,
-                                       fresh_ok=fresh_components(model, **upgrade_kwargs))
+                                       fresh_ok=fresh_components(model, **upgrade_kwargs), fresh_keys=hook_fresh)
     if getattr(model, "_deferred_init", None) is not None:
         # Built without initialisation (models/deferred_init.py): initialise only what the
         # checkpoint lacks, adopt or copy the rest.

@@ -60,6 +60,25 @@ class AudioAdapterConfig:
 
 
 @dataclass
+class VideoAdapterConfig:
+    """Not an official adapter (``docs/VIDEO.md``): per-frame image patches + temporal positions.
+    Vision geometry follows the image adapter's fields; ``num_frames`` is the longest clip."""
+
+    num_frames: int = 8
+    bucket_size: int = 16
+    rel_bucket_size: int = 16
+    layernorm_embedding: bool = False
+    add_type_embedding: bool = False
+    vision_encoder_type: str = "hmlp"  # mlp | hmlp | none (the pretraining decoder)
+    shrink_alpha: float = 1.0
+    dropout: float = 0.0
+    use_attn_bias: bool = True
+    # A checkpoint whose image branch initialises the video branch when the loaded checkpoint has
+    # neither (our stage-2 checkpoints drop the image branch: name the stage-1 checkpoint here).
+    image_init_checkpoint: Optional[str] = None
+
+
+@dataclass
 class EncoderConfig:
     """``AdjustEncDecConfig``: fairseq's EncDecBaseConfig fields + ONE-PEACE fields."""
 
@@ -75,6 +94,7 @@ class EncoderConfig:
     text_adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
     image_adapter: ImageAdapterConfig = field(default_factory=ImageAdapterConfig)
     audio_adapter: AudioAdapterConfig = field(default_factory=AudioAdapterConfig)
+    video_adapter: VideoAdapterConfig = field(default_factory=VideoAdapterConfig)  # not official
     drop_path_rate: float = 0.0
     magneto_scale_attn: bool = False
     scale_attn: bool = True
@@ -83,6 +103,7 @@ class EncoderConfig:
     use_text_moe: bool = True
     use_image_moe: bool = True
     use_audio_moe: bool = True
+    use_video_moe: bool = False  # not official: off unless a video task or config turns it on
     use_layer_scale: bool = True
     layer_scale_init_value: float = 1e-2
     activation_fn: str = "gelu"  # unused: GeGLU uses exact GELU
@@ -126,6 +147,7 @@ class OnePeacePretrainConfig(OnePeaceBaseConfig):
     stage2_pretrain: bool = False
 
 
+
 @dataclass
 class OnePeaceSegmentationConfig(OnePeaceBaseConfig):
     """UperNet decoder on the image encoder (``models/segmentation.py``); not an official model."""
@@ -136,4 +158,3 @@ class OnePeaceSegmentationConfig(OnePeaceBaseConfig):
     seg_dropout: float = 0.1  # Dropout2d before the classifier (mmseg)
     aux_head: bool = True  # FCN head on the third pyramid level (training only)
     aux_channels: int = 256
-

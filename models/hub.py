@@ -27,11 +27,14 @@ def _modalities_in(state_dict) -> List[str]:
 
 
 def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrieval", device=None,
-                    dtype: str = "float32", bpe_dir: Optional[str] = None, allow_pickle: bool = False):
+                    dtype: str = "float32", bpe_dir: Optional[str] = None, allow_pickle: bool = False,
+                    modalities: Optional[Sequence[str]] = None):
     """Load a ONE-PEACE checkpoint (official or ours) for inference.
 
     ``bpe_dir`` overrides the checkpoint's BPE directory (else the saved one, then
     ``$ONE_PEACE_BPE_DIR``, then the cache filled by ``python -m one_peace.data_utils.bpe fetch``).
+    ``modalities`` (retrieval): the branches to build, default those the checkpoint has weights for;
+    a modality it lacks starts as its registry hook says (``video`` from the image branch).
     """
     from .. import registry  # noqa: F401 - registers tasks/models (first: it guards fairseq's import)
 
@@ -51,7 +54,7 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     task_overrides = {"bpe_dir": bpe_dir}
     if model_type == "one_peace_retrieval":
         # Embed every modality the checkpoint has weights for.
-        task_overrides["head_type"] = head_type_for(_modalities_in(state["model"]))
+        task_overrides["head_type"] = head_type_for(modalities or _modalities_in(state["model"]))
     from fairseq import checkpoint_utils
 
     from ..fairseq_compat import prepare_state

@@ -18,12 +18,14 @@ A modality entry names:
 * ``fused_type``: the encoder/head type of the joint pass ``[text ; <name>]`` (``vl``, ``al``).
 * ``processor``: hub preprocessing, ``processor(hub, items) -> net_input dict``.
 * ``official``: part of the released model (the head type ``val`` means every official one).
+* ``upgrade``: checkpoint hook, ``upgrade(model, state_dict) -> keys that may start fresh``; it may
+  add the modality's missing tensors to ``state_dict`` (video derives its branch from the image one).
 
 Head types are the modality names, the fused types, ``val``, or any ``+``-joined set of
 registered modalities (``text+image``), which is how a new modality is embedded with others.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Modality:
     fused_type: Optional[str] = None
     processor: Optional[Callable[[Any, Sequence], Dict[str, Any]]] = None
     official: bool = False
+    upgrade: Optional[Callable[[Any, Dict[str, Any]], Iterable[str]]] = None
 
     @property
     def config_field(self) -> str:
@@ -155,8 +158,10 @@ def _register_builtins():
     from .adapters.audio import AudioAdapter
     from .adapters.image import ImageAdapter
     from .adapters.text import TextAdapter
-    from .config import AudioAdapterConfig, ImageAdapterConfig, TextAdapterConfig
+    from .adapters.video import VideoAdapter
+    from .config import AudioAdapterConfig, ImageAdapterConfig, TextAdapterConfig, VideoAdapterConfig
     from .preprocess import process_audio, process_image, process_text
+    from .video import init_video_from_image, process_video
 
     register_modality(Modality("text", TextAdapter, TextAdapterConfig, ("src_tokens",),
                                processor=process_text, official=True))
@@ -165,6 +170,9 @@ def _register_builtins():
     register_modality(Modality("audio", AudioAdapter, AudioAdapterConfig,
                                ("src_audios", "audio_padding_masks", "audio_frames"), fused_type="al",
                                processor=process_audio, official=True))
+    # Not official (docs/VIDEO.md): off unless use_video_moe; starts from the image branch.
+    register_modality(Modality("video", VideoAdapter, VideoAdapterConfig, ("src_videos",), fused_type="vt",
+                               processor=process_video, upgrade=init_video_from_image))
 
 
 _register_builtins()

@@ -1,0 +1,141 @@
+"""Video I/O (PyAV) and tube masks: a clip -> N uniformly sampled frames -> (N, 3, P, P) tensors.
+
+A video is a file PyAV decodes (mp4, webm, avi, gif, ...) or a folder of frame images (sorted by
+name, numbers compared as numbers).  Frames are transformed exactly like images
+(``data_utils/image.py:image_to_tensor``: bicubic resize to P x P, CLIP normalisation).  Anything
+unusable -- a missing path, an unreadable or non-video file, no video stream, zero frames, an absurd
+resolution -- is a ``ValueError``/``FileNotFoundError`` naming the file (in training the dataset
+skips, logs and counts such rows).
+"""
+import os
+import re
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import masking
+from .image import image_to_tensor, load_image
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+MAX_SIDE = 8192  # larger frames are refused (a corrupt header or a mislabelled file, not a video to embed)
+
+
+def sample_indices(total: int, num_frames: int) -> List[int]:
+    """``num_frames`` indices spread uniformly over ``total`` frames: the centre of each of
+    ``num_frames`` equal segments (a clip shorter than ``num_frames`` repeats frames)."""
+    if total <= 0:
+        raise ValueError("no frames to sample from")
+    return [min(total - 1, int((i + 0.5) * total / num_frames)) for i in range(num_frames)]
+
+
+def _natural_key(name: str):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _check_size(width: int, height: int, name: str):
+    if width <= 0 or height <= 0 or width > MAX_SIDE or height > MAX_SIDE:
+        raise ValueError(f"video {name}: frames of {width}x{height} pixels are not a usable resolution "
+                         f"(each side must lie in 1..{MAX_SIDE})")
+
+
+def _load_frame_folder(path: str, num_frames: int) -> List[Image.Image]:
+    names = sorted((n for n in os.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS)), key=_natural_key)
+    if not names:
+        raise ValueError(f"video folder {path} holds no frame images ({', '.join(FRAME_EXTENSIONS)})")
+    frames = []
+    for i in sample_indices(len(names), num_frames):
+        frame = load_image(os.path.join(path, names[i]))  # its errors name the frame file
+        _check_size(frame.width, frame.height, os.path.join(path, names[i]))
+        frames.append(frame)
+    return frames
+
+
+def _count_frames(path: str, av) -> int:
+    """Frames of the first video stream (the container's count, else its packets); the file must
+    have a video stream of a usable resolution."""
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError(f"video {path}: the file has no video stream")
+        stream = container.streams.video[0]
+        _check_size(stream.codec_context.width, stream.codec_context.height, path)
+        if stream.frames:
+            return int(stream.frames)
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def _decode(path: str, wanted: Sequence[int], av):
+    """PIL frames at the ``wanted`` indices (in order, repeats allowed) and the number decoded."""
+    targets = sorted(set(wanted))
+    found, count = {}, 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            if count in targets:
+                _check_size(frame.width, frame.height, path)
+                found[count] = frame.to_image().convert("RGB")
+            count += 1
+            if count > targets[-1]:
+                break
+    return [found[i] for i in wanted if i in found], count
+
+
+def _load_video_file(path: str, num_frames: int) -> List[Image.Image]:
+    try:
+        import av
+    except ImportError:  # pragma: no cover - av is an install requirement
+        raise ImportError("reading video files needs PyAV: pip install av") from None
+    try:
+        total = _count_frames(path, av)
+        if total == 0:
+            raise ValueError(f"video {path} has no frames")
+        frames, decoded = _decode(path, sample_indices(total, num_frames), av)
+        if len(frames) < num_frames:  # the container over-counted: sample what was decoded
+            if decoded == 0:
+                raise ValueError(f"video {path} has no decodable frames")
+            frames, _ = _decode(path, sample_indices(decoded, num_frames), av)
+    except av.FFmpegError as err:
+        raise ValueError(f"cannot read video {path}: {err}") from None
+    return frames
+
+
+def load_video(path: str, num_frames: int) -> List[Image.Image]:
+    """``num_frames`` RGB frames sampled uniformly from a video file or a folder of frames."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if os.path.isdir(path):
+        return _load_frame_folder(path, num_frames)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"video {path} is empty (0 bytes)")
+    return _load_video_file(path, num_frames)
+
+
+def video_to_tensor(frames: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """(T, 3, size, size) float32: every frame resized and normalised like an image."""
+    return torch.stack([image_to_tensor(frame, size) for frame in frames])
+
+
+def tube_mask(num_frames: int, num_patches: int, ratio: float, rng=None) -> torch.BoolTensor:
+    """Tube masking: ``int(num_patches * ratio)`` grid cells masked in every frame (CLS slot first,
+    never masked).  The same cells in all frames, so a masked patch cannot be copied from its
+    neighbour in time (the reason VideoMAE masks tubes)."""
+    spatial = masking.image_random_mask(num_patches, ratio, rng)
+    return tile_spatial_mask(spatial, num_frames)
+
+
+def tube_complementary_mask(video_mask: Sequence[bool], num_frames: int, ratio: float,
+                            rng=None) -> torch.BoolTensor:
+    """The fused view's tube mask: ``masking.image_complementary_mask`` of the video-only view's cells."""
+    video_mask = torch.as_tensor(video_mask, dtype=torch.bool)
+    num_patches = (video_mask.numel() - 1) // num_frames
+    spatial = torch.cat([video_mask[:1], video_mask[1:1 + num_patches]])
+    return tile_spatial_mask(masking.image_complementary_mask(spatial, ratio, rng), num_frames)
+
+
+def tile_spatial_mask(spatial: torch.Tensor, num_frames: int) -> torch.BoolTensor:
+    """A (N + 1) grid mask (CLS first) repeated over ``num_frames`` frames -> (T * N + 1)."""
+    spatial = torch.as_tensor(np.asarray(spatial, dtype=bool))
+    return torch.cat([spatial[:1], spatial[1:].repeat(num_frames)])

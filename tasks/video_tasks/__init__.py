@@ -1,0 +1,1 @@
+"""Video tasks (``docs/VIDEO.md``)."""
