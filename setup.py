@@ -48,6 +48,7 @@ setup(
         "tensorboardX",
         "omegaconf",
         "kornia>=0.7",
+        "av",  # PyAV: video decoding (data_utils/video.py)
         'triton; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
     extras_require={"dev": ["pytest", "scikit-learn", "ruff"]},
