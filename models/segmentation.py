@@ -158,7 +158,7 @@ class OnePeaceSegmentationModel(_EncoderModel):
                                           src_images=src_images)["image"]
         return [maps[unique.index(i)] for i in self.layers]
 
-    def forward(self, src_images: torch.Tensor, **unused):
+    def forward(self, src_images: torch.Tensor):
         logits, levels = self.seg_head(self.feature_maps(src_images))
         size = src_images.shape[2:]
         logits = resize(logits, size)

@@ -118,7 +118,12 @@ class SemanticSegmentationTask(BaseTask):
 
     def build_dataset(self, split, reader):
         cfg = self.cfg
-        low, high = (float(v) for v in cfg.ratio_range.split(","))
+        try:
+            low, high = (float(v) for v in str(cfg.ratio_range).split(","))
+        except ValueError:
+            raise ValueError(f"task.ratio_range must be 'low,high', got {cfg.ratio_range!r}") from None
+        if not 0 < low <= high:
+            raise ValueError(f"task.ratio_range must satisfy 0 < low <= high, got {cfg.ratio_range!r}")
         transform = SegmentationTransform(cfg.patch_image_size, cfg.resize_long, cfg.resize_short, (low, high),
                                           cfg.cat_max_ratio, cfg.photometric)
         return SegmentationDataset(split, reader, transform, self.num_classes, cfg.reduce_zero_label,
