@@ -51,7 +51,7 @@ def _from_image(key: str, target: torch.Tensor, source: Dict[str, torch.Tensor],
     from .adapters.video import video_table_from_image
     from .checkpoint import resize_image_rel_pos_table
 
-    image_key = _image_key(key)
+    image_key = _image_key(key).replace(".embed_motion.", ".embed_images.")  # motion stem: image stem weights
     table = re.match(r"(.*rel_pos_table_list\.)(\d+)(\.weight)$", image_key)
     if table and image_key not in source:
         image_key = f"{table.group(1)}0{table.group(3)}"  # one shared image table for every layer

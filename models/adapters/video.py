@@ -46,7 +46,7 @@ def video_table_from_image(image_table: torch.Tensor, num_frames: int) -> torch.
 
 
 class VideoAdapter(ModalityAdapter):
-    NO_WEIGHT_DECAY = ("cls_embedding", "pos_embed", "temporal_embed")
+    NO_WEIGHT_DECAY = ("cls_embedding", "pos_embed", "temporal_embed", "motion_gate")
 
     def __init__(self, cfg, embed_dim, attention_heads, num_tables=1, **unused):
         super().__init__(cfg, embed_dim, attention_heads, video_bucket_count(cfg.num_frames, cfg.rel_bucket_size),
@@ -56,6 +56,15 @@ class VideoAdapter(ModalityAdapter):
         self.rel_bucket_size = cfg.rel_bucket_size
         self.image_init_checkpoint = cfg.image_init_checkpoint
         self.embed_images = build_patch_embedding(cfg.vision_encoder_type, embed_dim)
+        # Motion stem: the same kind of patch embedding over the difference of consecutive frames, added
+        # through a zero-initialised gate (so a still clip starts as its frames).  A moving edge is a
+        # signed local pattern in the difference (+ where the shape arrives, - where it leaves), which a
+        # patch embedding reads directly; from appearance alone the direction must be assembled by
+        # attention across frames.
+        self.embed_motion = build_patch_embedding(cfg.vision_encoder_type, embed_dim)
+        self.motion_gate = nn.Parameter(torch.zeros(embed_dim)) if self.embed_motion is not None else None
+        if self.motion_gate is not None:
+            nn.init.zeros_(self.motion_gate)
         self.cls_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
         trunc_normal_(self.cls_embedding)
         self.pos_embed = nn.Parameter(torch.zeros(cfg.bucket_size ** 2 + 1, embed_dim))
@@ -106,6 +115,11 @@ class VideoAdapter(ModalityAdapter):
         # Frames go through the patch embedding as a batch of images.
         x = self.embed_images(src_videos.flatten(0, 1)).flatten(2).transpose(1, 2)  # B*T, g*g, D
         x = x.reshape(bsz, num_frames * window * window, -1)
+        if num_frames > 1:  # frame t gets the motion from t-1 to t (frame 0 from 0 to 1)
+            diff = src_videos[:, 1:] - src_videos[:, :-1]
+            diff = torch.cat([diff[:, :1], diff], dim=1)
+            motion = self.embed_motion(diff.flatten(0, 1)).flatten(2).transpose(1, 2)
+            x = x + self.motion_gate * motion.reshape_as(x)
         x = torch.cat([self.cls_embedding.expand(bsz, -1, -1), x], dim=1) + self.positions(num_frames, window)
         full_padding_mask = padding_mask = torch.zeros(bsz, x.size(1), dtype=torch.bool, device=x.device)
         bucket = self.bucket(num_frames)
