@@ -55,6 +55,7 @@ setup(
     entry_points={
         "console_scripts": [
             "one-peace-evaluate=one_peace.evaluate:cli_main",
+            "one-peace-hydra-train=one_peace.optim.common_config:hydra_train_main",
         ]
     },
 )

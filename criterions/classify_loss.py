@@ -81,8 +81,9 @@ def reduce_classification_logs(logging_outputs) -> None:
     metrics.log_scalar("loss", loss / max(sample_size, 1), sample_size, round=4)
     with_correct = [log for log in logging_outputs if "_ncorrect" in log]
     if with_correct:
-        metrics.log_scalar_sum("_ncorrect", sum(log["_ncorrect"] for log in with_correct))
-        metrics.log_scalar_sum("_ncounted", sum(log.get("nsentences", 0) for log in with_correct))
+        # float(): logs summed across workers arrive as tensors
+        metrics.log_scalar_sum("_ncorrect", sum(float(log["_ncorrect"]) for log in with_correct))
+        metrics.log_scalar_sum("_ncounted", sum(float(log.get("nsentences", 0)) for log in with_correct))
         metrics.log_derived("acc", lambda meters: round(
             100.0 * meters["_ncorrect"].sum / max(meters["_ncounted"].sum, 1), 3))
     metrics.log_scalar_sum("skipped_samples", sum(log.get("num_skipped", 0) for log in logging_outputs))

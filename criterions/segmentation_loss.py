@@ -76,9 +76,11 @@ def reduce_segmentation_logs(logging_outputs) -> None:
         logs = [log for log in logging_outputs if key in log]
         if logs:
             metrics.log_scalar(key, sum(log[key] for log in logs) / max(batches, 1), batches, round=4)
-    pixels = sum(log.get("_pixels", 0) for log in logging_outputs)
+    # float(): logs summed across workers arrive as tensors
+    pixels = sum(float(log.get("_pixels", 0)) for log in logging_outputs)
     if pixels:
-        metrics.log_scalar_sum("_pixels_correct", sum(log.get("_pixels_correct", 0) for log in logging_outputs))
+        metrics.log_scalar_sum("_pixels_correct",
+                               sum(float(log.get("_pixels_correct", 0)) for log in logging_outputs))
         metrics.log_scalar_sum("_pixels", pixels)
         metrics.log_derived("pixel_acc", lambda meters: round(
             100.0 * meters["_pixels_correct"].sum / max(meters["_pixels"].sum, 1), 3))

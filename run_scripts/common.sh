@@ -21,18 +21,6 @@ tsv_rows() {  # data rows of a TSV (header excluded)
   echo $(( $(wc -l < "$1") - 1 ))
 }
 
-# schedule TRAIN_TSV BATCH_PER_GPU UPDATE_FREQ EPOCHS -> sets MAX_UPDATE and WARMUP_UPDATES
-# (the official adjust_cosine derives warmup = 10% of all updates from the epoch length).
-schedule() {
-  local rows per_epoch
-  rows=$(tsv_rows "$1")
-  per_epoch=$(( (rows + $2 * NUM_GPUS - 1) / ($2 * NUM_GPUS) ))
-  per_epoch=$(( (per_epoch + $3 - 1) / $3 ))
-  MAX_UPDATE=$(( per_epoch * $4 ))
-  WARMUP_UPDATES=$(( MAX_UPDATE / 10 ))
-  [ "$MAX_UPDATE" -gt 0 ] || die "no training rows in $1"
-}
-
 # one_peace_train CONFIG_DIR CONFIG_NAME [hydra overrides...]
 one_peace_train() {
   local config_dir=$1 config_name=$2
@@ -49,26 +37,24 @@ one_peace_train() {
   fi
   if [ "$NUM_GPUS" -gt 1 ]; then
     torchrun --nproc_per_node="$NUM_GPUS" --master_port="$MASTER_PORT" \
-      "$(command -v fairseq-hydra-train)" "${args[@]}" "$@"
+      "$(command -v one-peace-hydra-train)" "${args[@]}" "$@"
   else
-    fairseq-hydra-train "${args[@]}" "$@"
+    one-peace-hydra-train "${args[@]}" "$@"
   fi
 }
 
 # finetune_on_tsvs CONFIG_DIR CONFIG_NAME RUN_NAME [hydra overrides...]
-# Fine-tunes on $TRAIN_TSV / $VALID_TSV for $EPOCHS epochs of $BATCH per GPU x $UPDATE_FREQ,
-# with the schedule derived from the training rows; checkpoints go to $SAVE_DIR (default
-# checkpoints/RUN_NAME).
+# Fine-tunes on $TRAIN_TSV / $VALID_TSV for $EPOCHS epochs of $BATCH per GPU x $UPDATE_FREQ
+# (the schedulers derive the run's length from the epochs and the epoch size); checkpoints go to
+# $SAVE_DIR (default checkpoints/RUN_NAME).
 finetune_on_tsvs() {
   local config_dir=$1 config_name=$2 run_name=$3
   shift 3
   need_file "$TRAIN_TSV" TRAIN_TSV
   need_file "$VALID_TSV" VALID_TSV
-  schedule "$TRAIN_TSV" "$BATCH" "$UPDATE_FREQ" "$EPOCHS"
   one_peace_train "$config_dir" "$config_name" \
     "task.data=$TRAIN_TSV" "task.valid_data=$VALID_TSV" \
     "dataset.batch_size=$BATCH" "optimization.update_freq=[$UPDATE_FREQ]" "optimization.max_epoch=$EPOCHS" \
-    "optimization.max_update=$MAX_UPDATE" "lr_scheduler.warmup_updates=$WARMUP_UPDATES" \
     "checkpoint.save_dir=${SAVE_DIR:-$ONE_PEACE_ROOT/checkpoints/$run_name}" "$@"
 }
 

@@ -40,7 +40,8 @@ def run(cmd, env_extra, cwd):
 
 def finetune(script, data, tmp_path, train, valid, *overrides, **env):
     save_dir = tmp_path / "ckpt"
-    env = dict(TRAIN_TSV=train, VALID_TSV=valid, BATCH="2", UPDATE_FREQ="1", EPOCHS="1", SAVE_DIR=str(save_dir), **env)
+    env = {**dict(TRAIN_TSV=train, VALID_TSV=valid, BATCH="2", UPDATE_FREQ="1", EPOCHS="1", SAVE_DIR=str(save_dir)),
+           **env}
     log = run(["bash", str(REPO / "run_scripts" / script), tiny_model(script), *TINY, *overrides], env, tmp_path)
     assert (save_dir / "checkpoint_best.pt").is_file(), log[-3000:]
     return save_dir / "checkpoint_best.pt", log

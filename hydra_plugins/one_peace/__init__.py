@@ -5,7 +5,6 @@ Other Hydra applications (fairseq not imported) are left alone."""
 import sys
 
 if "fairseq.dataclass.configs" in sys.modules:
-    from one_peace.optim.common_config import extend_common_config, refresh_hydra_schemas
+    from one_peace.optim.common_config import extend_common_config
 
     extend_common_config()
-    refresh_hydra_schemas()
