@@ -17,6 +17,9 @@ captioned with the audio captions.  Stage 2 keeps the text tower frozen (as the 
 does), so the words that describe sounds must be learned in stage 1; at full scale the stage-1
 captions cover them, in this miniature the sketches do.  Without them the frozen tower maps
 unseen words almost arbitrarily ("two short beeps" and "three short beeps" at cosine 0.99).
+With ``--motion-sketches`` it also holds *motion sketches* ("moving left", "growing" ...:
+``synthetic_video.py``) for the words of the video quickstart's captions, which video pretraining
+keeps frozen likewise (off by default: they cost the image quickstart accuracy, docs/BENCHMARKS.md).
 
 Train and held-out ("valid") splits are independent random draws of the same caption set
 (the held-out split is class balanced).  Everything is deterministic for a seed.
@@ -81,19 +84,21 @@ def image_classes() -> List[Tuple[str, str, str]]:
     return [(size, colour, shape) for size in SIZES for colour in COLOURS for shape in SHAPES]
 
 
-def image_renderers() -> List[Tuple[str, Callable[[np.random.Generator], Image.Image]]]:
+def image_renderers(motion_sketches: bool = False) -> List[Tuple[str, Callable[[np.random.Generator], Image.Image]]]:
     """(caption, renderer) of every image class: the shapes, then the sound sketches."""
+    from .synthetic_video import motion_sketch_renderers  # motion words for the video quickstart
+
     shapes = [(image_caption(*c), partial(render_image, *c)) for c in image_classes()]
     sketches = [(caption, partial(render_sound_sketch, kind)) for caption, kind in AUDIO_CLASSES]
-    return shapes + sketches
+    return shapes + sketches + (motion_sketch_renderers() if motion_sketches else [])
 
 
 def image_caption(size: str, colour: str, shape: str) -> str:
     return f"a {size} {colour} {shape}"
 
 
-def image_captions() -> List[str]:
-    return [caption for caption, _ in image_renderers()]
+def image_captions(motion_sketches: bool = False) -> List[str]:
+    return [caption for caption, _ in image_renderers(motion_sketches)]
 
 
 def audio_captions() -> List[str]:
@@ -387,8 +392,9 @@ def _write_tsv(path: str, header: Sequence[str], rows: Sequence[Sequence]):
             f.write("\t".join(str(v) for v in row) + "\n")
 
 
-def write_image_split(out: str, split: str, n: int, seed: int) -> List[Tuple[str, str, str]]:
-    classes = image_renderers()
+def write_image_split(out: str, split: str, n: int, seed: int,
+                      motion_sketches: bool = False) -> List[Tuple[str, str, str]]:
+    classes = image_renderers(motion_sketches)
     rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1])
     os.makedirs(os.path.join(out, "images", split), exist_ok=True)
     rows = []
@@ -418,15 +424,15 @@ def write_audio_split(out: str, split: str, n: int, seed: int) -> List[Tuple[str
 
 
 def generate(out: str, seed: int = 1, n_train_images: int = 3200, n_valid_images: int = 448,
-             n_train_audio: int = 1440, n_valid_audio: int = 240) -> Dict[str, int]:
+             n_train_audio: int = 1440, n_valid_audio: int = 240, motion_sketches: bool = False) -> Dict[str, int]:
     """Write the whole dataset into ``out``; returns the row count of each TSV."""
     os.makedirs(out, exist_ok=True)
     counts = {}
     for split, n in (("train", n_train_images), ("valid", n_valid_images)):
-        counts[f"image_text_{split}"] = len(write_image_split(out, split, n, seed))
+        counts[f"image_text_{split}"] = len(write_image_split(out, split, n, seed, motion_sketches))
     for split, n in (("train", n_train_audio), ("valid", n_valid_audio)):
         counts[f"audio_text_{split}"] = len(write_audio_split(out, split, n, seed))
-    for name, captions in (("image_captions.json", image_captions()), ("audio_captions.json", audio_captions())):
+    for name, captions in (("image_captions.json", image_captions(motion_sketches)), ("audio_captions.json", audio_captions())):
         with open(os.path.join(out, name), "w", encoding="utf-8") as f:
             json.dump(captions, f, indent=1)
     return counts
@@ -440,12 +446,13 @@ def main(argv=None):
     parser.add_argument("--n-valid-images", type=int, default=448)
     parser.add_argument("--n-train-audio", type=int, default=1440)
     parser.add_argument("--n-valid-audio", type=int, default=240)
+    parser.add_argument("--motion-sketches", action="store_true", help="add the motion sketches (video quickstart)")
     args = parser.parse_args(argv)
     start = time.time()
     counts = generate(args.out, args.seed, args.n_train_images, args.n_valid_images, args.n_train_audio,
-                      args.n_valid_audio)
+                      args.n_valid_audio, args.motion_sketches)
     summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    print(f"synthetic data in {args.out} ({summary}; {len(image_captions())} image captions, "
+    print(f"synthetic data in {args.out} ({summary}; {len(image_captions(args.motion_sketches))} image captions, "
           f"{len(audio_captions())} audio captions) in {time.time() - start:.1f}s", file=sys.stderr)
 
 

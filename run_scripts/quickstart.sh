@@ -24,6 +24,7 @@
 #   QUICKSTART_STAGE2_UPDATES   stage-2 updates          [1000; fast: 200]
 #   QUICKSTART_SEED             data and training seed   [1]
 #   QUICKSTART_THREADS          torch CPU threads        [all cores]
+#   QUICKSTART_MOTION_SKETCHES=1  stage 1 also learns the motion words of run_scripts/video_quickstart.sh [0]
 #   PYTHON                      python with one_peace and fairseq installed [<repo>/.venv/bin/python, else python3]
 set -euo pipefail
 
@@ -123,9 +124,11 @@ run_logged() {
 
 # ---- 1. data ------------------------------------------------------------------------------------------
 say "1/4 generating the synthetic dataset in $DATA (seed $SEED)"
+MOTION_FLAG=""
+if [ "${QUICKSTART_MOTION_SKETCHES:-0}" = "1" ]; then MOTION_FLAG="--motion-sketches"; fi
 "$PYTHON" -m one_peace.data_utils.synthetic --out "$DATA" --seed "$SEED" \
   --n-train-images "$N_TRAIN_IMAGES" --n-valid-images "$N_VALID_IMAGES" \
-  --n-train-audio "$N_TRAIN_AUDIO" --n-valid-audio "$N_VALID_AUDIO"
+  --n-train-audio "$N_TRAIN_AUDIO" --n-valid-audio "$N_VALID_AUDIO" $MOTION_FLAG
 
 # ---- configs ------------------------------------------------------------------------------------------
 # Shared model block: the tiny preset (64 wide, 2 layers, 4 heads; decoder 32 wide, 1 layer) with the
