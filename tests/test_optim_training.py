@@ -5,7 +5,7 @@ VGGSound's run script (``adjust_adam`` with layer decay 0.95 + ``adjust_cosine``
 rate of every update follows the schedule computed from the epochs and the epoch size; every
 precision fairseq offers on CPU trains; a run resumed from a checkpoint (optimizer state and
 groups restored) ends where an uninterrupted one does; and the optimizer state sharded over two
-processes (gloo, launched by the script's torchrun path) gives the parameters of one process.
+processes (gloo, one process per rank with fairseq's distributed flags) gives the parameters of one process.
 """
 import math
 import os
