@@ -46,11 +46,11 @@ BENCHMARKS = {  # name: yaml under run_scripts/
 # ---- building a benchmark's model through its task ----------------------------------------------------
 def load_benchmark(yaml_path, layers=None):
     """(task, model cfg, yaml) of a benchmark yaml; ``layers`` overrides the encoder depth."""
+    from fairseq.models import ARCH_MODEL_REGISTRY
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
     from omegaconf import OmegaConf
 
     import one_peace.registry  # noqa: F401  (registers tasks and models)
-    from fairseq.models import ARCH_MODEL_REGISTRY
-    from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
     y = OmegaConf.load(os.path.join(REPO, "run_scripts", yaml_path))
     task_cfg = OmegaConf.merge(OmegaConf.structured(TASK_DATACLASS_REGISTRY[y.task._name]), y.task)
