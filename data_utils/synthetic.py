@@ -17,9 +17,9 @@ captioned with the audio captions.  Stage 2 keeps the text tower frozen (as the 
 does), so the words that describe sounds must be learned in stage 1; at full scale the stage-1
 captions cover them, in this miniature the sketches do.  Without them the frozen tower maps
 unseen words almost arbitrarily ("two short beeps" and "three short beeps" at cosine 0.99).
-With ``--motion-sketches`` it also holds *motion sketches* ("moving left", "growing" ...:
-``synthetic_video.py``) for the words of the video quickstart's captions, which video pretraining
-keeps frozen likewise (off by default: they cost the image quickstart accuracy, docs/BENCHMARKS.md).
+With ``--motion-sketches`` it also holds *motion sketches* (one still drawing per video caption,
+"a red circle moving left" ...: ``synthetic_video.py``) for the video quickstart's captions, which
+video pretraining keeps frozen likewise (off by default: they cost the image quickstart accuracy, docs/BENCHMARKS.md).
 
 Train and held-out ("valid") splits are independent random draws of the same caption set
 (the held-out split is class balanced).  Everything is deterministic for a seed.

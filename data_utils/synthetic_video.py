@@ -7,11 +7,11 @@ Start position, speed, size, hue, background and noise vary freely, so only the 
 "moving left" from "moving right": the frames of one are the frames of the other in reverse order,
 and a model that ignores time cannot tell them apart.
 
-Motion sketches (static images for stage 1, captioned with the bare motion words: "moving left",
-"growing" ...): stage 2 and video pretraining keep the text tower frozen, so the motion words must be
-learned in stage 1, as the sound sketches teach the words of the audio captions
-(``data_utils/synthetic.py``).  A translation is drawn as chevrons pointing its way, a size change or
-a rotation as onion skin (earlier instants faint, the last one solid).
+Motion sketches (static images for stage 1, one per video caption: "a red circle moving left" ...):
+stage 2 and video pretraining keep the text tower frozen, so the captions must be told apart after
+stage 1, as the sound sketches teach the words of the audio captions (``data_utils/synthetic.py``).
+A translation is drawn as the shape leading a few chevrons that point its way, a size change or a
+rotation as onion skin (earlier instants faint, the last one solid).
 
     python -m one_peace.data_utils.synthetic_video --out DIR [--seed 1] [--n-train 2080] [--n-valid 208]
 
@@ -87,7 +87,7 @@ def render_clip(colour: str, shape: str, motion: str, rng: np.random.Generator, 
     """``FRAMES`` RGB frames of one shape in motion on a random background."""
     big = size * _SUPERSAMPLE
     bg = Image.fromarray((_background(rng, size) * 255).astype(np.uint8)).resize((big, big), Image.BILINEAR)
-    rgb = np.clip(np.array(COLOURS[colour], dtype=np.float32) + rng.normal(0, 12, size=3), 0, 255)
+    rgb = _shape_colour(colour, rng)
     fill = Image.new("RGB", (big, big), tuple(int(v) for v in rgb))
     noise_level = rng.uniform(0, 6)
     frames = []
@@ -105,41 +105,43 @@ def render_clip(colour: str, shape: str, motion: str, rng: np.random.Generator, 
 DIRECTIONS = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1), "moving down": (0, 1)}
 
 
-def _chevrons(motion: str, rng: np.random.Generator, big: int) -> Image.Image:
-    """A row of 3-4 thick chevrons pointing along the motion (speed marks), as a mask."""
-    mask = Image.new("L", (big, big), 0)
-    draw = ImageDraw.Draw(mask)
-    dx, dy = DIRECTIONS[motion]
-    px, py = -dy, dx  # perpendicular
-    arm, count = rng.uniform(0.1, 0.15) * big, int(rng.integers(3, 5))
-    step = arm * rng.uniform(1.1, 1.4)
-    span = step * (count - 1)
-    cx = rng.uniform(0.5 * (span * abs(dx)) + arm * 1.2, big - 0.5 * (span * abs(dx)) - arm * 1.2)
-    cy = rng.uniform(0.5 * (span * abs(dy)) + arm * 1.2, big - 0.5 * (span * abs(dy)) - arm * 1.2)
-    width = max(3, int(big * rng.uniform(0.04, 0.06)))
-    for k in range(count):
-        offset = (k - (count - 1) / 2) * step
-        tip = (cx + dx * (offset + arm / 2), cy + dy * (offset + arm / 2))
-        tail = (cx + dx * (offset - arm / 2), cy + dy * (offset - arm / 2))
-        draw.line([(tail[0] + px * arm, tail[1] + py * arm), tip, (tail[0] - px * arm, tail[1] - py * arm)],
-                  fill=255, width=width, joint="curve")
-    return mask
+def _shape_colour(colour: str, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(np.array(COLOURS[colour], dtype=np.float32) + rng.normal(0, 12, size=3), 0, 255)
 
 
-def render_motion_sketch(motion: str, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
-    """A drawing of ``motion``: chevrons pointing along a translation (the tiny quickstart ViT tells
-    their direction apart quickly; onion skins of a moving shape it did not), an onion skin of the
-    other motions -- four instants, the earliest faintest."""
+def render_motion_sketch(colour: str, shape: str, motion: str, rng: np.random.Generator,
+                         size: int = SIZE) -> Image.Image:
+    """A still drawing of a video caption ("a red circle moving left"): the shape with a motion streak
+    behind it for a translation, or an onion skin of a size change or a rotation (four
+    instants, the earliest faintest).  Stage 1 sees these so that the text tower, frozen afterwards,
+    separates the whole captions; sketches with only the motion words did not carry over to the
+    composed captions (the frozen tower put "a blue triangle moving left" and "... moving up" at
+    cosine 0.998)."""
     big = size * _SUPERSAMPLE
     img = Image.fromarray((_background(rng, size) * 255).astype(np.uint8)).resize((big, big), Image.BILINEAR)
-    colour = np.array(COLOURS[list(COLOURS)[rng.integers(len(COLOURS))]], dtype=np.float32)
-    if motion in DIRECTIONS:
-        alpha = (np.asarray(_chevrons(motion, rng, big), dtype=np.float32) / 255.0)[..., None]
-        base = np.asarray(img, dtype=np.float32) * (1 - alpha) + colour * alpha
-        return _finish(base, rng, size)
-    shape = SHAPES[rng.integers(len(SHAPES))] if motion != "rotating" else "triangle"
-    steps = _trajectory(motion, rng, big)
+    rgb = _shape_colour(colour, rng)
     base = np.asarray(img, dtype=np.float32)
+    if motion in DIRECTIONS:
+        # The shape near the edge it is heading for, a motion streak behind it fading out towards the
+        # opposite edge: a layout (which side is solid, which way the band runs) that the tiny
+        # quickstart ViT reads within stage 1, where small glyphs such as chevrons were not learned.
+        dx, dy = DIRECTIONS[motion]
+        r = rng.uniform(0.11, 0.15) * big
+        lead = rng.uniform(0.08, 0.16) * big + r  # shape centre to the leading edge
+        across = rng.uniform(1.3 * r, big - 1.3 * r)
+        along = np.arange(big, dtype=np.float32)
+        head = big - lead if dx + dy > 0 else lead
+        behind = (head - along) * (dx + dy)  # distance behind the shape's centre, along the motion
+        fade = np.where(behind > 0, 0.75 * np.clip(1 - behind / (big * rng.uniform(0.55, 0.8)), 0, 1), 0.0)
+        half_width = r * rng.uniform(0.7, 0.95)
+        band = (np.abs(along - across) <= half_width).astype(np.float32)
+        streak = fade[None, :] * band[:, None] if dx else band[None, :] * fade[:, None]
+        mask = Image.new("L", (big, big), 0)
+        centre = (head, across) if dx else (across, head)
+        _draw_shape(ImageDraw.Draw(mask), shape, *centre, r, rng.uniform(-0.15, 0.15), fill=255)
+        alpha = np.maximum(np.asarray(mask, dtype=np.float32) / 255.0, streak)[..., None]
+        return _finish(base * (1 - alpha) + rgb * alpha, rng, size)
+    steps = _trajectory(motion, rng, big)
     for k, idx in enumerate((0, 2, 4, 7)):
         cx, cy, r, angle = steps[idx]
         mask = Image.new("L", (big, big), 0)
@@ -149,7 +151,7 @@ def render_motion_sketch(motion: str, rng: np.random.Generator, size: int = SIZE
         _draw_shape(ImageDraw.Draw(mask), shape, cx, cy, r, angle, fill=fill, outline=255,
                     width=3 * width if solid else width)
         alpha = (np.asarray(mask, dtype=np.float32) / 255.0)[..., None] * (1.0 if solid else 0.25 + 0.2 * k)
-        base = base * (1 - alpha) + colour * alpha
+        base = base * (1 - alpha) + rgb * alpha
     return _finish(base, rng, size)
 
 
@@ -162,8 +164,9 @@ def _finish(base: np.ndarray, rng: np.random.Generator, size: int) -> Image.Imag
 
 
 def motion_sketch_renderers():
-    """(caption, renderer) of the stage-1 motion sketches (appended to the image classes)."""
-    return [(motion, partial(render_motion_sketch, motion)) for motion in MOTIONS]
+    """(caption, renderer) of the stage-1 motion sketches (appended to the image classes): one per
+    video caption."""
+    return [(video_caption(*c), partial(render_motion_sketch, *c)) for c in video_classes()]
 
 
 def write_clip(path: str, frames: List[Image.Image], fps: int = 8) -> None:

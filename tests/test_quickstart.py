@@ -38,8 +38,8 @@ def test_synthetic_dataset_layout_splits_and_determinism(tmp_path):
     image_captions = json.loads((root / "image_captions.json").read_text())
     audio_captions = json.loads((root / "audio_captions.json").read_text())
     assert len(set(image_captions)) == len(image_captions) == 28  # 16 shapes + 12 sound sketches
-    # the video quickstart adds 7 motion sketches ("moving left" ...) with --motion-sketches
-    assert synthetic.image_captions(motion_sketches=True)[28:] == list(synthetic_video.MOTIONS)
+    # the video quickstart adds one motion sketch per video caption with --motion-sketches
+    assert synthetic.image_captions(motion_sketches=True)[28:] == synthetic_video.video_captions()
     assert audio_captions == [c for c, _ in synthetic.AUDIO_CLASSES] and set(audio_captions) <= set(image_captions)
     for rows, col, caption_col, captions in ((images, "image", "caption", image_captions),
                                              (audio, "audio", "text", audio_captions)):
