@@ -24,40 +24,12 @@
 #   QUICKSTART_STAGE2_UPDATES   stage-2 updates          [1000; fast: 200]
 #   QUICKSTART_SEED             data and training seed   [1]
 #   QUICKSTART_THREADS          torch CPU threads        [all cores]
-#   QUICKSTART_MOTION_SKETCHES=1  stage 1 also learns the motion words of run_scripts/video_quickstart.sh [0]
+#   QUICKSTART_MOTION_SKETCHES=1  stage 1 also learns the captions of run_scripts/video_quickstart.sh [0]
 #   PYTHON                      python with one_peace and fairseq installed [<repo>/.venv/bin/python, else python3]
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-
-WORKDIR=""
-FAST="${QUICKSTART_FAST:-0}"
-for arg in "$@"; do
-  case "$arg" in
-    --fast) FAST=1 ;;
-    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "quickstart: unknown option $arg" >&2; exit 2 ;;
-    *) if [ -n "$WORKDIR" ]; then echo "quickstart: only one WORKDIR may be given" >&2; exit 2; fi
-       WORKDIR="$arg" ;;
-  esac
-done
-WORKDIR="${WORKDIR:-./quickstart_work}"
-mkdir -p "$WORKDIR"
-W="$(cd "$WORKDIR" && pwd)"   # absolute, resolved against the caller's cwd
-cd "$REPO"
-
-# ---- tools --------------------------------------------------------------------------------------------
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
-fi
-BIN_DIR="$(dirname "$PYTHON")"
-HYDRA_TRAIN="$BIN_DIR/fairseq-hydra-train"
-[ -x "$HYDRA_TRAIN" ] || HYDRA_TRAIN="$(command -v fairseq-hydra-train || true)"
-if [ -z "$HYDRA_TRAIN" ]; then
-  echo "quickstart: fairseq-hydra-train not found (install the package: pip install -e .)" >&2
-  exit 1
-fi
-export PYTHONUNBUFFERED=1
+. "$(dirname "${BASH_SOURCE[0]}")/quickstart_setup.sh"
+quickstart_setup quickstart 28 "$@"
 
 # ---- BPE files ----------------------------------------------------------------------------------------
 has_bpe() { [ -f "$1/encoder.json" ] && [ -f "$1/vocab.bpe" ] && [ -f "$1/dict.txt" ]; }

@@ -25,29 +25,8 @@
 #   QUICKSTART_SEED, QUICKSTART_THREADS, ONE_PEACE_BPE_DIR, PYTHON  as in run_scripts/quickstart.sh
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-WORKDIR=""
-FAST="${QUICKSTART_FAST:-0}"
-for arg in "$@"; do
-  case "$arg" in
-    --fast) FAST=1 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "video_quickstart: unknown option $arg" >&2; exit 2 ;;
-    *) if [ -n "$WORKDIR" ]; then echo "video_quickstart: only one WORKDIR may be given" >&2; exit 2; fi
-       WORKDIR="$arg" ;;
-  esac
-done
-WORKDIR="${WORKDIR:-./quickstart_work}"
-mkdir -p "$WORKDIR"
-W="$(cd "$WORKDIR" && pwd)"
-cd "$REPO"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
-fi
-export PYTHON PYTHONUNBUFFERED=1
-HYDRA_TRAIN="$(dirname "$PYTHON")/fairseq-hydra-train"
-[ -x "$HYDRA_TRAIN" ] || HYDRA_TRAIN="$(command -v fairseq-hydra-train || true)"
-[ -n "$HYDRA_TRAIN" ] || { echo "video_quickstart: fairseq-hydra-train not found (pip install -e .)" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/quickstart_setup.sh"
+quickstart_setup video_quickstart 25 "$@"
 
 FAST_STAGE1_UPDATES=800
 START=$(date +%s)

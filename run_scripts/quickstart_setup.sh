@@ -1,0 +1,33 @@
+# Shared start of run_scripts/quickstart.sh and run_scripts/video_quickstart.sh; source it as
+#   quickstart_setup NAME HELP_LAST_LINE "$@"
+# Parses [WORKDIR] [--fast] [-h|--help] and sets FAST, W (the absolute WORKDIR, created), REPO (and cds
+# there), PYTHON (exported) and HYDRA_TRAIN; messages start with NAME.
+quickstart_setup() {
+  local name=$1 help_last=$2 workdir="" arg
+  shift 2
+  REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  FAST="${QUICKSTART_FAST:-0}"
+  for arg in "$@"; do
+    case "$arg" in
+      --fast) FAST=1 ;;
+      -h|--help) sed -n "2,${help_last}p" "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      -*) echo "$name: unknown option $arg" >&2; exit 2 ;;
+      *) if [ -n "$workdir" ]; then echo "$name: only one WORKDIR may be given" >&2; exit 2; fi
+         workdir="$arg" ;;
+    esac
+  done
+  workdir="${workdir:-./quickstart_work}"
+  mkdir -p "$workdir"
+  W="$(cd "$workdir" && pwd)"   # absolute, resolved against the caller's cwd
+  cd "$REPO"
+  if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
+  fi
+  HYDRA_TRAIN="$(dirname "$PYTHON")/fairseq-hydra-train"
+  [ -x "$HYDRA_TRAIN" ] || HYDRA_TRAIN="$(command -v fairseq-hydra-train || true)"
+  if [ -z "$HYDRA_TRAIN" ]; then
+    echo "$name: fairseq-hydra-train not found (install the package: pip install -e .)" >&2
+    exit 1
+  fi
+  export PYTHON PYTHONUNBUFFERED=1
+}
