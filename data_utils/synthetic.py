@@ -19,7 +19,8 @@ captions cover them, in this miniature the sketches do.  Without them the frozen
 unseen words almost arbitrarily ("two short beeps" and "three short beeps" at cosine 0.99).
 With ``--motion-sketches`` it also holds *motion sketches* (one still drawing per video caption,
 "a red circle moving left" ...: ``synthetic_video.py``) for the video quickstart's captions, which
-video pretraining keeps frozen likewise (off by default: they cost the image quickstart accuracy, docs/BENCHMARKS.md).
+video pretraining keeps frozen likewise (off by default: they cost the image quickstart accuracy,
+docs/BENCHMARKS.md).
 
 Train and held-out ("valid") splits are independent random draws of the same caption set
 (the held-out split is class balanced).  Everything is deterministic for a seed.

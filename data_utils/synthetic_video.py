@@ -10,8 +10,8 @@ and a model that ignores time cannot tell them apart.
 Motion sketches (static images for stage 1, one per video caption: "a red circle moving left" ...):
 stage 2 and video pretraining keep the text tower frozen, so the captions must be told apart after
 stage 1, as the sound sketches teach the words of the audio captions (``data_utils/synthetic.py``).
-A translation is drawn as the shape leading a few chevrons that point its way, a size change or a
-rotation as onion skin (earlier instants faint, the last one solid).
+A translation is drawn as the shape leading a motion streak that fades out behind it, a size change
+or a rotation as onion skin (earlier instants faint, the last one solid).
 
     python -m one_peace.data_utils.synthetic_video --out DIR [--seed 1] [--n-train 2080] [--n-valid 208]
 

@@ -11,18 +11,12 @@
 The last line printed is ``video_quickstart: video_to_text_acc=X motion_acc=Y``.
 """
 import argparse
-import csv
 import json
 import logging
 import os
 import time
 
-import torch
-
-
-def read_tsv(path):
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+from quickstart_eval import read_tsv  # this script runs from run_scripts/, beside it
 
 
 def reversed_caption(caption: str):
@@ -35,33 +29,33 @@ def reversed_caption(caption: str):
     return None
 
 
-def evaluate(hub, rows, captions, data_dir, batch_size=32, reverse_frames=False):
-    """(video_to_text_acc, motion_acc, motion pair count) of ``rows`` against ``captions``; with
-    ``reverse_frames`` every clip is played backwards (a model that reads frame order then prefers
-    the reversed caption)."""
+def evaluate(hub, rows, captions, data_dir, batch_size=32):
+    """(video_to_text_acc, motion_acc, backwards_motion_acc, motion pair count) of ``rows`` against
+    ``captions``.  ``backwards_motion_acc`` is ``motion_acc`` with every clip played backwards: a model
+    that reads frame order then prefers the reversed caption."""
     index = {c: i for i, c in enumerate(captions)}
     missing = sorted({r["text"] for r in rows} - set(index))
     if missing:
         raise ValueError(f"held-out captions missing from the caption list: {missing}")
-    with torch.no_grad():
-        text = hub.extract_text_features(hub.process_text(captions)).float()
-    correct = motion_correct = motion_total = 0
+    text = hub.extract_text_features(hub.process_text(captions)).float()
+    correct = motion_total = 0
+    motion_correct = {False: 0, True: 0}  # by reversed
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
-        inputs = hub.process_video([os.path.join(data_dir, r["video"]) for r in batch])
-        if reverse_frames:
-            inputs["src_videos"] = inputs["src_videos"].flip(1)
-        with torch.no_grad():
-            videos = hub.extract_video_features(**inputs).float()
-        scores = videos @ text.T
-        for row, score in zip(batch, scores):
-            own = index[row["text"]]
-            correct += int(score.argmax()) == own
-            other = reversed_caption(row["text"])
-            if other is not None:
-                motion_total += 1
-                motion_correct += bool(score[own] > score[index[other]])
-    return correct / max(len(rows), 1), motion_correct / max(motion_total, 1), motion_total
+        clips = hub.process_video([os.path.join(data_dir, r["video"]) for r in batch])["src_videos"]
+        for backwards in (False, True):
+            videos = hub.extract_video_features(src_videos=clips.flip(1) if backwards else clips)
+            scores = videos.float() @ text.T
+            for row, score in zip(batch, scores):
+                own = index[row["text"]]
+                if not backwards:
+                    correct += int(score.argmax()) == own
+                other = reversed_caption(row["text"])
+                if other is not None:
+                    motion_total += not backwards
+                    motion_correct[backwards] += bool(score[own] > score[index[other]])
+    total, pairs = max(len(rows), 1), max(motion_total, 1)
+    return correct / total, motion_correct[False] / pairs, motion_correct[True] / pairs, motion_total
 
 
 def main(argv=None):
@@ -79,11 +73,10 @@ def main(argv=None):
         captions = json.load(f)
     rows = read_tsv(os.path.join(args.data, args.tsv))
     hub = from_pretrained(args.checkpoint, model_type="one_peace_retrieval", device="cpu", bpe_dir=args.bpe_dir)
-    acc, motion_acc, pairs = evaluate(hub, rows, captions, args.data)
+    acc, motion_acc, backwards, pairs = evaluate(hub, rows, captions, args.data)
     print(f"[eval] video-to-text accuracy {acc:.3f} on {len(rows)} held-out clips ({len(captions)} captions, "
           f"chance {1 / len(captions):.3f}); motion accuracy {motion_acc:.3f} on {pairs} reversed-motion pairs "
           f"(chance 0.5); {time.time() - start:.1f}s", flush=True)
-    _, backwards, _ = evaluate(hub, rows, captions, args.data, reverse_frames=True)
     print(f"[eval] the same clips played backwards: motion accuracy {backwards:.3f} (a model that reads frame "
           "order falls below 0.5: it prefers the reversed caption)", flush=True)
     print(f"video_quickstart: video_to_text_acc={acc:.3f} motion_acc={motion_acc:.3f}", flush=True)
