@@ -1,0 +1,143 @@
+"""An opened index: its faiss indexes (rebuilt from SQLite when stale), the checkpoint that built
+it (loaded on first query, identity checked), and nearest-neighbour search per modality."""
+import logging
+import os
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import vector_index
+from .embed import check_same_checkpoint, checkpoint_identity, embed, load_hub
+from .scan import modality_of
+from .store import IndexStore
+
+logger = logging.getLogger(__name__)
+
+
+def faiss_path(index_dir: str, modality: str) -> str:
+    return os.path.join(index_dir, "faiss", f"{modality}.faiss")
+
+
+def build_faiss(store: IndexStore, modality: str, dim: int, options: vector_index.IndexOptions,
+                write: bool = True):
+    """Build ``modality``'s faiss index from the stored vectors (and save it, recording the version)."""
+    version = store.version(modality)
+    ids, vectors = store.vectors(modality, dim)
+    kind = vector_index.resolve_type(options, len(ids))
+    index = vector_index.build(vectors, ids, kind, options)
+    if write:
+        try:
+            vector_index.save(index, faiss_path(store.dir, modality))
+            store.set(f"faiss:{modality}", {"version": version, "type": kind, "count": int(len(ids))})
+        except OSError as exc:  # a read-only index directory still searches (from memory)
+            logger.warning("cannot save the %s faiss index in %s: %s", modality, store.dir, exc)
+    return index
+
+
+class SearchIndex:
+    def __init__(self, index_dir: str, checkpoint: Optional[str] = None, device: Optional[str] = None,
+                 dtype: Optional[str] = None, bpe_dir: Optional[str] = None,
+                 options: Optional[vector_index.IndexOptions] = None):
+        self.store = IndexStore(index_dir)
+        self.dir = self.store.dir
+        self.model = self.store.get("model")
+        if self.model is None:
+            raise ValueError(f"index {self.dir} holds no embeddings yet (its first one-peace-index run embedded "
+                             "nothing)")
+        self.dim = int(self.model["dim"])
+        self.options = options or vector_index.IndexOptions.from_dict(self.store.get("index_options"))
+        self.checkpoint, self.device, self.dtype, self.bpe_dir = checkpoint, device, dtype, bpe_dir
+        if checkpoint is not None:  # refuse a wrong checkpoint before any query
+            check_same_checkpoint(self.model, checkpoint_identity(checkpoint, self.model["hashed_bytes"]), self.dir)
+        self._hub = None
+        self._faiss: Dict[str, tuple] = {}
+        self._lock = threading.Lock()  # one model call / faiss rebuild at a time
+
+    # ---- the model -------------------------------------------------------------------------
+    @property
+    def hub(self):
+        if self._hub is None:
+            path = self.checkpoint or self.model["checkpoint"]
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"the checkpoint that built {self.dir} is not at {path} any more: pass "
+                                        "--checkpoint with its new location")
+            if self.checkpoint is None:  # the recorded path may now hold another file
+                check_same_checkpoint(self.model, checkpoint_identity(path, self.model["hashed_bytes"]), self.dir)
+            self._hub = load_hub(path, self.model["model_type"], self.dtype or self.model["dtype"], self.device,
+                                 self.bpe_dir or self.model.get("bpe_dir"), self.model["modalities"])
+        return self._hub
+
+    def embed_text(self, text: str) -> np.ndarray:
+        with self._lock:
+            vectors, _, failed = embed(self.hub, "text", [text])
+        if failed:
+            raise ValueError(f"cannot embed the query text: {failed[0][1]}")
+        return vectors[0]
+
+    def embed_file(self, path: str, modality: Optional[str] = None) -> tuple:
+        """(vector, modality) of a query file; the modality from its extension unless given."""
+        modality = modality or modality_of(path)
+        if modality is None or modality == "text" and not path.lower().endswith(".txt"):
+            raise ValueError(f"cannot tell the modality of {os.path.basename(path)!r} from its extension "
+                             "(images, audio, video or .txt)")
+        if modality == "text":
+            from .scan import read_text_file
+
+            return self.embed_text(read_text_file(path)), "text"
+        if modality not in self.model["modalities"]:
+            raise ValueError(f"the index's checkpoint has no {modality} branch (it has "
+                             f"{', '.join(self.model['modalities'])})")
+        with self._lock:
+            vectors, _, failed = embed(self.hub, modality, [path])
+        if failed:
+            raise ValueError(f"cannot read the query {modality} file: {failed[0][1]}")
+        return vectors[0], modality
+
+    # ---- faiss -------------------------------------------------------------------------------
+    def modalities(self) -> List[str]:
+        return sorted(self.store.counts())
+
+    def faiss_index(self, modality: str):
+        """The current faiss index of ``modality``: the saved one if it matches the stored vectors'
+        version, else rebuilt (an interrupted indexer, or one still running)."""
+        version = self.store.version(modality)
+        cached = self._faiss.get(modality)
+        if cached and cached[0] == version:
+            return cached[1]
+        with self._lock:
+            saved = self.store.get(f"faiss:{modality}") or {}
+            path = faiss_path(self.dir, modality)
+            if saved.get("version") == version and os.path.isfile(path):
+                index = vector_index.load(path)
+            else:
+                logger.info("%s faiss index is stale or missing: rebuilding from the stored vectors", modality)
+                index = build_faiss(self.store, modality, self.dim, self.options, write=os.access(self.dir, os.W_OK))
+            vector_index.set_search_params(index, self.options)
+            self._faiss[modality] = (version, index)
+        return index
+
+    def search(self, vector: np.ndarray, modalities: Optional[Sequence[str]] = None, k: int = 10) -> Dict[str, List]:
+        """Top ``k`` of each modality: ``{modality: [{rank, score, id, path, row, text, ...}]}``.
+
+        Scores of different modalities are not comparable (the modality gap: a text query scores other
+        texts far higher than any image), so each modality keeps its own ranking."""
+        present = self.modalities()
+        wanted = list(modalities) if modalities else present
+        unknown = [m for m in wanted if m not in ("text", "image", "audio", "video")]
+        if unknown:
+            raise ValueError(f"unknown modality {unknown[0]!r}: choose among text, image, audio, video")
+        results = {}
+        query = np.asarray(vector, np.float32).reshape(1, -1)
+        for modality in wanted:
+            if modality not in present:
+                results[modality] = []
+                continue
+            scores, ids = vector_index.search(self.faiss_index(modality), query, k)
+            records = self.store.lookup([i for i in ids[0] if i >= 0])
+            hits = [dict(records[i], score=float(s)) for s, i in zip(scores[0], ids[0]) if i in records]
+            for rank, hit in enumerate(hits, start=1):
+                hit["rank"] = rank
+            results[modality] = hits
+        return results
+
