@@ -1,8 +1,9 @@
 """``classify_criterion``: cross-entropy (single label) or BCE-with-logits (multi-label).
 
-The logged ``acc`` is the arg-max accuracy; with 2-D targets (multi-hot, VQA soft scores) it is the
-target score at the arg-max (the VQA accuracy).  Unlike the official criterion, soft-target CE logs
-that same score (the official logs ``sum(softmax * target)``).
+``n_correct`` (the official logging key, summed into the logged ``acc``) is the arg-max hit count for
+single labels; with 2-D targets and ``use_multi_label`` (multi-hot, VQA soft scores) it is the target
+score at the arg-max (the VQA accuracy); with 2-D targets and softmax CE (soft targets, Mixup/CutMix)
+it is ``sum(softmax * target)``, as the official criterion logs it.
 
 Losses are summed over the batch and ``sample_size`` is the number of samples, so the
 reported (and optimised) loss is a per-sample mean, as in the official criterion.
@@ -58,11 +59,15 @@ class ClassifyCriterion(FairseqCriterion):
             "num_skipped": sample.get("num_skipped", 0),
         }
         if target.dim() == 2:
-            # Multi-hot or soft scores (VQA): the target score at the arg-max, summed (the VQA accuracy).
             with torch.no_grad():
-                ncorrect = target.float().gather(1, logits.argmax(dim=-1, keepdim=True)).sum().item()
+                if self.use_multi_label:
+                    # Multi-hot or soft scores (VQA): the target score at the arg-max (the VQA accuracy).
+                    ncorrect = target.float().gather(1, logits.argmax(dim=-1, keepdim=True)).sum().item()
+                else:
+                    # Softmax CE on a target distribution: the official expected score.
+                    ncorrect = (F.softmax(logits, dim=-1) * target.float()).sum().item()
         if ncorrect is not None:
-            logging_output["_ncorrect"] = ncorrect
+            logging_output["n_correct"] = ncorrect
         return loss, sample_size, logging_output
 
     @classmethod
@@ -79,10 +84,10 @@ def reduce_classification_logs(logging_outputs) -> None:
     sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
     loss = sum(log.get("loss", 0) for log in logging_outputs)
     metrics.log_scalar("loss", loss / max(sample_size, 1), sample_size, round=4)
-    with_correct = [log for log in logging_outputs if "_ncorrect" in log]
+    with_correct = [log for log in logging_outputs if "n_correct" in log]
     if with_correct:
         # float(): logs summed across workers arrive as tensors
-        metrics.log_scalar_sum("_ncorrect", sum(float(log["_ncorrect"]) for log in with_correct))
+        metrics.log_scalar_sum("_ncorrect", sum(float(log["n_correct"]) for log in with_correct))
         metrics.log_scalar_sum("_ncounted", sum(float(log.get("nsentences", 0)) for log in with_correct))
         metrics.log_derived("acc", lambda meters: round(
             100.0 * meters["_ncorrect"].sum / max(meters["_ncounted"].sum, 1), 3))

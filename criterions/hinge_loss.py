@@ -55,7 +55,7 @@ class HingeLossCriterion(FairseqCriterion):
             "ntokens": sample_size,
             "sample_size": sample_size,
             "num_skipped": sample.get("num_skipped", 0),
-            "_ncorrect": (scores.argmax(dim=1) == target).sum().item(),
+            "n_correct": (scores.argmax(dim=1) == target).sum().item(),
         }
         return loss, sample_size, logging_output
 

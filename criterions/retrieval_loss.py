@@ -53,9 +53,10 @@ class RetrievalCriterion(FairseqCriterion):
             "nsentences": nsentences,
             "ntokens": nsentences,
             "sample_size": 1,
-            "_q2t_ncorrect": int(q2t),
-            "_t2q_ncorrect": int(t2q),
-            "logit_scale_exp": float(logit_scale),
+            # official names: i2t_ncorrect / t2i_ncorrect (a2t / t2a for audio)
+            f"{self.SHORT}2t_ncorrect": int(q2t),
+            f"t2{self.SHORT}_ncorrect": int(t2q),
+            "logit_scale_exp": float(logit_scale.detach()),
             "num_skipped": sample.get("num_skipped", 0),
         }
         return loss, 1, logging_output
@@ -67,7 +68,7 @@ class RetrievalCriterion(FairseqCriterion):
         metrics.log_scalar("loss", sum(log.get("loss", 0) for log in logging_outputs) / max(batches, 1),
                            batches, round=4)
         short = cls.SHORT
-        for key, name in (("_q2t_ncorrect", f"{short}2t_acc"), ("_t2q_ncorrect", f"t2{short}_acc")):
+        for key, name in ((f"{short}2t_ncorrect", f"{short}2t_acc"), (f"t2{short}_ncorrect", f"t2{short}_acc")):
             if any(key in log for log in logging_outputs):
                 value = 100.0 * sum(log.get(key, 0) for log in logging_outputs) / max(nsentences, 1)
                 metrics.log_scalar(name, value, nsentences, round=3)

@@ -49,3 +49,19 @@ def assert_scaled_close(actual: torch.Tensor, expected: torch.Tensor, rel: float
     assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
     err = scaled_error(actual, expected)
     assert err <= rel, f"{msg}: max deviation {err:.3g} x max|expected| exceeds {rel:g}"
+
+
+# Keys our criteria log beyond the official ones (docs/ARCHITECTURE.md, deliberate differences).
+EXTRA_LOG_KEYS = {"ntokens", "num_skipped", "valid_boxes", "_acc_score", "_acc_cnt", "_top5_score", "_top5_cnt"}
+
+
+def assert_logging_output(log: dict, want: dict, rel: float = 1e-5, abs_: float = 1e-5):
+    """Every key of an official ``logging_output`` is in ours with the same value (losses to ``rel`` of
+    their size, counts to ``abs_``), and ours has no key beyond them but :data:`EXTRA_LOG_KEYS`."""
+    missing = set(want) - set(log)
+    assert not missing, f"official logging_output keys missing: {sorted(missing)}"
+    extra = set(log) - set(want) - EXTRA_LOG_KEYS
+    assert not extra, f"logging_output keys the official does not have: {sorted(extra)}"
+    for key, value in want.items():
+        value = float(value)
+        assert abs(float(log[key]) - value) <= max(abs_, rel * abs(value)), (key, float(log[key]), value)

@@ -113,7 +113,7 @@ def test_hinge_loss_honours_margin_and_num_choices():
     for margin, expected in ((1.0, (1 + 0.5 + 0 + 2) + (0 + 0 + 1 + 0)), (0.25, (0.25 + 0 + 0 + 1.25) + 0.25)):
         loss, size, log = HingeLossCriterion(None, margin=margin, num_choices=4).loss_from_logits(logits, sample)
         assert loss.item() == pytest.approx(expected) and size == 2
-        assert log["_ncorrect"] == 1
+        assert log["n_correct"] == 1
     with pytest.raises(ValueError, match="multiple of num_choices=3"):
         HingeLossCriterion(None, num_choices=3).loss_from_logits(logits, sample)
 

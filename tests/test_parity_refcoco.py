@@ -3,7 +3,7 @@ variants (image features for RefCOCO/+, text features for RefCOCOg), through fai
 import numpy as np
 import pytest
 import torch
-from helpers import TASK_FIXTURES, assert_scaled_close, load_task_fixture
+from helpers import TASK_FIXTURES, assert_logging_output, assert_scaled_close, load_task_fixture
 from PIL import Image
 
 
@@ -62,9 +62,10 @@ def test_logits_loss_gradients_and_metrics(loaded, official):
     assert_scaled_close(logits, want["logits"], rel=1e-5, msg="logits")
     assert torch.equal((torch.sigmoid(logits)[:, :2] < torch.sigmoid(logits)[:, 2:]).all(1), want["valid_box_mask"])
     model.zero_grad()
-    loss, sample_size, _ = criterion(model, batch)
+    loss, sample_size, log = criterion(model, batch)
     assert sample_size == 1
     assert_scaled_close(loss.detach(), want["criterion"]["loss"].float(), rel=1e-5, msg="loss")
+    assert_logging_output(log, want["criterion"]["logging_output"])
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     norm = torch.sqrt(sum(g.double().pow(2).sum() for g in grads.values()))
