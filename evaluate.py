@@ -1,4 +1,4 @@
-"""Evaluate a ONE-PEACE checkpoint on a data split, fairseq-generate style.
+r"""Evaluate a ONE-PEACE checkpoint on a data split, fairseq-generate style.
 
     one-peace-evaluate --path checkpoint.pt --gen-subset valid \
         --valid-data test.tsv --bpe-dir bpe/ --batch-size 16 --results-path results/ [--cpu] [--bf16]
@@ -22,11 +22,13 @@ import ast
 import json
 import logging
 import os
+import re
 import sys
 from typing import Dict, List, Optional
 
 import torch
 
+from . import registry  # noqa: F401 - first of our imports: registers everything; keeps fairseq's import off logging
 from .criterions.gather import world_info
 
 logger = logging.getLogger("one_peace.evaluate")
@@ -115,6 +117,13 @@ def load_task_and_model(cfg, dtype=torch.float32, device="cpu"):
         overwrite_args_by_name(saved, overrides)
     if cfg.task.zero_shot:
         task = tasks.setup_task(cfg.task)
+        zero_shot_model = getattr(task, "ZERO_SHOT_MODEL", None)
+        if zero_shot_model and "_name" not in overrides.get("model", {}) and saved.model._name != zero_shot_model:
+            # e.g. a pretraining checkpoint evaluated zero-shot on retrieval: same weights, the retrieval model
+            logger.info("zero-shot %s: evaluating the %s checkpoint as %s", cfg.task._name, saved.model._name,
+                        zero_shot_model)
+            with open_dict(saved.model):
+                saved.model._name = zero_shot_model
     else:
         if cfg.task._name != saved.task._name:
             raise ValueError(f"{path} was trained with task {saved.task._name!r}; evaluate it with --task "
@@ -246,14 +255,61 @@ def _optional_data(parser):
             action.nargs, action.default, action.required = "?", None, False
 
 
+def print_help(argv: List[str]) -> None:
+    """Our description and options first (the task's own: ``--task NAME --help``); fairseq's generic
+    options only with ``--help-all``."""
+    import argparse
+
+    from fairseq.dataclass.utils import gen_parser_from_dataclass
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    task = _checkpoint_task_name(argv) or _option_value(argv, "--task") or "vggsound"
+    if task not in TASK_DATACLASS_REGISTRY:
+        raise SystemExit(f"one-peace-evaluate: unknown task {task!r}; one of {', '.join(sorted(TASK_DATACLASS_REGISTRY))}")
+    parser = argparse.ArgumentParser(prog="one-peace-evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    ours = parser.add_argument_group("evaluation")
+    for flags, text in (
+            (("--path",), "checkpoint to evaluate (required)"),
+            (("--task",), "benchmark task (default: the checkpoint's own)"),
+            (("--zero-shot",), "model from the checkpoint, task and its options from the command line; a "
+                               "pretraining checkpoint is evaluated as the retrieval model on retrieval tasks"),
+            (("--gen-subset",), "split name of the outputs (default test)"),
+            (("--results-path",), "directory for {subset}_predict.json and {subset}_metrics.json"),
+            (("--batch-size",), "rows per batch"),
+            (("--model-overrides",), "Python dict literal, e.g. \"{'task': {'label_file': 'l.json'}}\""),
+            (("--cpu", "--bf16", "--fp16"), "device and precision (default: GPU if present, float32)"),
+            (("--help-all",), "also fairseq's generic options")):
+        ours.add_argument(*flags, help=text, action="store_true" if flags[0].startswith(("--cpu", "--zero", "--help"))
+                          else None)
+    gen_parser_from_dataclass(parser.add_argument_group(f"task {task} (--task NAME --help for another task)"),
+                              TASK_DATACLASS_REGISTRY[task]())
+    for action in parser._actions:  # literal '%' in field help ("(e-1) % n") would break argparse's formatting
+        if action.help:
+            action.help = re.sub(r"%(?!\()", "%%", action.help)
+    parser.print_help()
+
+
+def _option_value(argv: List[str], name: str) -> Optional[str]:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def run_cli(argv: Optional[List[str]] = None) -> Dict:
     """Parse ``argv`` (default: sys.argv), evaluate, return the metrics (empty in spawned workers)."""
     from fairseq import distributed_utils, options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from . import registry  # noqa: F401 - registers the ONE-PEACE tasks, models and criteria
-
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help-all" in argv:
+        argv = [a if a != "--help-all" else "--help" for a in argv]
+    elif "-h" in argv or "--help" in argv:
+        print_help([a for a in argv if a not in ("-h", "--help")])
+        return {}
     parser = options.get_generation_parser(default_task=_checkpoint_task_name(argv) or "vggsound")
     args = options.parse_args_and_arch(parser, input_args=argv, modify_parser=_optional_data)
     if not args.path:
@@ -266,7 +322,10 @@ def run_cli(argv: Optional[List[str]] = None) -> Dict:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point (``one-peace-evaluate``)."""
+    """Console entry point (``one-peace-evaluate``): a user error is one ``error:`` line (``cli_errors``)."""
+    from . import cli_errors
+
+    cli_errors.install(force=True)
     run_cli(argv)
 
 

@@ -37,3 +37,7 @@ for _message in (r"hydra\.experimental\.(initialize|compose)\(\) is no longer ex
                  r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated",
                  r"'pin_memory' argument is set as true but no accelerator is found"):
     _warnings.filterwarnings("ignore", message=_message)
+
+from . import cli_errors as _cli_errors  # noqa: E402 - after the registrations above
+
+_cli_errors.install()  # one 'error:' line instead of a traceback for user errors, in our command-line tools

@@ -63,18 +63,24 @@ class CaptionBank:
         return cls(keys, captions, groups)
 
     @classmethod
-    def from_tsv(cls, reader: TSVReader):
+    def from_tsv(cls, reader: TSVReader, id_column: str = "uniq_id", caption_column: str = "text"):
         keys, captions, groups, index, seen = [], [], [], {}, set()
         for row in reader:
-            if "uniq_id" not in row or "text" not in row:
-                raise ValueError(f"{reader.path}: captions need the uniq_id and text columns (or set valid_file)")
-            group = index.setdefault(row["uniq_id"], len(keys))
+            if id_column not in row or caption_column not in row:
+                raise ValueError(f"{reader.path}: the evaluation captions come from its {id_column} and "
+                                 f"{caption_column} columns (or from a valid_file JSON); it has "
+                                 f"{', '.join(row) or 'no columns'}")
+            uid, text = row[id_column], row[caption_column]
+            group = index.setdefault(uid, len(keys))
             if group == len(keys):
-                keys.append(row["uniq_id"])
-            if row["text"].strip() and (group, row["text"]) not in seen:  # one entry per distinct caption
-                seen.add((group, row["text"]))
-                captions.append(row["text"])
+                keys.append(uid)
+            if text.strip() and (group, text) not in seen:  # one entry per distinct caption
+                seen.add((group, text))
+                captions.append(text)
                 groups.append(group)
+        if not captions:
+            raise ValueError(f"{reader.path}: no row has a caption in column {caption_column} (give the "
+                             f"evaluation captions there or in a valid_file JSON)")
         return cls(keys, captions, groups)
 
 
@@ -107,6 +113,8 @@ class RetrievalTask(BaseTask):
     QUERY_MODALITY = "audio"
     METRIC_PREFIX = "audio"
     ID_COLUMN = "uniq_id"  # the column captions are grouped by (the keys of valid_file)
+    CAPTION_COLUMN = "text"  # the TSV's caption column (the evaluation captions without valid_file)
+    ZERO_SHOT_MODEL = "one_peace_retrieval"  # --zero-shot evaluates a pretraining checkpoint as this model
     TEMPLATE = ""  # prefix of every caption when use_template is set
 
     def __init__(self, cfg, dictionary=None, tokenizer=None):
@@ -132,7 +140,7 @@ class RetrievalTask(BaseTask):
             bank = CaptionBank.from_valid_file(self.cfg.valid_file)
             self.check_caption_ids(bank)
             return bank
-        return CaptionBank.from_tsv(self.reader("valid"))
+        return CaptionBank.from_tsv(self.reader("valid"), self.ID_COLUMN, self.CAPTION_COLUMN)
 
     def check_caption_ids(self, bank: CaptionBank) -> None:
         """Every id of the caption file must name a row of the splits being evaluated (else its captions

@@ -181,3 +181,72 @@ def test_two_workers_equal_one_process(tmp_path, fixture_bpe_dir):
     assert [p["uniq_id"] for p in preds[1]] == ["clip0", "clip1", "clip2"]
     for a, b in zip(*preds):
         assert a["top_ids"] == b["top_ids"] and a["top_scores"] == pytest.approx(b["top_scores"], abs=1e-6)
+
+
+def write_shape_images(root: Path, n=12, caption_column="caption"):
+    """``n`` small generated images in the image_text_retrieval layout (captions in the TSV)."""
+    rows = [f"image_id\timage\t{caption_column}"]
+    for k in range(n):
+        Image.new("RGB", (40, 32), (20 * k % 255, 200 - 10 * k, 90)).save(root / f"img{k}.png")
+        rows.append(f"img{k}\timg{k}.png\ta picture number {k}")
+    (root / "images.tsv").write_text("\n".join(rows) + "\n")
+    return root / "images.tsv"
+
+
+def pretraining_checkpoint(tmp_path):
+    cfg = json.loads((FIXTURES / "config.json").read_text())["pretrain_cfg_image_text"]
+    path = tmp_path / "pretrain.pt"
+    torch.save({"args": None, "cfg": cfg, "model": load_fixture("pretrain_state_dict.pt")}, path)
+    return path
+
+
+def test_zero_shot_of_a_pretraining_checkpoint_picks_the_retrieval_model(tmp_path, fixture_bpe_dir):
+    """The command the refusal message suggests, without --model-overrides or --valid-file: the
+    captions come from the TSV's own image_id/caption columns."""
+    tsv = write_shape_images(tmp_path)
+    metrics = evaluate(["--path", pretraining_checkpoint(tmp_path), "--task", "image_text_retrieval", "--zero-shot",
+                        "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir, "--patch-image-size", 32,
+                        "--gen-subset", "test", "--batch-size", 4, "--cpu"])
+    assert metrics["img_count"] == 12 and metrics["txt_count"] == 12
+    assert 0 <= metrics["r_mean"] <= 100
+
+
+def test_zero_shot_captions_error_names_the_layouts_columns(tmp_path, fixture_bpe_dir):
+    tsv = write_shape_images(tmp_path, caption_column="text")
+    with pytest.raises(ValueError, match=r"column 'caption' not in header|image_id and caption columns"):
+        evaluate(["--path", pretraining_checkpoint(tmp_path), "--task", "image_text_retrieval", "--zero-shot",
+                  "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir, "--patch-image-size", 32, "--cpu"])
+
+
+def test_help_leads_with_our_description_and_options():
+    proc = subprocess.run([str(VENV_BIN / "one-peace-evaluate"), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) < 200, len(lines)
+    head = "\n".join(lines[:40])
+    assert "Evaluate a ONE-PEACE checkpoint" in head
+    for option in ("--zero-shot", "--valid-data", "--bpe-dir", "--path", "--help-all"):
+        assert option in proc.stdout, option
+    assert "DEBUG" not in proc.stdout + proc.stderr
+    retrieval = subprocess.run([str(VENV_BIN / "one-peace-evaluate"), "--task", "image_text_retrieval", "--help"],
+                               capture_output=True, text=True, timeout=120)
+    assert "--valid-file" in retrieval.stdout and "--use-template" in retrieval.stdout
+
+
+def test_console_errors_are_one_line_and_runs_print_no_debug(tmp_path, fixture_bpe_dir):
+    tsv = write_shape_images(tmp_path)
+    common = [str(VENV_BIN / "one-peace-evaluate"), "--path", str(pretraining_checkpoint(tmp_path)), "--task",
+              "image_text_retrieval", "--zero-shot", "--bpe-dir", fixture_bpe_dir, "--patch-image-size", "32",
+              "--cpu", "--batch-size", "4"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("ONE_PEACE_TRACEBACK", None)
+    ok = subprocess.run(common + ["--valid-data", str(tsv)], capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "DEBUG" not in ok.stdout + ok.stderr, [line for line in ok.stderr.splitlines() if "DEBUG" in line][:3]
+    (tmp_path / "bad.tsv").write_text("uniq_id\taudio\n1\tx.wav\n")
+    bad = subprocess.run(common + ["--valid-data", str(tmp_path / "bad.tsv")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert bad.returncode == 1
+    assert "Traceback" not in bad.stderr and "one-peace-evaluate: error:" in bad.stderr, bad.stderr[-2000:]
+    assert "bad.tsv" in bad.stderr and "image_id" in bad.stderr

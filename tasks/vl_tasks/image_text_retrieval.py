@@ -48,6 +48,7 @@ class ImageTextRetrievalTask(RetrievalTask):
     QUERY_MODALITY = "image"
     METRIC_PREFIX = "img"
     ID_COLUMN = "image_id"
+    CAPTION_COLUMN = "caption"
 
     def build_dataset(self, split, reader):
         return ImageTextDataset(split, reader, self.tokenizer, self.cfg.patch_image_size, caption=self.caption,
