@@ -6,7 +6,35 @@
 #   ONE_PEACE_CHECKPOINT pretrained checkpoint to fine-tune from (one-peace.pt)
 #   BPE_DIR              dir with encoder.json, vocab.bpe, dict.txt (default: $ONE_PEACE_BPE_DIR / the cache)
 #   SAVE_DIR, RESULTS_DIR  outputs (defaults under ./checkpoints and ./results)
+#   PYTHON               interpreter with one_peace installed (default: the repository's .venv, else python3)
+#
+# Sourcing it also answers -h/--help (the calling script's header comment) and puts the interpreter's
+# bin directory first on PATH, so one-peace-evaluate, one-peace-hydra-train and torchrun are the
+# project's own without activating the venv.
 ONE_PEACE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# print_usage SCRIPT: its header comment (the lines after the shebang up to the first non-comment line)
+print_usage() {
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"
+}
+
+# find_project_python: sets and exports PYTHON, checked to import one_peace; exits with a clear message if not
+find_project_python() {
+  if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ONE_PEACE_ROOT/.venv/bin/python" ]; then PYTHON="$ONE_PEACE_ROOT/.venv/bin/python"
+    else PYTHON="$(command -v python3 || true)"; fi
+  fi
+  if [ -z "$PYTHON" ] || ! "$PYTHON" -c "import one_peace" 2>/dev/null; then
+    echo "error: ${PYTHON:-python3} cannot import one_peace; install the project first (README, Set-up:" \
+         "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[dev]') or set PYTHON" >&2
+    exit 1
+  fi
+  PATH="$(dirname "$PYTHON"):$PATH"
+  export PYTHON PATH
+}
+
+case "${1:-}" in -h|--help) print_usage "$0"; exit 0 ;; esac
+find_project_python
 NUM_GPUS="${NUM_GPUS:-1}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 

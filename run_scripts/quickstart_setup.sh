@@ -20,9 +20,7 @@ quickstart_setup() {
   mkdir -p "$workdir"
   W="$(cd "$workdir" && pwd)"   # absolute, resolved against the caller's cwd
   cd "$REPO"
-  if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
-  fi
+  . "$REPO/run_scripts/common.sh"  # PYTHON (checked to import one_peace), its bin directory first on PATH
   HYDRA_TRAIN="$(dirname "$PYTHON")/fairseq-hydra-train"
   [ -x "$HYDRA_TRAIN" ] || HYDRA_TRAIN="$(command -v fairseq-hydra-train || true)"
   if [ -z "$HYDRA_TRAIN" ]; then

@@ -29,9 +29,21 @@ def tiny_model(script):
     return f"model._name={name}_tiny"
 
 
+def documented_env(**extra) -> dict:
+    """The environment of a user who followed the README: the venv is not activated (not on PATH); the
+    run scripts must find the project's interpreter themselves (``PYTHON`` only if it is not ``.venv``)."""
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and Path(p).resolve() != VENV_BIN.resolve())
+    env = dict(os.environ, PATH=path)
+    env.pop("VIRTUAL_ENV", None)
+    if VENV_BIN.resolve() != (REPO / ".venv" / "bin").resolve():
+        env["PYTHON"] = sys.executable
+    env.update(extra)
+    return env
+
+
 def run(cmd, env_extra, cwd):
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", NUM_GPUS="1",
-               BPE_DIR=str(BPE_DIR), PYTHONWARNINGS="ignore")
+    env = documented_env(NUM_GPUS="1", BPE_DIR=str(BPE_DIR), PYTHONWARNINGS="ignore")
     env.update(env_extra)
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"

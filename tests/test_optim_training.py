@@ -8,7 +8,6 @@ groups restored) ends where an uninterrupted one does; and the optimizer state s
 processes (gloo, one process per rank with fairseq's distributed flags) gives the parameters of one process.
 """
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import subprocess
 import pytest
 import torch
 from audio_bench_data import make_audio_data
-from e2e_helpers import BPE_DIR, REPO, TINY, VENV_BIN, finetune, tiny_model
+from e2e_helpers import BPE_DIR, REPO, TINY, documented_env, finetune, tiny_model
 
 LR, MIN_LR = 8e-5, 1e-6  # finetune_vggsound.yaml
 
@@ -107,8 +106,7 @@ def test_resume_and_sharded_state_match_one_uninterrupted_process(data, tmp_path
 
 def run_ranks(world, cmd, env_extra, cwd, port=29731):
     """``cmd`` once per rank, concurrently, with fairseq's distributed flags (gloo, no spawn)."""
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", NUM_GPUS="1",
-               BPE_DIR=str(BPE_DIR), PYTHONWARNINGS="ignore", **env_extra)
+    env = documented_env(NUM_GPUS="1", BPE_DIR=str(BPE_DIR), PYTHONWARNINGS="ignore", **env_extra)
     procs = []
     for rank in range(world):
         flags = [f"distributed_training.distributed_world_size={world}", f"distributed_training.distributed_rank={rank}",

@@ -17,10 +17,10 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+. "$HERE/../common.sh"  # -h/--help; PYTHON and its bin directory on PATH
 W="${1:-./segmentation_demo}"
 mkdir -p "$W" && W="$(cd "$W" && pwd)"
-PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
-export PATH="$(dirname "$PYTHON"):$PATH" PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 THREADS="${SEG_DEMO_THREADS:-$(nproc 2>/dev/null || echo 2)}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 
