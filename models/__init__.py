@@ -8,6 +8,7 @@ from .config import (
     OnePeaceRetrievalConfig,
     TextAdapterConfig,
 )
+from .hub import from_pretrained  # imports no fairseq until called
 from .modalities import Modality, get_modality, modality_names, register_modality
 from .one_peace import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRetrievalModel
 
@@ -16,9 +17,3 @@ __all__ = ["AudioAdapterConfig", "EncoderConfig", "ImageAdapterConfig", "OnePeac
            "modality_names", "register_modality", "OnePeaceClassifyModel", "OnePeacePretrainModel",
            "OnePeaceRetrievalModel", "from_pretrained"]
 
-
-def from_pretrained(*args, **kwargs):
-    """Load a checkpoint into a hub interface (see ``one_peace.models.hub``)."""
-    from .hub import from_pretrained as _from_pretrained
-
-    return _from_pretrained(*args, **kwargs)

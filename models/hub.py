@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .checkpoint import load_checkpoint_file
+from .hub_tasks import TaskMethods
 from .modalities import get_modality, head_type_for, modality_names
 
 logger = logging.getLogger(__name__)
@@ -42,11 +43,17 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    path = os.path.expanduser(model_name_or_path)
+    device = _checked_device(device)
+    if modalities is not None:
+        modalities = _checked_modalities(modalities, model_type)
+    path = os.path.expanduser(os.fspath(model_name_or_path))
     # Memory-mapped: tensors stay on disk until used; a bf16 load keeps them mapped (no copy).
     state = load_checkpoint_file(path, allow_pickle=allow_pickle, mmap=True)
     if state.get("cfg") is None:
         raise ValueError(f"{path} has no saved 'cfg'; it was not written by fairseq/ONE-PEACE")
+    if not state.get("model"):
+        raise ValueError(f"{path} holds no model weights (its 'model' entry is "
+                         f"{'empty' if 'model' in state else 'missing'}); was it saved with the weights stripped?")
     if bpe_dir is None:
         from ..data_utils.bpe_files import saved_bpe_dir_or_none
 
@@ -60,8 +67,6 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     from ..fairseq_compat import prepare_state
 
     state = prepare_state(state, {"model": {"_name": model_type}, "task": task_overrides})
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     from .deferred_init import loading_context
 
     # Built without initialising what the checkpoint provides; tensors land in dtype on device.
@@ -70,7 +75,35 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     return OnePeaceHubInterface(models[0], task, cfg, device=device, dtype=DTYPES[dtype])
 
 
-class OnePeaceHubInterface:
+def _checked_device(device) -> torch.device:
+    """The device to load on (default: CUDA if present), refused before any file is read if absent."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but this torch sees no CUDA GPU (torch.cuda.is_available() is "
+                         "False); use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def _checked_modalities(modalities, model_type: str) -> tuple:
+    names = (modalities,) if isinstance(modalities, str) else tuple(modalities)
+    unknown = [m for m in names if m not in modality_names()]
+    if unknown or not names:
+        raise ValueError(f"modalities={names!r}: unknown modality {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"registered: {', '.join(modality_names())}")
+    if model_type != "one_peace_retrieval":
+        raise ValueError(f"modalities= chooses the branches of a one_peace_retrieval model; a {model_type} "
+                         "checkpoint's inputs are fixed by its head_type (load it without modalities=)")
+    return names
+
+
+class OnePeaceHubInterface(TaskMethods):
     def __init__(self, model, task, cfg, device="cpu", dtype=torch.float32):
         self.model = model.to(device=device, dtype=dtype).eval()
         self.task = task
@@ -80,10 +113,18 @@ class OnePeaceHubInterface:
         self.max_src_length = task.cfg.max_src_length
         self.patch_image_size = task.cfg.patch_image_size
         self.max_duration = task.cfg.max_duration
+        self.model_type = cfg.model._name if cfg is not None and cfg.get("model") else type(model).__name__
+        self.task_name = task.cfg._name
 
     @property
     def is_classifier(self) -> bool:
         return hasattr(self.model, "classify_head")
+
+    def __dir__(self):
+        # the generated process_<m> / extract_<m>_features of every registered modality (video, ...)
+        generated = [f"{prefix}{m}{suffix}" for m in modality_names()
+                     for prefix, suffix in (("process_", ""), ("extract_", "_features"))]
+        return sorted(set(super().__dir__()) | set(generated))
 
     # ---- any registered modality ----------------------------------------------------------
     def process(self, modality: str, items) -> Dict[str, torch.Tensor]:
@@ -96,12 +137,52 @@ class OnePeaceHubInterface:
         return spec.processor(self, items)
 
     def extract_features(self, modality: str, **net_input) -> torch.Tensor:
-        """Embeddings (retrieval/pretraining checkpoints) or logits (classification) of one modality."""
+        """Embeddings (retrieval/pretraining checkpoints) or logits (a classification checkpoint of that
+        modality) of one modality; float inputs are cast to the hub's dtype and device."""
         get_modality(modality)
+        if self.is_classifier and self.model.head_type != modality:
+            use = "extract_vl_features / ground / answer / verify" if self.model.head_type == "vl" else \
+                f"extract_{self.model.head_type}_features"
+            raise ValueError(f"extract_{modality}_features needs an embedding checkpoint (model_type="
+                             f"'one_peace_retrieval') or a classification checkpoint of {modality} inputs; this one "
+                             f"is {self._describe()}: use {use}")
+        if not self.is_classifier and modality not in self.model.modalities:
+            raise ValueError(f"this checkpoint has no {modality} branch (it has {', '.join(self.model.modalities)})")
+        net_input = self._checked_input(modality, net_input)
         with torch.no_grad():
             if self.is_classifier:
                 return self.model(**net_input)
             return self.model.encode(modality, **net_input)
+
+    def _checked_input(self, what: str, net_input: Dict) -> Dict:
+        """Tensors on the hub's device; float inputs in its dtype; token ids, masks and batch sizes checked
+        (a clear error instead of an IndexError or a shape error deep in the model)."""
+        out, batch = {}, {}
+        for key, value in net_input.items():
+            if not torch.is_tensor(value):
+                out[key] = value
+                continue
+            if key == "src_tokens":
+                if value.is_floating_point() or value.dtype == torch.bool:
+                    raise TypeError(f"src_tokens must hold integer token ids (process_text), got {value.dtype}")
+                size = len(self.task.dictionary)
+                if value.numel() and (int(value.min()) < 0 or int(value.max()) >= size):
+                    raise ValueError(f"src_tokens holds ids outside the dictionary (0..{size - 1}): min "
+                                     f"{int(value.min())}, max {int(value.max())}")
+                value = value.to(self.device)
+            elif key.endswith("padding_masks"):
+                value = value.to(self.device, torch.bool)
+            elif value.is_floating_point():
+                value = value.to(self.device, self.dtype)
+            else:
+                raise TypeError(f"{key} must be a float tensor (as process_* returns it), got {value.dtype}")
+            if value.dim():
+                batch[key] = value.size(0)
+            out[key] = value
+        if len(set(batch.values())) > 1:
+            raise ValueError(f"{what} inputs disagree on the batch size: "
+                             + ", ".join(f"{k} {v}" for k, v in batch.items()))
+        return out
 
     def __getattr__(self, name: str):
         # process_<m> / extract_<m>_features for modalities registered beyond the official three.
@@ -118,10 +199,12 @@ class OnePeaceHubInterface:
     def process_text(self, texts: Sequence[str]) -> torch.LongTensor:
         return self.process("text", texts)["src_tokens"]
 
-    def process_image(self, image_paths: Sequence[str], return_image_sizes: bool = False):
+    def process_image(self, image_paths, return_image_sizes: bool = False):
+        """Images (file paths or PIL images, mixed as you like) -> ``src_images``; with
+        ``return_image_sizes`` also the widths and heights of the images as loaded."""
         from .preprocess import load_images
 
-        images = load_images(image_paths)
+        images = load_images(image_paths, "image_paths")
         tensor = self.process("image", images)["src_images"]
         if return_image_sizes:
             widths = torch.tensor([img.width for img in images], device=self.device)
@@ -146,105 +229,3 @@ class OnePeaceHubInterface:
 
     def extract_audio_features(self, src_audios, audio_padding_masks):
         return self.extract_features("audio", src_audios=src_audios, audio_padding_masks=audio_padding_masks)
-
-    # ---- task-specific helpers -----------------------------------------------------------------
-    def _paired(self, images, texts, what: str):
-        from .preprocess import as_list
-
-        images, texts = as_list(images, "images"), as_list(texts, what)
-        if len(images) != len(texts):
-            raise ValueError(f"got {len(images)} images but {len(texts)} {what}: give one per image")
-        return images, texts
-
-    def _require_classifier(self, outputs: Optional[int], call: str, kind: str):
-        head = getattr(self.model, "classify_head", None)
-        if head is None or getattr(self.model, "head_type", None) != "vl":
-            raise ValueError(f"{call} needs a vision-language {kind} checkpoint (one_peace_classify, head_type vl); "
-                             f"this one is {type(self.model).__name__} ({getattr(self.model, 'head_type', '?')})")
-        classes = head.classifier[-1].out_features
-        if outputs is not None and classes != outputs:
-            raise ValueError(f"{call} needs a {kind} checkpoint with {outputs} outputs; this one has {classes}")
-        return classes
-
-    def ground(self, images, texts) -> torch.Tensor:
-        """The box each phrase refers to in its image: (N, 4) xyxy in that image's own pixels
-        (a RefCOCO/+/g checkpoint)."""
-        from ..tasks.vl_tasks.refcoco import boxes_to_pixels
-
-        self._require_classifier(4, "ground", "grounding (RefCOCO)")
-        images, texts = self._paired(images, texts, "texts")
-        src_images, widths, heights = self.process_image(images, return_image_sizes=True)
-        with torch.no_grad():
-            logits = self.model(src_images=src_images, src_tokens=self.process_text(texts))
-        size = self.patch_image_size
-        return boxes_to_pixels(logits.cpu(), size / widths.cpu().double(), size / heights.cpu().double(), size).float()
-
-    def answer(self, images, questions, k: int = 5, label_map=None):
-        """Top-``k`` answers per (image, question) as ``[[(answer, score), ...], ...]`` (a VQA checkpoint);
-        ``label_map``: a JSON file or dict ``{class id: answer}`` (default: the task's ``label_file``)."""
-        classes = self._require_classifier(None, "answer", "VQA")
-        names = label_map if isinstance(label_map, dict) else None
-        if isinstance(label_map, (str, os.PathLike)):
-            from ..tasks.classification import load_label_names
-
-            names = load_label_names(os.fspath(label_map), option="label_map")
-        names = names or getattr(self.task, "label_names", None)
-        if not names:
-            raise ValueError("answer needs the answer vocabulary: pass label_map= (JSON {class id: answer}) or "
-                             "load a checkpoint whose task has a label_file")
-        images, questions = self._paired(images, questions, "questions")
-        with torch.no_grad():
-            scores = torch.sigmoid(self.model(src_images=self.process_image(images),
-                                              src_tokens=self.process_text(questions)).float())
-        top = scores.topk(min(k, classes), dim=-1)
-        return [[(names.get(int(i), str(int(i))), float(v)) for v, i in zip(values, ids)]
-                for values, ids in zip(top.values.cpu(), top.indices.cpu())]
-
-    def zero_shot_classifier(self, class_names, templates=None, batch_size: int = 256) -> torch.Tensor:
-        """(C, D) class embeddings for :meth:`zero_shot_classify` (``models/zero_shot.py``: prompt
-        templates -- ``"default"``, ``"clip80"``, a file or a list -- averaged and re-normalised)."""
-        from .zero_shot import class_embeddings
-
-        if self.is_classifier or not {"text", "image"} <= set(self.model.modalities):
-            raise ValueError("zero-shot classification needs an image-text embedding checkpoint (one_peace_retrieval "
-                             f"or one_peace_pretrain with text and image); this one is {type(self.model).__name__} "
-                             f"with {', '.join(self.model.modalities)}")
-        return class_embeddings(lambda prompts: self.extract_text_features(self.process_text(prompts)),
-                                class_names, templates, batch_size)
-
-    def zero_shot_logits(self, images, classifier: torch.Tensor) -> torch.Tensor:
-        """(B, C) logits of images (paths or PIL images): ``logit_scale`` x cosine similarity to each row of
-        ``classifier`` (from :meth:`zero_shot_classifier`)."""
-        from .preprocess import as_list
-        from .zero_shot import zero_shot_logits
-
-        embeddings = self.extract_image_features(self.process("image", as_list(images, "images"))["src_images"])
-        with torch.no_grad():
-            scale = float(self.model.logit_scale_exp())
-        return zero_shot_logits(embeddings, classifier.to(embeddings.device), scale)
-
-    def zero_shot_classify(self, images, class_names, templates=None, k: int = 5, classifier=None):
-        """Top-``k`` classes of each image (paths or PIL images) among ``class_names``, zero-shot.
-
-        Returns one dict per image: ``{"classes": [class index, ...], "labels": [class name, ...],
-        "scores": [probability, ...]}`` best first; probabilities are the softmax over all classes of
-        ``logit_scale * cosine similarity``.  Pass ``classifier=hub.zero_shot_classifier(names, templates)``
-        to reuse the class embeddings across calls (``class_names`` still names the classes)."""
-        from .preprocess import as_list
-        from .zero_shot import top_k
-
-        names = as_list(class_names, "class_names")
-        if classifier is None:
-            classifier = self.zero_shot_classifier(names, templates)
-        elif classifier.size(0) != len(names):
-            raise ValueError(f"classifier has {classifier.size(0)} classes but {len(names)} class_names were given")
-        top = top_k(self.zero_shot_logits(images, classifier), k)
-        return [{"classes": ids, "labels": [names[i] for i in ids], "scores": values}
-                for ids, values in zip(top.indices.cpu().tolist(), top.values.cpu().tolist())]
-
-    def extract_vl_features(self, src_images, src_tokens):
-        """Joint vision-language pass of a classification model (e.g. grounding logits)."""
-        if not self.is_classifier:
-            raise ValueError("extract_vl_features needs a one_peace_classify model (e.g. a grounding checkpoint)")
-        with torch.no_grad():
-            return self.model(src_images=src_images, src_tokens=src_tokens)

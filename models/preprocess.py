@@ -43,24 +43,30 @@ def process_text(hub, texts) -> Dict[str, torch.Tensor]:
     return {"src_tokens": collate_tokens(tokens, pad_idx=hub.task.dictionary.pad()).to(hub.device)}
 
 
-def load_images(image_paths):
-    from ..data_utils.image import load_image
-
-    return [load_image(p) for p in as_paths(image_paths, "image_paths")]
-
-
-def process_image(hub, image_paths) -> Dict[str, torch.Tensor]:
-    from ..data_utils.image import image_to_tensor
-
-    images = image_paths if _are_pil_images(image_paths) else load_images(image_paths)
-    tensor = torch.stack([image_to_tensor(img, hub.patch_image_size) for img in images])
-    return {"src_images": tensor.to(hub.device, hub.dtype)}
-
-
-def _are_pil_images(items) -> bool:
+def load_images(images, argument: str = "images") -> list:
+    """RGB PIL images from file paths or PIL images (one rule for every hub method that takes images):
+    paths are read by :func:`~one_peace.data_utils.image.load_image`, PIL images converted alike."""
     from PIL import Image
 
-    return isinstance(items, list) and bool(items) and all(isinstance(i, Image.Image) for i in items)
+    from ..data_utils.image import load_image, to_rgb
+
+    items = [images] if isinstance(images, Image.Image) else as_list(images, argument)
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Image.Image):
+            out.append(to_rgb(item, f"{argument}[{i}]"))
+        elif isinstance(item, (str, os.PathLike)):
+            out.append(load_image(os.fspath(item)))
+        else:
+            raise TypeError(f"{argument}[{i}] must be a file path or a PIL image, got {type(item).__name__}")
+    return out
+
+
+def process_image(hub, images) -> Dict[str, torch.Tensor]:
+    from ..data_utils.image import image_to_tensor
+
+    tensor = torch.stack([image_to_tensor(img, hub.patch_image_size) for img in load_images(images)])
+    return {"src_images": tensor.to(hub.device, hub.dtype)}
 
 
 def process_audio(hub, audio_paths) -> Dict[str, torch.Tensor]:

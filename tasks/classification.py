@@ -38,14 +38,20 @@ class ClassificationConfig(BaseTaskConfig):
 
 def load_label_names(path: str, option: str = "label_file") -> Dict[int, str]:
     """{class id: name} from a JSON file: {"id": "name"}, {"id": ["name", ...]} or ["name", ...]."""
-    data = read_json_file(path, option, what="label map file")
-    items = enumerate(data) if isinstance(data, list) else data.items()
+    return label_names_from(read_json_file(path, option, what="label map file"), f"label map file {path}")
+
+
+def label_names_from(data, source: str) -> Dict[int, str]:
+    """{class id: name} from {id: name} (int or str ids), {id: [name, ...]} or [name, ...]."""
+    if not isinstance(data, (dict, list, tuple)):
+        raise ValueError(f"{source} must hold {{class id: name}} or a list of names, got {type(data).__name__}")
+    items = enumerate(data) if isinstance(data, (list, tuple)) else data.items()
     names = {}
     for key, value in items:
         try:
             idx = int(key)
-        except ValueError:
-            raise ValueError(f"label map file {path}: key {key!r} is not an integer class id") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: key {key!r} is not an integer class id") from None
         names[idx] = value[0] if isinstance(value, list) and value else str(value)
     return names
 

@@ -1,7 +1,9 @@
 """Shared pytest fixtures (plain helpers live in ``helpers.py``)."""
 import argparse
+import json
 
 import pytest
+import torch
 from helpers import BPE_ASSETS, FIXTURES, MEDIA, REPO, load_fixture
 from helpers import require as _require
 
@@ -38,3 +40,16 @@ def user_dir():
 
     utils.import_user_module(argparse.Namespace(user_dir=str(REPO / "user_src")))
     return str(REPO / "user_src")
+
+
+@pytest.fixture(scope="session")
+def retrieval_checkpoint(tmp_path_factory, fixtures_dir):
+    """The fixture's retrieval model (text, image, audio): pretrain weights restricted to the retrieval
+    keys + the retrieval cfg, as a checkpoint file (use with ``fixture_bpe_dir``)."""
+    hub_ref = load_fixture("retrieval_hub.pt")
+    state_dict = load_fixture("pretrain_state_dict.pt")
+    cfg = json.loads((fixtures_dir / "config.json").read_text())["retrieval_cfg"]
+    path = tmp_path_factory.mktemp("retrieval") / "retrieval.pt"
+    keys = [k for k in hub_ref["retrieval_state_dict_keys"] if k in state_dict]
+    torch.save({"args": None, "cfg": cfg, "model": {k: state_dict[k] for k in keys}}, path)
+    return str(path)
