@@ -11,11 +11,15 @@
   released 4B model takes seconds and one copy of the weights.  ``fairseq-train`` starting from a
   checkpoint (``--finetune-from-model``, ``--restore-file``, ``checkpoint_last.pt``) builds the
   model the same way and copies the mapped tensors into it.
+* fairseq's trainer catalogues shared parameters by identity, and every ``bias=None`` slot is the
+  same ``None``: it logged ~30 "detected shared parameter" lines per start and "re-tied" them.
+  Slots holding no parameter are left out of that catalogue.
 """
 import contextlib
 import functools
 
 from fairseq import checkpoint_utils
+from fairseq import trainer as fairseq_trainer
 from fairseq.dataclass.utils import overwrite_args_by_name
 from omegaconf import OmegaConf
 
@@ -72,7 +76,26 @@ def prepare_state(state: dict, arg_overrides=None) -> dict:
     return checkpoint_utils._upgrade_state_dict(state)
 
 
+def _real_shared_params(original):
+    @functools.wraps(original)
+    def catalog_shared_params(module, memo=None, prefix=""):
+        groups = original(module, memo, prefix)
+        if memo is not None or not groups:  # recursive calls return nothing; the first returns the groups
+            return groups
+        return [group for group in groups if _parameter_at(module, group[0]) is not None]
+
+    catalog_shared_params.one_peace_patched = True
+    return catalog_shared_params
+
+
+def _parameter_at(module, path: str):
+    owner, _, name = path.rpartition(".")
+    return module.get_submodule(owner)._parameters.get(name) if owner else module._parameters.get(name)
+
+
 def install():
+    if not getattr(fairseq_trainer._catalog_shared_params, "one_peace_patched", False):
+        fairseq_trainer._catalog_shared_params = _real_shared_params(fairseq_trainer._catalog_shared_params)
     if not getattr(checkpoint_utils._upgrade_state_dict, "one_peace_patched", False):
         checkpoint_utils._upgrade_state_dict = _tolerant_upgrade(checkpoint_utils._upgrade_state_dict)
     if not getattr(checkpoint_utils.load_model_ensemble_and_task, "one_peace_patched", False):

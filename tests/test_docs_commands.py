@@ -37,6 +37,9 @@ def test_readme_commands_run_as_written(tmp_path):
         # a plain start prints no warnings (fairseq's own are filtered by the plugin)
         warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "Warning:" in line]
         assert not warnings, warnings[:5]
+        # nor lines users read as failures: tracebacks, fairseq's "shared parameter" lines for bias=None slots
+        for noise in ("Traceback", "AssertionError", "detected shared parameter", "DEBUG"):
+            assert noise not in proc.stdout + proc.stderr, (noise, block)
     # training really ran (fairseq exits 0 without training on some mistakes): checkpoints exist
     for run in ("example", "example_2proc"):
         assert (tmp_path / "checkpoints" / run / "checkpoint_last.pt").is_file(), run

@@ -4,7 +4,6 @@ image-text checkpoint through the hub, the CLI and its run script."""
 import pytest
 import torch
 from e2e_helpers import REPO, TINY, read_results, run, run_script_module, tiny_model
-from test_hub import retrieval_checkpoint  # noqa: F401 - the fixture's image-text model as a checkpoint
 from test_image_classify import imagenet_release
 
 from one_peace.models import from_pretrained

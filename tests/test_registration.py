@@ -3,6 +3,7 @@ import argparse
 import importlib
 
 import pytest
+import torch
 
 
 def test_user_dir_and_package_import_register_once(user_dir):
@@ -95,3 +96,17 @@ def test_fairseq_train_flags_build_the_preset_model(user_dir, fixture_bpe_dir):
     audio = model.encoder_wrapper.audio_adapter
     assert audio.embed_audios is not None and audio.spec == parse_feature_encoder_spec(TINY_SPEC)
     assert model.encoder_wrapper.fusion_model.layers[0].self_attn.embed_dim == 64
+
+
+def test_shared_parameter_catalogue_ignores_empty_slots():
+    """fairseq's trainer took every bias=None slot for one shared parameter (31 log lines per start);
+    real sharing is still found."""
+    from fairseq import trainer
+
+    from one_peace import registry  # noqa: F401 - installs the compat shims
+
+    model = torch.nn.Sequential(torch.nn.Conv1d(2, 2, 3, bias=False), torch.nn.Conv1d(2, 2, 3, bias=False),
+                                torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    assert trainer._catalog_shared_params(model) == []
+    model[3].weight = model[2].weight
+    assert trainer._catalog_shared_params(model) == [["2.weight", "3.weight"]]
