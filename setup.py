@@ -8,7 +8,7 @@ import os
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SOURCE_DIRS = ["models", "data_utils", "tasks", "criterions", "user_src", "metrics", "optim"]
+SOURCE_DIRS = ["models", "data_utils", "tasks", "criterions", "user_src", "metrics", "optim", "search"]
 
 
 def find_subpackages():
@@ -49,13 +49,20 @@ setup(
         "omegaconf",
         "kornia>=0.7",
         "av",  # PyAV: video decoding (data_utils/video.py)
+        "faiss-cpu",  # search/: vector indexes
+        "starlette",  # search/server.py (one-peace-serve)
+        "uvicorn",
+        "python-multipart",  # file uploads to one-peace-serve
         'triton; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    extras_require={"dev": ["pytest", "scikit-learn", "ruff"]},
+    extras_require={"dev": ["pytest", "scikit-learn", "ruff", "httpx", "playwright"]},
     entry_points={
         "console_scripts": [
             "one-peace-evaluate=one_peace.evaluate:cli_main",
             "one-peace-hydra-train=one_peace.optim.common_config:hydra_train_main",
+            "one-peace-index=one_peace.search.indexer:cli_main",
+            "one-peace-search=one_peace.search.query:cli_main",
+            "one-peace-serve=one_peace.search.server:cli_main",
         ]
     },
 )

@@ -159,7 +159,7 @@ def _identity(store: IndexStore, args) -> Dict:
     recorded = store.get("model")
     if args.checkpoint is None:
         if recorded is None:
-            raise SystemExit(f"one-peace-index: {store.dir} is a new index: --checkpoint is required")
+            raise ValueError(f"{store.dir} is a new index: --checkpoint is required")
         if not os.path.isfile(recorded["checkpoint"]):
             raise FileNotFoundError(f"the checkpoint that built {store.dir} is not at {recorded['checkpoint']} "
                                     "any more: pass --checkpoint with its new location")
@@ -171,7 +171,7 @@ def _identity(store: IndexStore, args) -> Dict:
             check_same_checkpoint(recorded, identity, store.dir)
     for key, value in (("model_type", args.model_type), ("dtype", args.dtype)):
         if recorded is not None and value is not None and recorded[key] != value:
-            raise SystemExit(f"one-peace-index: {store.dir} was built with --{key.replace('_', '-')} "
+            raise ValueError(f"{store.dir} was built with --{key.replace('_', '-')} "
                              f"{recorded[key]}; refusing {value} (vectors of one index come from one model)")
     identity["model_type"] = (recorded or {}).get("model_type") or args.model_type or "one_peace_retrieval"
     identity["dtype"] = (recorded or {}).get("dtype") or args.dtype or "float32"
@@ -186,7 +186,7 @@ def run_index(args) -> Summary:
     forget = {normalise_root(r) for r in args.forget_root or []}
     roots = sorted((set(store.roots()) | {normalise_root(r) for r in args.roots}) - forget)
     if not roots:
-        raise SystemExit("one-peace-index: no folders to index: name at least one")
+        raise ValueError("no folders to index: name at least one")
     wanted = args.modality.split(",") if args.modality else None
     sources, summary.missing_roots = scan(roots, wanted)
     for root in summary.missing_roots:
@@ -311,10 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--approx-threshold", type=int, default=None,
                         help=f"vectors from which auto uses --approx-type (default "
                              f"{vector_index.DEFAULT_APPROX_THRESHOLD}, measured: docs/BENCHMARKS.md)")
-    parser.add_argument("--approx-type", choices=["hnsw", "ivf"], default=None, help="default hnsw")
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(N))")
+    parser.add_argument("--approx-type", choices=["hnsw", "ivf"], default=None, help="default ivf")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 2 sqrt(N))")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default 32)")
-    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default 128)")
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default 64)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
                         help="auto: a bar on a terminal, else a line every 10 s")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")

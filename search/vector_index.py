@@ -20,12 +20,14 @@ DEFAULT_APPROX_THRESHOLD = 50_000
 class IndexOptions:
     index_type: str = "auto"
     approx_threshold: int = DEFAULT_APPROX_THRESHOLD
-    approx_type: str = "hnsw"  # what auto takes past the threshold
-    nlist: Optional[int] = None  # IVF lists (default 4 sqrt(N))
+    # what auto takes past the threshold: IVF builds in about a minute at 1e6 base-size vectors on
+    # 2 cores, HNSW takes far longer (bench/search.py)
+    approx_type: str = "ivf"
+    nlist: Optional[int] = None  # IVF lists (default 2 sqrt(N))
     nprobe: int = 32  # IVF lists visited per query
-    hnsw_m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 128
+    hnsw_m: int = 16
+    ef_construction: int = 40
+    ef_search: int = 64
 
     def to_dict(self):
         return asdict(self)
@@ -50,8 +52,8 @@ def resolve_type(options: IndexOptions, n: int) -> str:
 
 
 def default_nlist(n: int) -> int:
-    # ~4 sqrt(N) lists, and at least 39 training points per list (faiss warns below that).
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+    # ~2 sqrt(N) lists, and at least 39 training points per list (faiss warns below that).
+    return max(1, min(int(2 * math.sqrt(n)), n // 39))
 
 
 def build(vectors: np.ndarray, ids: np.ndarray, kind: str, options: IndexOptions, seed: int = 0):
@@ -72,11 +74,11 @@ def build(vectors: np.ndarray, ids: np.ndarray, kind: str, options: IndexOptions
         index = f.IndexIVFFlat(quantizer, dim, nlist, f.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         sample = vectors
-        if n > 256 * nlist:  # k-means on a sample: enough for the centroids, far cheaper
-            sample = vectors[np.random.default_rng(seed).choice(n, 256 * nlist, replace=False)]
+        if n > 64 * nlist:  # k-means on a sample: enough for the centroids, far cheaper
+            sample = vectors[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
         index.train(sample)
+        quantizer.this.disown()  # the index frees its quantizer (else Python frees it under the index)
         index.own_fields = True
-        index._quantizer = quantizer  # keep the Python object alive with the index
     else:
         raise ValueError(f"unknown index type {kind!r}")
     if n:

@@ -1,0 +1,283 @@
+"""``one-peace-serve``: a small web page and JSON API over an index.
+
+    one-peace-serve INDEX_DIR [--port 8765] [--host 127.0.0.1] [--max-upload-mb 50]
+
+Routes: ``GET /`` the page; ``GET /api/info``; ``POST /api/search`` (JSON ``{"text", "modalities", "k"}``
+or a multipart form with ``file``, ``modalities``, ``k``); ``GET /media/{id}`` and ``GET /thumb/{id}``.
+
+Security: bound to loopback unless ``--host`` says otherwise; requests must name an allowed Host
+(loopback names by default: a DNS-rebinding page cannot reach the server); files are addressed by
+vector id only, never by path, and served only if recorded in the index and really (symlinks
+resolved) under one of its roots; uploads past the limit get 413 and go to a temporary folder that
+is removed after the query.
+"""
+import argparse
+import asyncio
+import io
+import json
+import logging
+import mimetypes
+import os
+import sys
+import tempfile
+import threading
+from collections import OrderedDict
+from typing import Optional
+
+from .query import parse_modalities
+from .scan import EXTENSIONS, modality_of, under_root
+from .searcher import SearchIndex
+
+logger = logging.getLogger("one_peace.search.server")
+DEFAULT_MAX_UPLOAD_MB = 50.0
+THUMB_SIZE = 256
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+_SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"}
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+async def _read_limited(request, limit: int) -> bytes:
+    """The request body, refused (UploadTooLarge) as soon as it passes ``limit`` bytes: a declared
+    Content-Length is checked first, a chunked body while it arrives."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadTooLarge()
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise UploadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _replayed(request, body: bytes):
+    """A Request over an already read body (so the form parser never reads past the limit)."""
+    from starlette.requests import Request
+
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+class Service:
+    """What the routes share: the index, one lock for the model and SQLite, the thumbnail cache."""
+
+    def __init__(self, index: SearchIndex, max_upload_bytes: int, default_k: int = 12):
+        self.index, self.max_upload_bytes, self.default_k = index, max_upload_bytes, default_k
+        self.lock = threading.Lock()
+        self.roots = [os.path.realpath(r) for r in index.store.roots()]
+        self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
+
+    def info(self):
+        with self.lock:
+            counts = self.index.store.counts()
+        model = self.index.model
+        return {"index": self.index.dir, "counts": counts, "modalities": sorted(counts),
+                "query_modalities": sorted(set(model["modalities"]) | {"text"}),
+                "model": {"checkpoint": os.path.basename(model["checkpoint"]), "model_type": model["model_type"],
+                          "dtype": model["dtype"], "dim": model["dim"]},
+                "max_upload_bytes": self.max_upload_bytes,
+                "accept": sorted(e for m, exts in EXTENSIONS.items() for e in exts if e != ".tsv")}
+
+    def search(self, text: Optional[str], upload: Optional[tuple], modalities, k: int):
+        with self.lock:
+            if upload is None:
+                vector, query = self.index.embed_text(text), {"text": text}
+            else:
+                name, data = upload
+                ext = os.path.splitext(name)[1].lower()
+                if modality_of(name) is None or ext == ".tsv":
+                    raise ValueError(f"cannot tell the modality of {name!r} from its extension "
+                                     "(images, audio, video or .txt)")
+                with tempfile.TemporaryDirectory(prefix="one-peace-query-") as tmp:
+                    path = os.path.join(tmp, "query" + ext)  # the client's name is never a path here
+                    with open(path, "wb") as fh:
+                        fh.write(data)
+                    vector, modality = self.index.embed_file(path)
+                query = {"file": os.path.basename(name), "modality": modality}
+            results = self.index.search(vector, modalities, k)
+        for hits in results.values():
+            for hit in hits:
+                hit["url"] = f"/media/{hit['id']}"
+                if hit["modality"] in ("image", "video"):
+                    hit["thumb_url"] = f"/thumb/{hit['id']}"
+                hit["name"] = os.path.basename(hit["path"]) + (f":{hit['row']}" if hit.get("row") else "")
+        return {"query": query, "results": results}
+
+    def servable(self, vid: int):
+        """The record of vector ``vid`` if its file may be served, else None (-> 404) or "outside" (-> 403)."""
+        with self.lock:
+            record = self.index.store.lookup([vid]).get(vid)
+        if record is None or not os.path.isfile(record["path"]):
+            return None
+        if not under_root(os.path.realpath(record["path"]), self.roots):
+            return "outside"  # e.g. a symlink under a root pointing elsewhere
+        return record
+
+    def thumbnail(self, record) -> bytes:
+
+        key = (record["id"], record["size"], record["mtime_ns"])
+        if key in self._thumbs:
+            self._thumbs.move_to_end(key)
+            return self._thumbs[key]
+        if record["modality"] == "video":
+            from ..data_utils.video import load_video
+
+            image = load_video(record["path"], 1)[0]
+        else:
+            from ..data_utils.image import load_image
+
+            image = load_image(record["path"])
+        image.thumbnail((THUMB_SIZE, THUMB_SIZE))
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="JPEG", quality=85)
+        self._thumbs[key] = buf.getvalue()
+        while len(self._thumbs) > 512:
+            self._thumbs.popitem(last=False)
+        return self._thumbs[key]
+
+
+def create_app(index: SearchIndex, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2 ** 20),
+               allowed_hosts=None):
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route
+
+    from .page import PAGE
+
+    service = Service(index, max_upload_bytes)
+
+    def error(status: int, message: str):
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def page(request):
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                                                                      "style-src 'unsafe-inline'; img-src 'self' blob:; "
+                                                                      "media-src 'self' blob:"})
+
+    async def info(request):
+        return JSONResponse(await run_in_threadpool(service.info))
+
+    async def search(request):
+        try:
+            body = await _read_limited(request, max_upload_bytes)
+        except UploadTooLarge:
+            return error(413, f"upload larger than the limit of {max_upload_bytes} bytes (--max-upload-mb)")
+        ctype = request.headers.get("content-type", "")
+        upload, text = None, None
+        try:
+            if ctype.startswith("multipart/form-data"):
+                form = await _replayed(request, body).form()
+                fields = {k: v for k, v in form.items() if isinstance(v, str)}
+                file = form.get("file")
+                if file is not None and not isinstance(file, str):
+                    upload = (file.filename or "upload", await file.read())
+                text = fields.get("text") or None
+                modalities, k = fields.get("modalities"), fields.get("k")
+            else:
+                payload = json.loads(body or b"{}")
+                if not isinstance(payload, dict):
+                    raise ValueError("the JSON body must be an object")
+                text, modalities, k = payload.get("text"), payload.get("modalities"), payload.get("k")
+            if isinstance(modalities, list):
+                modalities = ",".join(str(m) for m in modalities)
+            modalities = parse_modalities(modalities)
+            k = int(k) if k not in (None, "") else service.default_k
+            if not 1 <= k <= 1000:
+                raise ValueError(f"k must be between 1 and 1000, got {k}")
+            if (upload is None) == (not text):
+                raise ValueError("give either a query text or a file")
+            if text is not None and not isinstance(text, str):
+                raise ValueError("text must be a string")
+            result = await run_in_threadpool(service.search, text, upload, modalities, k)
+        except (ValueError, FileNotFoundError) as exc:
+            return error(400, str(exc))
+        return JSONResponse(result)
+
+    async def media(request):
+        record = await run_in_threadpool(service.servable, request.path_params["vid"])
+        if record is None:
+            return error(404, "no such file in the index")
+        if record == "outside":
+            return error(403, "the file lies outside the index's roots")
+        ctype = "text/plain; charset=utf-8" if record["modality"] == "text" else \
+            mimetypes.guess_type(record["path"])[0] or "application/octet-stream"
+        return FileResponse(record["path"], media_type=ctype, headers=_SAFE_HEADERS)
+
+    async def thumb(request):
+        record = await run_in_threadpool(service.servable, request.path_params["vid"])
+        if record is None or record != "outside" and record["modality"] not in ("image", "video"):
+            return error(404, "no such image or video in the index")
+        if record == "outside":
+            return error(403, "the file lies outside the index's roots")
+        try:
+            data = await run_in_threadpool(service.thumbnail, record)
+        except (ValueError, OSError) as exc:
+            return error(404, f"cannot make a thumbnail: {exc}")
+        return Response(data, media_type="image/jpeg", headers=_SAFE_HEADERS)
+
+    routes = [Route("/", page), Route("/api/info", info), Route("/api/search", search, methods=["POST"]),
+              Route("/media/{vid:int}", media), Route("/thumb/{vid:int}", thumb)]
+    hosts = allowed_hosts or LOOPBACK_NAMES
+    return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="one-peace-serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("index", help="index directory built by one-peace-index")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default loopback; anything else shares your files with the network)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help=f"largest query upload (default {DEFAULT_MAX_UPLOAD_MB:g} MB; larger: 413)")
+    parser.add_argument("--allowed-host", action="append",
+                        help="Host header names accepted (default: loopback names, plus --host); repeatable")
+    parser.add_argument("--checkpoint", help="the index's checkpoint at a new location")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    parser.add_argument("--bpe-dir", default=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        index = SearchIndex(args.index, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+                            bpe_dir=args.bpe_dir)
+        index.hub  # noqa: B018 - load the model now: the first query should not wait for it
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"one-peace-serve: error: {exc}", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s: anyone who can reach it can query the index and read its files", args.host)
+    hosts = args.allowed_host or LOOPBACK_NAMES + [args.host]
+    app = create_app(index, int(args.max_upload_mb * 2 ** 20), hosts)
+    import uvicorn
+
+    print(f"one-peace-serve: http://{args.host}:{args.port}/ ({index.dir})", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    asyncio.run(uvicorn.Server(config).serve())
+    return 0
+
+
+def cli_main():
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli_main()
