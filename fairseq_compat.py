@@ -14,9 +14,14 @@
 * fairseq's trainer catalogues shared parameters by identity, and every ``bias=None`` slot is the
   same ``None``: it logged ~30 "detected shared parameter" lines per start and "re-tied" them.
   Slots holding no parameter are left out of that catalogue.
+* A DataLoader iterator copied into a forked process (the next loader's worker forks while the last
+  epoch's iterator is still referenced) ran its ``__del__`` there and printed "AssertionError: can only
+  test a child process" tracebacks at epoch ends of multi-process CPU runs.  A forked copy now leaves
+  the workers, which are not its own, alone.
 """
 import contextlib
 import functools
+import os
 
 from fairseq import checkpoint_utils
 from fairseq import trainer as fairseq_trainer
@@ -93,7 +98,28 @@ def _parameter_at(module, path: str):
     return module.get_submodule(owner)._parameters.get(name) if owner else module._parameters.get(name)
 
 
+def _owner_only_iterator_cleanup(iterator_class):
+    original_init, original_del = iterator_class.__init__, iterator_class.__del__
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        self._one_peace_owner_pid = os.getpid()
+        original_init(self, *args, **kwargs)
+
+    @functools.wraps(original_del)
+    def __del__(self):
+        if getattr(self, "_one_peace_owner_pid", os.getpid()) == os.getpid():
+            original_del(self)
+
+    __del__.one_peace_patched = True
+    iterator_class.__init__, iterator_class.__del__ = __init__, __del__
+
+
 def install():
+    from torch.utils.data import dataloader
+
+    if not getattr(dataloader._MultiProcessingDataLoaderIter.__del__, "one_peace_patched", False):
+        _owner_only_iterator_cleanup(dataloader._MultiProcessingDataLoaderIter)
     if not getattr(fairseq_trainer._catalog_shared_params, "one_peace_patched", False):
         fairseq_trainer._catalog_shared_params = _real_shared_params(fairseq_trainer._catalog_shared_params)
     if not getattr(checkpoint_utils._upgrade_state_dict, "one_peace_patched", False):
