@@ -34,6 +34,8 @@ class BadSampleError(ValueError):
 class TSVDataset(_DatasetBase):
     """Subclasses implement ``load_item(index, row) -> dict`` and ``collate(samples) -> dict``."""
 
+    exif_transpose = True  # image files turned upright by their EXIF orientation (task.exif_transpose)
+
     def __init__(self, split: str, reader: TSVReader, skip_bad_samples: bool = True):
         self.split = split
         self.reader = reader

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -18,22 +18,87 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 Rng = Union[None, torch.Generator, np.random.Generator]
 
 
-def load_image(path: str) -> Image.Image:
-    """Open ``path`` and return a fully decoded RGB image.
+def check_media_file(path: str, what: str) -> None:
+    """FileNotFoundError / IsADirectoryError / ValueError (empty) naming ``path``, a ``what`` file."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} path {path} is a directory, not a {what} file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{what} file {path} is empty (0 bytes)")
+
+
+def load_image(path: str, exif_transpose: bool = True, return_orientation: bool = False):
+    """Open ``path`` and return a fully decoded RGB image (the first frame of an animation).
+
+    ``exif_transpose``: turn the picture as its EXIF/XMP orientation tag says (``ImageOps.exif_transpose``),
+    so photos come out upright, in the frame viewers show; ``False`` keeps the stored pixel frame (the
+    official code).  ``return_orientation``: also return the orientation applied (1 = none; see
+    :func:`orient_box` / :func:`orient_array` for annotations made in the stored frame).
 
     Every PIL mode is converted faithfully or refused with an error naming the file: 8-bit
     modes through PIL; 16-bit greyscale (``I;16*``, and ``I`` holding 0..65535) scaled to 8 bits;
     float (``F``) images in [0, 1] or [0, 255] scaled likewise.  (PIL's own ``convert("RGB")``
-    clips 16-bit values, which turns most 16-bit pictures white.)
+    clips 16-bit values, which turns most 16-bit pictures white.)  Any decoder failure (unknown or
+    truncated file, unsupported codec) is a ValueError naming the file.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
+    check_media_file(path, "image")
+    orientation = 1
     try:
         with Image.open(path) as img:
             img.load()  # decode now so truncated files fail here, not later in a worker
-            return to_rgb(img, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+            if exif_transpose:
+                orientation = exif_orientation(img)
+                if orientation != 1:
+                    img = ImageOps.exif_transpose(img)
+            rgb = to_rgb(img, path)
+    except Exception as exc:  # noqa: BLE001 - PIL's plugins raise many types (OSError, SyntaxError, ...)
+        if isinstance(exc, ValueError) and str(path) in str(exc):
+            raise  # to_rgb's own error, naming the file
+        raise ValueError(f"cannot read image {path}: {str(exc) or type(exc).__name__}") from None
+    return (rgb, orientation) if return_orientation else rgb
+
+
+# EXIF orientation -> the PIL transpose that shows the picture upright (as ImageOps.exif_transpose)
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF (or XMP) orientation ``ImageOps.exif_transpose`` applies to a loaded image: 2..8, else 1
+    (no tag, an invalid value, or an unreadable EXIF block)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not make the picture unreadable
+        return 1
+    return value if value in _ORIENTATIONS else 1
+
+
+def orient_box(box, orientation: int, width: int, height: int):
+    """An ``x0,y0,x1,y1`` box in the stored pixels of a ``width`` x ``height`` image -> the same region
+    in the frame :func:`load_image` returns after applying ``orientation`` (same type as ``box``)."""
+    if orientation == 1:
+        return box
+    x0, y0, x1, y1 = (float(v) for v in box)
+    corner = {2: lambda x, y: (width - x, y), 3: lambda x, y: (width - x, height - y),
+              4: lambda x, y: (x, height - y), 5: lambda x, y: (y, x), 6: lambda x, y: (height - y, x),
+              7: lambda x, y: (height - y, width - x), 8: lambda x, y: (y, width - x)}[orientation]
+    (ax, ay), (bx, by) = corner(x0, y0), corner(x1, y1)
+    out = [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
+    if isinstance(box, torch.Tensor):
+        return torch.tensor(out, dtype=box.dtype)
+    return type(box)(out) if isinstance(box, (list, tuple)) else out
+
+
+def orient_array(array: np.ndarray, orientation: int) -> np.ndarray:
+    """An (H, W, ...) array aligned with an image's stored pixels (e.g. a label map) turned like the image."""
+    if orientation == 1:
+        return array
+    turned = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+              5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+              7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}[orientation](array)
+    return np.ascontiguousarray(turned)
 
 
 def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:

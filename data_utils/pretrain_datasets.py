@@ -58,7 +58,7 @@ class ImageTextPretrainDataset(_PairDataset):
     def load_item(self, index, row):
         rng = self.rng(index)
         tokens = self.encode_caption(row["caption"])
-        image = self.transform(load_image(self.resolve(row["image"])), rng=rng)
+        image = self.transform(load_image(self.resolve(row["image"]), self.exif_transpose), rng=rng)
         text_ratio, image_ratio, vl_text_ratio, vl_image_ratio = self.ratios
         text_mask = self.whole_word_mask(tokens, text_ratio, rng)
         image_mask = masking.image_random_mask(self.num_patches, image_ratio, rng)

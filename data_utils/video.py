@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from . import masking
-from .image import image_to_tensor, load_image
+from .image import check_media_file, image_to_tensor, load_image
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 MAX_SIDE = 8192  # larger frames are refused (a corrupt header or a mislabelled file, not a video to embed)
@@ -41,29 +41,39 @@ def _check_size(width: int, height: int, name: str):
                          f"(each side must lie in 1..{MAX_SIDE})")
 
 
-def _load_frame_folder(path: str, num_frames: int) -> List[Image.Image]:
+def _load_frame_folder(path: str, num_frames: int, exif_transpose: bool = True) -> List[Image.Image]:
     names = sorted((n for n in os.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS)), key=_natural_key)
     if not names:
         raise ValueError(f"video folder {path} holds no frame images ({', '.join(FRAME_EXTENSIONS)})")
     frames = []
     for i in sample_indices(len(names), num_frames):
-        frame = load_image(os.path.join(path, names[i]))  # its errors name the frame file
+        frame = load_image(os.path.join(path, names[i]), exif_transpose)  # its errors name the frame file
         _check_size(frame.width, frame.height, os.path.join(path, names[i]))
         frames.append(frame)
     return frames
 
 
-def _count_frames(path: str, av) -> int:
-    """Frames of the first video stream (the container's count, else its packets); the file must
-    have a video stream of a usable resolution."""
-    with av.open(path) as container:
+def _count_frames(path: str, av):
+    """Frames of the first video stream (the container's count, else its packets) and the stream's end
+    time in seconds (None if unknown); the file must have a video stream of a usable resolution and,
+    for an AVI, as many frames as its header declares (a cut-off AVI lacks its index, and FFmpeg
+    then measures a shorter duration)."""
+    with av.open(path, metadata_errors="replace") as container:
         if not container.streams.video:
             raise ValueError(f"video {path}: the file has no video stream")
         stream = container.streams.video[0]
         _check_size(stream.codec_context.width, stream.codec_context.height, path)
-        if stream.frames:
-            return int(stream.frames)
-        return sum(1 for packet in container.demux(stream) if packet.size)
+        end = None
+        if stream.duration and stream.time_base:
+            end = float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+        if not stream.frames:
+            return sum(1 for packet in container.demux(stream) if packet.size), end
+        if "avi" in container.format.name.split(",") and stream.duration and stream.average_rate:
+            found = float(stream.duration * stream.time_base * stream.average_rate)
+            if found < 0.98 * stream.frames - 2:
+                raise ValueError(f"video {path} is truncated: its header declares {stream.frames} frames, "
+                                 f"the file holds about {round(found)}")
+        return int(stream.frames), end
 
 
 _REFORMATTERS = threading.local()
@@ -82,19 +92,21 @@ def _to_rgb(frame) -> Image.Image:
 
 
 def _decode(path: str, wanted: Sequence[int], av):
-    """PIL frames at the ``wanted`` indices (in order, repeats allowed) and the number decoded."""
+    """PIL frames at the ``wanted`` indices (in order, repeats allowed), the number decoded and the
+    time (s) of the last frame decoded."""
     targets = sorted(set(wanted))
-    found, count = {}, 0
-    with av.open(path) as container:
+    found, count, last_time = {}, 0, None
+    with av.open(path, metadata_errors="replace") as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
             if count in targets:
                 _check_size(frame.width, frame.height, path)
                 found[count] = _to_rgb(frame)
             count += 1
+            last_time = frame.time
             if count > targets[-1]:
                 break
-    return [found[i] for i in wanted if i in found], count
+    return [found[i] for i in wanted if i in found], count, last_time
 
 
 def _load_video_file(path: str, num_frames: int) -> List[Image.Image]:
@@ -103,29 +115,37 @@ def _load_video_file(path: str, num_frames: int) -> List[Image.Image]:
     except ImportError:  # pragma: no cover - av is an install requirement
         raise ImportError("reading video files needs PyAV: pip install av") from None
     try:
-        total = _count_frames(path, av)
+        total, end = _count_frames(path, av)
         if total == 0:
             raise ValueError(f"video {path} has no frames")
-        frames, decoded = _decode(path, sample_indices(total, num_frames), av)
-        if len(frames) < num_frames:  # the container over-counted: sample what was decoded
+        frames, decoded, last_time = _decode(path, sample_indices(total, num_frames), av)
+        if len(frames) < num_frames:
             if decoded == 0:
                 raise ValueError(f"video {path} has no decodable frames")
-            frames, _ = _decode(path, sample_indices(decoded, num_frames), av)
-    except av.FFmpegError as err:
+            # Fewer frames than counted.  Decoding stopped well before the stream's end: the file is cut
+            # off.  Otherwise the container over-counted (or an AVI repeats frames by empty chunks):
+            # sample what was decoded.
+            if end and last_time is not None and last_time < end - max(2 * end / total, 0.02 * end):
+                raise ValueError(f"video {path} is truncated: frames stop at {last_time:.2f} s of {end:.2f} s")
+            frames, _, _ = _decode(path, sample_indices(decoded, num_frames), av)
+    except av.FFmpegError as err:  # before ValueError: some (InvalidDataError) are both
+        message = re.sub(r"^\[Errno -?\d+\] ", "", str(err)).replace(f": {path!r}", "")
+        raise ValueError(f"cannot read video {path}: {message}") from None
+    except ValueError as err:
+        if path in str(err):
+            raise
         raise ValueError(f"cannot read video {path}: {err}") from None
     return frames
 
 
-def load_video(path: str, num_frames: int) -> List[Image.Image]:
-    """``num_frames`` RGB frames sampled uniformly from a video file or a folder of frames."""
+def load_video(path: str, num_frames: int, exif_transpose: bool = True) -> List[Image.Image]:
+    """``num_frames`` RGB frames sampled uniformly from a video file or a folder of frames
+    (``exif_transpose``: frame images turned upright by their EXIF orientation, as ``load_image``)."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if os.path.isdir(path):
-        return _load_frame_folder(path, num_frames)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"video {path} is empty (0 bytes)")
+        return _load_frame_folder(path, num_frames, exif_transpose)
+    check_media_file(path, "video")
     return _load_video_file(path, num_frames)
 
 

@@ -26,7 +26,7 @@ class VideoTextPretrainDataset(_PairDataset):
     def load_item(self, index, row):
         rng = self.rng(index)
         tokens = self.encode_caption(self.field(row, "text"))
-        frames = load_video(self.resolve(self.field(row, "video")), self.num_frames)
+        frames = load_video(self.resolve(self.field(row, "video")), self.num_frames, self.exif_transpose)
         video_ratio, vt_text_ratio, vt_video_ratio = self.ratios
         video_mask = tube_mask(self.num_frames, self.num_patches, video_ratio, rng)
         item = {"source_text": tokens, "source_video": video_to_tensor(frames, self.patch_image_size)}

@@ -29,13 +29,16 @@ def _modalities_in(state_dict) -> List[str]:
 
 def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrieval", device=None,
                     dtype: str = "float32", bpe_dir: Optional[str] = None, allow_pickle: bool = False,
-                    modalities: Optional[Sequence[str]] = None):
+                    modalities: Optional[Sequence[str]] = None, exif_transpose: bool = True):
     """Load a ONE-PEACE checkpoint (official or ours) for inference.
 
     ``bpe_dir`` overrides the checkpoint's BPE directory (else the saved one, then
     ``$ONE_PEACE_BPE_DIR``, then the cache filled by ``python -m one_peace.data_utils.bpe fetch``).
     ``modalities`` (retrieval): the branches to build, default those the checkpoint has weights for;
     a modality it lacks starts as its registry hook says (``video`` from the image branch).
+    ``exif_transpose``: image files are turned upright as their EXIF/XMP orientation says (boxes from
+    ``ground`` and ``return_image_sizes`` are then in that upright frame); ``False`` reads the stored
+    pixels as the official hub does.  PIL images you pass are used as given.
     """
     from .. import registry  # noqa: F401 - registers tasks/models (first: it guards fairseq's import)
 
@@ -72,7 +75,8 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     # Built without initialising what the checkpoint provides; tensors land in dtype on device.
     with loading_context(DTYPES[dtype], device, files=path):
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], state=state)
-    return OnePeaceHubInterface(models[0], task, cfg, device=device, dtype=DTYPES[dtype])
+    return OnePeaceHubInterface(models[0], task, cfg, device=device, dtype=DTYPES[dtype],
+                                exif_transpose=exif_transpose)
 
 
 def _checked_device(device) -> torch.device:
@@ -104,8 +108,9 @@ def _checked_modalities(modalities, model_type: str) -> tuple:
 
 
 class OnePeaceHubInterface(TaskMethods):
-    def __init__(self, model, task, cfg, device="cpu", dtype=torch.float32):
+    def __init__(self, model, task, cfg, device="cpu", dtype=torch.float32, exif_transpose: bool = True):
         self.model = model.to(device=device, dtype=dtype).eval()
+        self.exif_transpose = bool(exif_transpose)  # image files turned upright (EXIF/XMP orientation)
         self.task = task
         self.cfg = cfg
         self.device = torch.device(device)
@@ -204,7 +209,7 @@ class OnePeaceHubInterface(TaskMethods):
         ``return_image_sizes`` also the widths and heights of the images as loaded."""
         from .preprocess import load_images
 
-        images = load_images(image_paths, "image_paths")
+        images = load_images(image_paths, "image_paths", exif_transpose=self.exif_transpose)
         tensor = self.process("image", images)["src_images"]
         if return_image_sizes:
             widths = torch.tensor([img.width for img in images], device=self.device)

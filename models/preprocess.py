@@ -43,9 +43,10 @@ def process_text(hub, texts) -> Dict[str, torch.Tensor]:
     return {"src_tokens": collate_tokens(tokens, pad_idx=hub.task.dictionary.pad()).to(hub.device)}
 
 
-def load_images(images, argument: str = "images") -> list:
+def load_images(images, argument: str = "images", exif_transpose: bool = True) -> list:
     """RGB PIL images from file paths or PIL images (one rule for every hub method that takes images):
-    paths are read by :func:`~one_peace.data_utils.image.load_image`, PIL images converted alike."""
+    paths are read by :func:`~one_peace.data_utils.image.load_image` (turned upright by their EXIF
+    orientation unless ``exif_transpose`` is off), PIL images converted alike (used in their own frame)."""
     from PIL import Image
 
     from ..data_utils.image import load_image, to_rgb
@@ -56,7 +57,7 @@ def load_images(images, argument: str = "images") -> list:
         if isinstance(item, Image.Image):
             out.append(to_rgb(item, f"{argument}[{i}]"))
         elif isinstance(item, (str, os.PathLike)):
-            out.append(load_image(os.fspath(item)))
+            out.append(load_image(os.fspath(item), exif_transpose=exif_transpose))
         else:
             raise TypeError(f"{argument}[{i}] must be a file path or a PIL image, got {type(item).__name__}")
     return out
@@ -65,7 +66,8 @@ def load_images(images, argument: str = "images") -> list:
 def process_image(hub, images) -> Dict[str, torch.Tensor]:
     from ..data_utils.image import image_to_tensor
 
-    tensor = torch.stack([image_to_tensor(img, hub.patch_image_size) for img in load_images(images)])
+    images = load_images(images, exif_transpose=getattr(hub, "exif_transpose", True))
+    tensor = torch.stack([image_to_tensor(img, hub.patch_image_size) for img in images])
     return {"src_images": tensor.to(hub.device, hub.dtype)}
 
 

@@ -104,6 +104,7 @@ def process_video(hub, video_paths) -> Dict[str, torch.Tensor]:
     from .preprocess import as_paths
 
     num_frames = hub.model.encoder_wrapper.adapter("video").num_frames
-    clips = [video_to_tensor(load_video(p, num_frames), hub.patch_image_size)
+    exif_transpose = getattr(hub, "exif_transpose", True)  # frame-folder images, as the hub's images
+    clips = [video_to_tensor(load_video(p, num_frames, exif_transpose), hub.patch_image_size)
              for p in as_paths(video_paths, "video_paths")]
     return {"src_videos": torch.stack(clips).to(hub.device, hub.dtype)}

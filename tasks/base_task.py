@@ -49,6 +49,9 @@ class BaseTaskConfig(FairseqDataclass):
         "help": "directory media paths in the TSVs are relative to (default: each TSV's own directory)"})
     skip_bad_samples: bool = field(default=True, metadata={
         "help": "skip (log and count) rows with missing/corrupt media or fields instead of failing"})
+    exif_transpose: bool = field(default=True, metadata={
+        "help": "turn image files upright by their EXIF/XMP orientation (boxes and label maps with them); "
+                "false keeps the stored pixel frame, as the official code"})
 
 
 def read_json_file(path: str, option: str, what: str = "file"):
@@ -158,6 +161,7 @@ class BaseTask(FairseqTask):
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         self.datasets[split] = self.build_dataset(split, self.reader(split, epoch))
+        self.datasets[split].exif_transpose = bool(getattr(self.cfg, "exif_transpose", True))
         logger.info("%s %s: %d rows from %s", self.cfg._name, split, len(self.datasets[split]),
                     self.datasets[split].reader.path)
 

@@ -48,7 +48,7 @@ class VggsoundAVDataset(AudioLabelDataset):
         if not paths:
             raise ValueError("no frame paths in the frames column")
         chosen = [paths[i] for i in frame_indices(len(paths), self.num_frames)]
-        return torch.stack([image_to_tensor(load_image(self.resolve(p)), self.patch_image_size)
+        return torch.stack([image_to_tensor(load_image(self.resolve(p), self.exif_transpose), self.patch_image_size)
                             for p in chosen])
 
     def load_item(self, index, row):

@@ -36,7 +36,7 @@ class VideoTextDataset(CaptionedRows, TSVDataset):
 
     def load_item(self, index, row):
         uid, path = self.field(row, "uniq_id"), self.field(row, "video")
-        frames = load_video(self.resolve(path), self.num_frames)
+        frames = load_video(self.resolve(path), self.num_frames, self.exif_transpose)
         return {"uniq_id": uid, "source_text": self.caption_tokens(row, "text"),
                 "source_video": video_to_tensor(frames, self.patch_image_size)}
 

@@ -91,7 +91,7 @@ class ImageClassifyDataset(TSVDataset):
     def load_item(self, index, row):
         # The label first: a bad label is reported without reading the image.
         label = parse_label(self.field(row, "label"), self.num_classes)
-        img = load_image(self.resolve(self.field(row, "image")))
+        img = load_image(self.resolve(self.field(row, "image")), self.exif_transpose)
         return {"source_image": self.image(img, index), "target": torch.tensor(label)}
 
     def collate(self, samples):

@@ -28,7 +28,7 @@ from ...criterions.segmentation_loss import pixel_cross_entropy
 from ...data_utils.ade20k import CLASSES as ADE20K_CLASSES
 from ...data_utils.augment import sample_seed
 from ...data_utils.dataset import TSVDataset
-from ...data_utils.image import load_image
+from ...data_utils.image import load_image, orient_array
 from ...data_utils.segmentation import (
     IGNORE_INDEX,
     SegmentationTransform,
@@ -73,8 +73,8 @@ class SegmentationDataset(TSVDataset):
     def load_item(self, index, row):
         image_path = self.resolve(self.field(row, "image"))
         label_path = self.resolve(self.field(row, "label_map"))
-        image = load_image(image_path)
-        label = load_label_map(label_path)
+        image, orientation = load_image(image_path, self.exif_transpose, return_orientation=True)
+        label = orient_array(load_label_map(label_path), orientation)  # label maps follow the stored pixels
         if label.shape != (image.height, image.width):
             raise ValueError(f"label map {label_path} is {label.shape[1]}x{label.shape[0]} but its image "
                              f"{image_path} is {image.width}x{image.height}")

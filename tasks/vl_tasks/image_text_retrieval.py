@@ -34,7 +34,7 @@ class ImageTextDataset(CaptionedRows, TSVDataset):
         image_id, path = self.field(row, "image_id"), self.field(row, "image")
         tokens = self.caption_tokens(row, "caption")
         return {"uniq_id": image_id, "source_text": tokens,
-                "source_image": image_to_tensor(load_image(self.resolve(path)), self.patch_image_size)}
+                "source_image": image_to_tensor(load_image(self.resolve(path), self.exif_transpose), self.patch_image_size)}
 
     def collate(self, samples):
         net_input = {"src_images": torch.stack([s["source_image"] for s in samples])}

@@ -38,7 +38,7 @@ class NLVR2Dataset(TSVDataset):
 
     def image(self, row, column, index, which):
         seed = sample_seed(self.seed, self.epoch, 2 * index + which)
-        return image_to_tensor(load_image(self.resolve(self.field(row, column))), self.patch_image_size,
+        return image_to_tensor(load_image(self.resolve(self.field(row, column)), self.exif_transpose), self.patch_image_size,
                                self.augment, seed)
 
     def load_item(self, index, row):

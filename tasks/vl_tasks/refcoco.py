@@ -1,7 +1,8 @@
 """``refcoco``: RefCOCO / RefCOCO+ / RefCOCOg visual grounding -- the box a phrase refers to.
 
 TSV ``uniq_id, image, text, region_coord`` with ``region_coord`` = ``x0,y0,x1,y1`` in the image's
-pixels.  The image is resized to ``patch_image_size`` squared (aspect not kept, as the official
+stored pixels (with ``task.exif_transpose`` the box turns with the image into its upright frame).
+The image is resized to ``patch_image_size`` squared (aspect not kept, as the official
 ``RandomResize([P], max_size=P)``); the target is the box normalised by the image size.  The ``vl``
 classify model (4 outputs, ``use_image_features`` for RefCOCO/+) predicts ``sigmoid(logits)``.
 Metric: ``iou_acc`` (percent of boxes with IoU >= 0.5 against the reference, in original pixels);
@@ -17,7 +18,7 @@ from fairseq.tasks import register_task
 from ...data_utils.augment import refcoco_train_augment, sample_seed
 from ...data_utils.collate import collate_tokens
 from ...data_utils.dataset import TSVDataset
-from ...data_utils.image import image_to_tensor, load_image
+from ...data_utils.image import image_to_tensor, load_image, orient_box
 from ...metrics.fairseq_logging import log_accuracy
 from ...metrics.grounding import box_iou, iou_hits
 from ..classification import ClassificationConfig, ClassificationTask, sample_ids
@@ -62,9 +63,14 @@ class RefCOCODataset(TSVDataset):
         self.seed, self.epoch = torch.initial_seed() % 2 ** 31, 1
 
     def load_item(self, index, row):
-        image = load_image(self.resolve(self.field(row, "image")))
+        image, orientation = load_image(self.resolve(self.field(row, "image")), self.exif_transpose,
+                                        return_orientation=True)
         width, height = image.size
-        box = parse_box(self.field(row, "region_coord"), width, height)
+        if orientation in (5, 6, 7, 8):  # region_coord is in the stored pixels, turned with the image
+            stored = parse_box(self.field(row, "region_coord"), height, width)
+            box = orient_box(stored, orientation, height, width)
+        else:
+            box = orient_box(parse_box(self.field(row, "region_coord"), width, height), orientation, width, height)
         normaliser = torch.tensor([width, height, width, height], dtype=torch.float64)
         return {"uniq_id": row.get("uniq_id", ""),
                 "source_text": self.tokenizer.encode(self.field(row, "text"), clean=True),

@@ -58,7 +58,7 @@ class VQADataset(TSVDataset):
         image_path, question = self.field(row, "image"), self.field(row, "question")
         target, answers = parse_refs(row.get("refs", ""), self.num_classes)
         tokens = self.tokenizer.encode(question, clean=True)
-        image = image_to_tensor(load_image(self.resolve(image_path)), self.patch_image_size)
+        image = image_to_tensor(load_image(self.resolve(image_path), self.exif_transpose), self.patch_image_size)
         return {"uniq_id": row.get("uniq_id", ""), "source_text": tokens, "source_image": image,
                 "target": target, "answers": answers}
 
