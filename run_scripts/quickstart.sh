@@ -25,11 +25,18 @@
 #   QUICKSTART_SEED             data and training seed   [1]
 #   QUICKSTART_THREADS          torch CPU threads        [all cores]
 #   QUICKSTART_MOTION_SKETCHES=1  stage 1 also learns the captions of run_scripts/video_quickstart.sh [0]
+#   QUICKSTART_DATA             train on this prepared dataset instead of generating one: the files the
+#                               generator writes (image_text_{train,valid}.tsv, audio_text_{train,valid}.tsv,
+#                               image_captions.json, audio_captions.json; run_scripts/real_demo.sh) []
+#   QUICKSTART_SAVE_EVERY       also keep a checkpoint every N updates (checkpoint_E_N.pt), or N1,N2 for
+#                               stage 1 and stage 2  [none]
+#   QUICKSTART_IMAGE_SIZE       image side in pixels      [64]
+#   QUICKSTART_MAX_DURATION     seconds of audio kept     [2]
 #   PYTHON                      python with one_peace and fairseq installed [<repo>/.venv/bin/python, else python3]
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/quickstart_setup.sh"
-quickstart_setup quickstart 28 "$@"
+quickstart_setup quickstart 35 "$@"
 
 # ---- BPE files ----------------------------------------------------------------------------------------
 has_bpe() { [ -f "$1/encoder.json" ] && [ -f "$1/vocab.bpe" ] && [ -f "$1/dict.txt" ]; }
@@ -63,14 +70,14 @@ THREADS="${QUICKSTART_THREADS:-$(nproc 2>/dev/null || echo 2)}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 
 # Stage 1 (image-text)
-LR1=1e-3; BSZ1=32; WARMUP1=50; IMAGE_SIZE=64
+LR1=1e-3; BSZ1=32; WARMUP1=50; IMAGE_SIZE="${QUICKSTART_IMAGE_SIZE:-64}"
 # Stage 2 (audio-text)
-LR2=2e-3; BSZ2=16; WARMUP2=30; MAX_DURATION=2
+LR2=2e-3; BSZ2=16; WARMUP2=30; MAX_DURATION="${QUICKSTART_MAX_DURATION:-2}"
 # A narrower front end than the tiny preset's [(32,10,5)] + ... : the first conv layers run at the
 # highest rates and dominate CPU time; same strides, hence the same 50 frames per second.
 AUDIO_SPEC="[(16, 10, 5), (32, 3, 2)] + [(32, 3, 2)] * 3 + [(32, 2, 2)] * 2"
 
-DATA="$W/data"; CFG="$W/configs"; LOGS="$W/logs"; TB="$W/tb"
+DATA="${QUICKSTART_DATA:-$W/data}"; CFG="$W/configs"; LOGS="$W/logs"; TB="$W/tb"
 mkdir -p "$CFG" "$LOGS" "$TB"
 
 START=$(date +%s)
@@ -95,12 +102,20 @@ run_logged() {
 }
 
 # ---- 1. data ------------------------------------------------------------------------------------------
-say "1/4 generating the synthetic dataset in $DATA (seed $SEED)"
-MOTION_FLAG=""
-if [ "${QUICKSTART_MOTION_SKETCHES:-0}" = "1" ]; then MOTION_FLAG="--motion-sketches"; fi
-"$PYTHON" -m one_peace.data_utils.synthetic --out "$DATA" --seed "$SEED" \
-  --n-train-images "$N_TRAIN_IMAGES" --n-valid-images "$N_VALID_IMAGES" \
-  --n-train-audio "$N_TRAIN_AUDIO" --n-valid-audio "$N_VALID_AUDIO" $MOTION_FLAG
+if [ -n "${QUICKSTART_DATA:-}" ]; then
+  for f in image_text_train.tsv image_text_valid.tsv audio_text_train.tsv audio_text_valid.tsv \
+           image_captions.json audio_captions.json; do
+    [ -f "$DATA/$f" ] || { echo "quickstart: QUICKSTART_DATA=$DATA has no $f" >&2; exit 1; }
+  done
+  say "1/4 using the prepared dataset in $DATA"
+else
+  say "1/4 generating the synthetic dataset in $DATA (seed $SEED)"
+  MOTION_FLAG=""
+  if [ "${QUICKSTART_MOTION_SKETCHES:-0}" = "1" ]; then MOTION_FLAG="--motion-sketches"; fi
+  "$PYTHON" -m one_peace.data_utils.synthetic --out "$DATA" --seed "$SEED" \
+    --n-train-images "$N_TRAIN_IMAGES" --n-valid-images "$N_VALID_IMAGES" \
+    --n-train-audio "$N_TRAIN_AUDIO" --n-valid-audio "$N_VALID_AUDIO" $MOTION_FLAG
+fi
 
 # ---- configs ------------------------------------------------------------------------------------------
 # Shared model block: the tiny preset (64 wide, 2 layers, 4 heads; decoder 32 wide, 1 layer) with the
@@ -157,6 +172,14 @@ lr_scheduler:
 EOF
 }
 
+save_every_block() {  # $1 stage number: intermediate checkpoints (QUICKSTART_SAVE_EVERY), all kept
+  local every="${QUICKSTART_SAVE_EVERY:-}"
+  case "$every" in *,*) if [ "$1" = 1 ]; then every="${every%%,*}"; else every="${every#*,}"; fi ;; esac
+  if [ -n "$every" ]; then
+    printf '  save_interval_updates: %s\n  keep_interval_updates: -1\n' "$every"
+  fi
+}
+
 {
   common_block stage1 "$LR1" "$BSZ1" "$STAGE1_UPDATES" "$WARMUP1"
   cat <<EOF
@@ -173,6 +196,7 @@ checkpoint:
   save_interval: 1000
   no_epoch_checkpoints: true
   no_save_optimizer_state: true
+$(save_every_block 1)
 EOF
   model_block false true
 } > "$CFG/stage1.yaml"
@@ -194,6 +218,7 @@ checkpoint:
   save_interval: 1000
   no_epoch_checkpoints: true
   no_save_optimizer_state: true
+$(save_every_block 2)
   restore_file: $W/stage1/checkpoint_last.pt
   reset_optimizer: true
   reset_dataloader: true

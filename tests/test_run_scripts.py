@@ -36,3 +36,15 @@ def test_missing_interpreter_is_a_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "cannot import one_peace" in proc.stderr and "pip install" in proc.stderr, proc.stderr
+
+
+def test_quickstart_on_a_prepared_dataset_names_the_missing_file(tmp_path):
+    """QUICKSTART_DATA (what run_scripts/real_demo.sh trains on) must hold the generator's files."""
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "image_text_train.tsv").write_text("image_id\timage\tcaption\n")
+    proc = subprocess.run(["bash", str(REPO / "run_scripts/quickstart.sh"), str(tmp_path / "work")], cwd=tmp_path,
+                          env=documented_env(QUICKSTART_DATA=str(data)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f"QUICKSTART_DATA={data} has no image_text_valid.tsv" in proc.stderr, proc.stderr
+    assert not (tmp_path / "work" / "stage1").exists()
