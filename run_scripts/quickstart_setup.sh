@@ -1,7 +1,8 @@
 # Shared start of run_scripts/quickstart.sh and run_scripts/video_quickstart.sh; source it as
 #   quickstart_setup NAME HELP_LAST_LINE "$@"
 # Parses [WORKDIR] [--fast] [-h|--help] and sets FAST, W (the absolute WORKDIR, created), REPO (and cds
-# there), PYTHON (exported) and HYDRA_TRAIN; messages start with NAME.
+# there), PYTHON (exported) and HYDRA_TRAIN; messages start with NAME.  WORKDIR defaults to
+# $DEFAULT_WORKDIR, else ./quickstart_work.
 quickstart_setup() {
   local name=$1 help_last=$2 workdir="" arg
   shift 2
@@ -16,7 +17,7 @@ quickstart_setup() {
          workdir="$arg" ;;
     esac
   done
-  workdir="${workdir:-./quickstart_work}"
+  workdir="${workdir:-${DEFAULT_WORKDIR:-./quickstart_work}}"
   mkdir -p "$workdir"
   W="$(cd "$workdir" && pwd)"   # absolute, resolved against the caller's cwd
   cd "$REPO"

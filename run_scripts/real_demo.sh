@@ -2,7 +2,7 @@
 # Real-data demonstration: pretrain the tiny ONE-PEACE on real photographs and sounds (CPU) and measure
 # zero-shot and emergent retrieval on held-out concepts.
 #
-#   bash run_scripts/real_demo.sh [WORKDIR] [--fast]
+#   bash run_scripts/real_demo.sh [WORKDIR] [--fast]        (WORKDIR default ./real_demo_work)
 #
 #   1. fetches the real media if absent (run_scripts/fetch_real_media.sh: Debian's Tux Paint stamps,
 #      real cut-out photographs with human-written captions, a fifth of them with a recorded sound);
@@ -29,7 +29,7 @@
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/quickstart_setup.sh"
-quickstart_setup real_demo 28 "$@"
+DEFAULT_WORKDIR=./real_demo_work quickstart_setup real_demo 28 "$@"
 
 START=$(date +%s)
 say() { echo "[real_demo $(( $(date +%s) - START ))s] $*"; }
