@@ -8,7 +8,8 @@ import os
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SOURCE_DIRS = ["models", "data_utils", "tasks", "criterions", "user_src", "metrics", "optim", "search"]
+SOURCE_DIRS = ["models", "data_utils", "metrics", "hub", "fairseq_glue", "tasks", "criterions", "optim", "user_src",
+               "search"]
 
 
 def find_subpackages():

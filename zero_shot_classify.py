@@ -8,7 +8,7 @@
 column, in class order) or a JSON label map ``{class id: name}``.  ``--templates``: ``default`` (CLIP's 7
 selected prompts), ``clip80`` (CLIP's 80 ImageNet prompts) or a text file with one template per line.
 The class embeddings come from ``hub.zero_shot_classifier`` and the scores from the same code as
-``hub.zero_shot_classify`` (``models/zero_shot.py``).
+``hub.zero_shot_classify`` (``hub/zero_shot.py``).
 
 Prints the metrics and writes ``{results_path}/{subset}_predict.json`` (per row: ``index``, ``image``,
 ``target`` (0-based), ``prediction``, ``top5``, ``top5_labels``, ``top5_scores``) and
@@ -32,7 +32,7 @@ def read_class_names(path: str) -> List[str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"class names file not found: {path}")
     if path.endswith(".json"):
-        from .tasks.classification import load_label_names
+        from .data_utils.labels import load_label_names
 
         names = load_label_names(path, option="class_names")
         if sorted(names) != list(range(len(names))):
@@ -76,8 +76,8 @@ def evaluate(hub, rows, class_names, templates=None, batch_size: int = 64, k: in
     the scores are ``hub.zero_shot_classify``'s, the metrics image_classify's (``metrics/accuracy.py``)."""
     from .data_utils.dataset import BadSampleError
     from .data_utils.image import load_image
+    from .hub.zero_shot import top_k
     from .metrics.accuracy import accuracy_sum, topk_accuracy_sum
-    from .models.zero_shot import top_k
 
     classifier = hub.zero_shot_classifier(class_names, templates)
     predictions, score, top_score = [], 0.0, 0.0
@@ -123,8 +123,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
                         stream=sys.stdout)
     from .data_utils.tsv import TSVReader
-    from .models.hub import from_pretrained
-    from .models.zero_shot import resolve_templates
+    from .hub import from_pretrained
+    from .hub.zero_shot import resolve_templates
 
     templates = resolve_templates(args.templates)  # bad templates fail before the model loads
     class_names = read_class_names(args.class_names)

@@ -29,7 +29,7 @@ t0 = time.perf_counter()
 try:
     from one_peace.hub import from_pretrained
 except ImportError:  # before the hub had its own package
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 t1 = time.perf_counter()
 hub = from_pretrained(sys.argv[1], device="cpu", bpe_dir=sys.argv[2])
 t2 = time.perf_counter()

@@ -74,7 +74,7 @@ def peak_rss_gib() -> float:
 
 def measure_load(path, dtype):
     """In this process: from_pretrained + one text embedding; returns a result dict."""
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     start = time.perf_counter()
     hub = from_pretrained(path, model_type="one_peace_retrieval", device="cpu", dtype=dtype, bpe_dir=bpe_dir())
@@ -91,7 +91,7 @@ def measure_throughput(path, dtype, seconds_audio=5.0, iters=2):
     """Embeddings per second of texts (batch 8), images (batch 2, 256 px) and clips (batch 2)."""
     import numpy as np
 
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     torch.manual_seed(0)
     hub = from_pretrained(path, model_type="one_peace_retrieval", device="cpu", dtype=dtype, bpe_dir=bpe_dir())

@@ -42,9 +42,9 @@ def bpe_dir():
 
 
 def build(arch, stage, image_size):
+    from one_peace.fairseq_glue.registration import freeze_all_but
     from one_peace.models import OnePeacePretrainConfig, OnePeacePretrainModel
     from one_peace.models.architectures import preset_config
-    from one_peace.models.registration import freeze_all_but
 
     cfg = preset_config(OnePeacePretrainConfig, arch)
     grid = image_size // 16

@@ -37,3 +37,10 @@ def iou_hits(hyps: torch.Tensor, refs: torch.Tensor, threshold: float = 0.5) -> 
     inter, width, height = _intersection(hyps.double(), refs.double())
     iou = inter / (area(hyps.double()) + area(refs.double()) - inter)
     return (iou >= threshold) & (width > 0) & (height > 0)
+
+
+def boxes_to_pixels(logits: torch.Tensor, w_ratios: torch.Tensor, h_ratios: torch.Tensor, size: int):
+    """Normalised predictions -> xyxy boxes in each original image's pixels."""
+    boxes = torch.sigmoid(logits.float()).double() * size
+    scale = torch.stack([w_ratios, h_ratios, w_ratios, h_ratios], dim=1).double()
+    return boxes / scale

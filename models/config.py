@@ -6,7 +6,7 @@ model never reads (``normalize_before``, ``learned_pos``, ``freeze_extractor`` .
 
 These are plain dataclasses, so ``one_peace.models`` imports without fairseq (fast, and
 without fairseq's side effects on logging).  The fairseq glue registers their
-``FairseqDataclass`` twins (``models/registration.py:fairseq_config``), field for field.
+``FairseqDataclass`` twins (``fairseq_glue/registration.py:fairseq_config``), field for field.
 """
 from dataclasses import dataclass, field
 from typing import Any, Optional

@@ -13,7 +13,7 @@ functions, same arguments; the random draws differ, as between any two eager bui
 When a checkpoint follows:
 
 * :func:`loading_context` -- set by the hub, ``one-peace-evaluate`` and fairseq's
-  ``load_model_ensemble_and_task`` (patched in ``fairseq_compat.py``): the checkpoint's tensors are
+  ``load_model_ensemble_and_task`` (patched in ``fairseq_glue/compat.py``): the checkpoint's tensors are
   *adopted* (``load_state_dict(assign=True)``; memory-mapped ones stay mapped) in the requested
   dtype and device;
 * :func:`checkpoint_to_be_loaded` -- ``fairseq-train`` with ``--restore-file`` /

@@ -20,12 +20,19 @@ A modality entry names:
 * ``official``: part of the released model (the head type ``val`` means every official one).
 * ``upgrade``: checkpoint hook, ``upgrade(model, state_dict) -> keys that may start fresh``; it may
   add the modality's missing tensors to ``state_dict`` (video derives its branch from the image one).
+* ``extensions``: the file suffixes ``one-peace-index`` files under this modality (lower case, with
+  the dot); ``search_view``: how the search page shows a hit (one of :data:`SEARCH_VIEWS`).
+
+The built-in entries are registered by ``models/builtin_modalities.py`` (imported by the package).
 
 Head types are the modality names, the fused types, ``val``, or any ``+``-joined set of
 registered modalities (``text+image``), which is how a new modality is embedded with others.
 """
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+# How the search page shows a hit: a thumbnail, a player with a poster, a player, a text snippet, a link.
+SEARCH_VIEWS = ("image", "video", "audio", "text", "file")
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,15 @@ class Modality:
     processor: Optional[Callable[[Any, Sequence], Dict[str, Any]]] = None
     official: bool = False
     upgrade: Optional[Callable[[Any, Dict[str, Any]], Iterable[str]]] = None
+    extensions: Tuple[str, ...] = ()
+    search_view: str = "file"
+
+    def __post_init__(self):
+        if self.search_view not in SEARCH_VIEWS:
+            raise ValueError(f"search_view of {self.name!r} must be one of {SEARCH_VIEWS}, got {self.search_view!r}")
+        if any(not e.startswith(".") or e != e.lower() for e in self.extensions):
+            raise ValueError(f"extensions of {self.name!r} must be lower-case suffixes with the dot, "
+                             f"got {self.extensions!r}")
 
     @property
     def config_field(self) -> str:
@@ -152,27 +168,3 @@ def split_net_input(net_input: Dict[str, Any], modalities: Sequence[str]):
     """(``{modality: preserve_ids or None}``, whether any view is masked) from a net_input dict."""
     preserve = {m: net_input.get(get_modality(m).preserve_key) for m in modalities}
     return preserve, any(v is not None for v in preserve.values())
-
-
-def _register_builtins():
-    from .adapters.audio import AudioAdapter
-    from .adapters.image import ImageAdapter
-    from .adapters.text import TextAdapter
-    from .adapters.video import VideoAdapter
-    from .config import AudioAdapterConfig, ImageAdapterConfig, TextAdapterConfig, VideoAdapterConfig
-    from .preprocess import process_audio, process_image, process_text
-    from .video import init_video_from_image, process_video
-
-    register_modality(Modality("text", TextAdapter, TextAdapterConfig, ("src_tokens",),
-                               processor=process_text, official=True))
-    register_modality(Modality("image", ImageAdapter, ImageAdapterConfig, ("src_images", "is_second_image"),
-                               fused_type="vl", processor=process_image, official=True))
-    register_modality(Modality("audio", AudioAdapter, AudioAdapterConfig,
-                               ("src_audios", "audio_padding_masks", "audio_frames"), fused_type="al",
-                               processor=process_audio, official=True))
-    # Not official (docs/VIDEO.md): off unless use_video_moe; starts from the image branch.
-    register_modality(Modality("video", VideoAdapter, VideoAdapterConfig, ("src_videos",), fused_type="vt",
-                               processor=process_video, upgrade=init_video_from_image))
-
-
-_register_builtins()

@@ -35,10 +35,10 @@ def _image_source(model, state_dict):
     path = getattr(model.encoder_wrapper.video_adapter, "image_init_checkpoint", None)
     if not path:
         return None, None
-    from .checkpoint import _rename_legacy_keys, load_checkpoint_file
+    from .checkpoint_io import load_checkpoint_file, rename_legacy_keys
 
     source = dict(load_checkpoint_file(path, mmap=True)["model"])
-    _rename_legacy_keys(source)
+    rename_legacy_keys(source)
     if not any(k.startswith("encoder_wrapper.image_adapter.") for k in source):
         raise ValueError(f"video_adapter.image_init_checkpoint={path} has no image branch to start the video "
                          "branch from")
@@ -49,7 +49,7 @@ def _from_image(key: str, target: torch.Tensor, source: Dict[str, torch.Tensor],
     """The tensor for video ``key`` derived from the image branch, or None."""
     from .adapters.image import resize_grid_pos_embed
     from .adapters.video import video_table_from_image
-    from .checkpoint import resize_image_rel_pos_table
+    from .checkpoint_io import resize_image_rel_pos_table
 
     image_key = _image_key(key).replace(".embed_motion.", ".embed_images.")  # motion stem: image stem weights
     table = re.match(r"(.*rel_pos_table_list\.)(\d+)(\.weight)$", image_key)
@@ -100,8 +100,8 @@ def init_video_from_image(model, state_dict: Dict[str, torch.Tensor]) -> Set[str
 
 def process_video(hub, video_paths) -> Dict[str, torch.Tensor]:
     """Hub processor: paths (files or frame folders) -> ``src_videos`` (B, T, 3, P, P)."""
+    from ..data_utils.processors import as_paths
     from ..data_utils.video import load_video, video_to_tensor
-    from .preprocess import as_paths
 
     num_frames = hub.model.encoder_wrapper.adapter("video").num_frames
     exif_transpose = getattr(hub, "exif_transpose", True)  # frame-folder images, as the hub's images

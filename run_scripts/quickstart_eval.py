@@ -73,7 +73,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     start = time.time()
     accs = {}

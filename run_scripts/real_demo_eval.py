@@ -137,7 +137,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     image_hub = from_pretrained(args.image_checkpoint, device="cpu", bpe_dir=args.bpe_dir)
     audio_hub = from_pretrained(args.audio_checkpoint, device="cpu", bpe_dir=args.bpe_dir)

@@ -66,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--tsv", default="video_text_valid.tsv")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     start = time.time()
     with open(os.path.join(args.data, "video_captions.json"), encoding="utf-8") as f:

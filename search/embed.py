@@ -53,8 +53,8 @@ def check_same_checkpoint(recorded: Dict, given: Dict, index_dir: str) -> None:
 
 def checkpoint_modalities(path: str) -> List[str]:
     """The modality branches a checkpoint has weights for (memory-mapped: no tensor is read)."""
+    from ..hub.loading import modalities_in as _modalities_in
     from ..models.checkpoint import load_checkpoint_file
-    from ..models.hub import _modalities_in
 
     return _modalities_in(load_checkpoint_file(path, mmap=True)["model"])
 
@@ -70,7 +70,7 @@ def branches_for(checkpoint_has: Sequence[str], wanted: Sequence[str]) -> Tuple[
 
 def load_hub(checkpoint: str, model_type: str, dtype: str, device: Optional[str], bpe_dir: Optional[str],
              modalities: Sequence[str]):
-    from ..models import from_pretrained
+    from ..hub import from_pretrained
 
     if model_type not in ("one_peace_retrieval", "one_peace_pretrain"):
         raise ValueError(f"--model-type must be an embedding model (one_peace_retrieval or one_peace_pretrain), "

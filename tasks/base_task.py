@@ -5,7 +5,6 @@ and default so such configs merge unchanged.
 """
 import argparse
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -54,15 +53,6 @@ class BaseTaskConfig(FairseqDataclass):
                 "false keeps the stored pixel frame, as the official code"})
 
 
-def read_json_file(path: str, option: str, what: str = "file"):
-    """The JSON content of a file a task option names; errors name the file and the option."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path} (set by task.{option})")
-    with open(path, encoding="utf-8") as fh:
-        try:
-            return json.load(fh)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{what} {path} is not valid JSON: {err}") from None
 
 
 def parse_bool(value: str) -> bool:

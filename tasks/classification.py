@@ -21,10 +21,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..criterions.hinge_loss import choice_scores
+from ..data_utils.labels import load_label_names
+from ..fairseq_glue.metric_logging import concatenated, log_accuracy, log_arrays, log_split_metrics
 from ..metrics.accuracy import accuracy_sum
 from ..metrics.average_precision import mean_average_precision
-from ..metrics.fairseq_logging import concatenated, log_accuracy, log_arrays, log_split_metrics
-from .base_task import BaseTask, BaseTaskConfig, read_json_file
+from .base_task import BaseTask, BaseTaskConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +35,6 @@ TARGET_KINDS = ("single", "soft", "multi", "choice")
 @dataclass
 class ClassificationConfig(BaseTaskConfig):
     label_file: Optional[str] = field(default=None, metadata={"help": "JSON {class id: name} (optional)"})
-
-
-def load_label_names(path: str, option: str = "label_file") -> Dict[int, str]:
-    """{class id: name} from a JSON file: {"id": "name"}, {"id": ["name", ...]} or ["name", ...]."""
-    return label_names_from(read_json_file(path, option, what="label map file"), f"label map file {path}")
-
-
-def label_names_from(data, source: str) -> Dict[int, str]:
-    """{class id: name} from {id: name} (int or str ids), {id: [name, ...]} or [name, ...]."""
-    if not isinstance(data, (dict, list, tuple)):
-        raise ValueError(f"{source} must hold {{class id: name}} or a list of names, got {type(data).__name__}")
-    items = enumerate(data) if isinstance(data, (list, tuple)) else data.items()
-    names = {}
-    for key, value in items:
-        try:
-            idx = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"{source}: key {key!r} is not an integer class id") from None
-        names[idx] = value[0] if isinstance(value, list) and value else str(value)
-    return names
 
 
 def move_like(value, ref: torch.Tensor):

@@ -20,10 +20,11 @@ import torch
 from ..criterions.gather import gather_with_offsets, world_info
 from ..criterions.retrieval_loss import embed_modality
 from ..data_utils.collate import collate_tokens
+from ..data_utils.labels import read_json_file
 from ..data_utils.tsv import TSVReader
-from ..metrics.fairseq_logging import concatenated, log_arrays, log_split_metrics
+from ..fairseq_glue.metric_logging import concatenated, log_arrays, log_split_metrics
 from ..metrics.retrieval import first_match_rank, retrieval_metrics
-from .base_task import BaseTask, BaseTaskConfig, read_json_file
+from .base_task import BaseTask, BaseTaskConfig
 from .classification import sample_ids
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from helpers import FIXTURES, load_fixture, scaled_error
 
-from one_peace.models import from_pretrained
+from one_peace import from_pretrained
 from one_peace.models.checkpoint import CheckpointMismatchError, load_into
 
 

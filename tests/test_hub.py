@@ -7,7 +7,7 @@ import torch
 from helpers import FIXTURES, assert_scaled_close, load_fixture
 from PIL import Image
 
-from one_peace.models import from_pretrained
+from one_peace import from_pretrained
 
 
 @pytest.fixture(scope="module")

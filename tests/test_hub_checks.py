@@ -9,7 +9,7 @@ import torch
 from helpers import TASK_FIXTURES, load_task_fixture
 from PIL import Image
 
-from one_peace.models import from_pretrained
+from one_peace import from_pretrained
 
 ANSWERS = ["yes", "no", "two", "three", "one", "red"]
 

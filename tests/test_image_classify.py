@@ -273,7 +273,7 @@ def test_converter_errors_name_the_file_and_line(tmp_path):
 
 # ---- templates --------------------------------------------------------------------------------
 def test_template_sets_files_and_errors(tmp_path):
-    from one_peace.models.zero_shot import TEMPLATE_SETS, resolve_templates
+    from one_peace.hub.zero_shot import TEMPLATE_SETS, resolve_templates
 
     assert len(resolve_templates("clip80")) == 80 == len(set(TEMPLATE_SETS["clip80"]))
     assert resolve_templates(None) == list(TEMPLATE_SETS["default"])

@@ -6,7 +6,7 @@ import torch
 from e2e_helpers import REPO, TINY, read_results, run, run_script_module, tiny_model
 from test_image_classify import imagenet_release
 
-from one_peace.models import from_pretrained
+from one_peace import from_pretrained
 
 
 @pytest.fixture(scope="module")

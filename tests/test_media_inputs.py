@@ -74,7 +74,7 @@ def test_orientation_of_jpeg_exif_and_bad_tags(tmp_path):
 def grounding_hubs(fixture_bpe_dir):
     from helpers import TASK_FIXTURES
 
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     return {flag: from_pretrained(str(TASK_FIXTURES / "ckpt_refcoco_imgfeat.pt"), model_type="one_peace_classify",
                                   device="cpu", bpe_dir=fixture_bpe_dir, exif_transpose=flag) for flag in (True, False)}

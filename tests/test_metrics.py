@@ -97,14 +97,14 @@ def aggregate(reduce, logs):
 
 
 def test_accuracy_aggregates_sums_over_workers():
-    from one_peace.metrics.fairseq_logging import log_accuracy
+    from one_peace.fairseq_glue.metric_logging import log_accuracy
 
     logs = [{"_acc_score": 3.0, "_acc_cnt": 4}, {"_acc_score": 0.0, "_acc_cnt": 1}, {"_acc_score": 1.0, "_acc_cnt": 3}]
     assert aggregate(log_accuracy, logs)["accuracy"] == pytest.approx(50.0)
 
 
 def test_map_over_worker_logs_equals_whole_split():
-    from one_peace.metrics.fairseq_logging import concatenated, log_arrays, log_split_metrics
+    from one_peace.fairseq_glue.metric_logging import concatenated, log_arrays, log_split_metrics
 
     rng = np.random.default_rng(5)
     scores = torch.tensor(rng.random((30, 5)), dtype=torch.float32)

@@ -193,7 +193,7 @@ def test_hub(toy, fixture_bpe_dir, user_dir):
     from fairseq import tasks
     from omegaconf import OmegaConf
 
-    from one_peace.models.hub import OnePeaceHubInterface
+    from one_peace.hub import OnePeaceHubInterface
 
     torch.manual_seed(0)
     task = tasks.setup_task(OmegaConf.create({"_name": "base_task", "bpe_dir": fixture_bpe_dir}))

@@ -125,7 +125,7 @@ def test_hub_ground_and_answer(fixture_bpe_dir, tmp_path, official):
     of a VQA checkpoint; wrong checkpoints and mismatched inputs are clear errors."""
     import json
 
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     raw = load_task_fixture("task_inputs.pt")["raw"]
     paths = []

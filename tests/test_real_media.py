@@ -148,7 +148,7 @@ def test_real_videos_give_frames_or_name_themselves():
 
 @pytest.fixture(scope="module")
 def real_hub(retrieval_checkpoint, fixture_bpe_dir):
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     return from_pretrained(retrieval_checkpoint, bpe_dir=fixture_bpe_dir,
                            modalities=("text", "image", "audio", "video"))
@@ -176,7 +176,7 @@ def test_hub_embeds_real_images_sounds_and_clips(real_hub):
 
 
 def test_hub_follows_exif_rule(retrieval_checkpoint, fixture_bpe_dir, real_hub):
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     root = os.path.join(media_set("pillow"), "images")
     stored_hub = from_pretrained(retrieval_checkpoint, bpe_dir=fixture_bpe_dir, exif_transpose=False)

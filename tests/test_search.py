@@ -74,7 +74,7 @@ def test_index_embeds_every_file_and_counts_the_corrupt_one(built_index, search_
 
 
 def test_text_and_file_queries_rank_by_the_hub_cosine(built_index, capsys, search_checkpoint, fixture_bpe_dir):
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     index, collection, _ = built_index
     out = query([index, "--text", "an elephant", "--modality", "image", "-k", "10"], capsys)

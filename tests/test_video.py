@@ -19,13 +19,13 @@ from one_peace.data_utils.video import (
     tube_mask,
     video_to_tensor,
 )
+from one_peace.fairseq_glue.registration import freeze_all_but
 from one_peace.models import OnePeacePretrainModel, OnePeaceRetrievalModel
 from one_peace.models.adapters.video import make_video_bucket_position, video_bucket_count
 from one_peace.models.architectures import preset_config
 from one_peace.models.checkpoint import CheckpointMismatchError, load_into
 from one_peace.models.config import EncoderConfig, OnePeacePretrainConfig
 from one_peace.models.modalities import encoder_type_modalities, get_modality, modalities_of
-from one_peace.models.registration import freeze_all_but
 from one_peace.models.relative_position import image_bucket_count, make_image_bucket_position
 
 

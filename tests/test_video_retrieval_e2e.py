@@ -78,7 +78,7 @@ def test_zero_shot_retrieval_from_a_checkpoint_without_video(msrvtt, tmp_path, f
 def test_hub_embeds_video_from_an_official_format_checkpoint(msrvtt, tmp_path, fixture_bpe_dir):
     from test_evaluate import write_retrieval_checkpoint
 
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
 
     root, _ = msrvtt
     checkpoint = write_retrieval_checkpoint(tmp_path / "pretrained.pt")

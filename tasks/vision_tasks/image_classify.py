@@ -25,8 +25,8 @@ from ...data_utils.classify_transforms import ImageClassifyTrainTransform, resiz
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import image_to_tensor, load_image
 from ...data_utils.mixup import MODES, Mixup, parse_minmax
+from ...fairseq_glue.metric_logging import log_accuracy
 from ...metrics.accuracy import topk_accuracy_sum
-from ...metrics.fairseq_logging import log_accuracy
 from ..classification import ClassificationConfig, ClassificationTask, move_like, sample_ids
 
 logger = logging.getLogger(__name__)

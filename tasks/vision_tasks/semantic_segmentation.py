@@ -29,6 +29,7 @@ from ...data_utils.ade20k import CLASSES as ADE20K_CLASSES
 from ...data_utils.augment import sample_seed
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import load_image, orient_array
+from ...data_utils.labels import load_label_names
 from ...data_utils.segmentation import (
     IGNORE_INDEX,
     SegmentationTransform,
@@ -36,12 +37,11 @@ from ...data_utils.segmentation import (
     prepare_label,
     save_mask_png,
 )
-from ...metrics.fairseq_logging import as_tensor
+from ...fairseq_glue import registration_seg  # noqa: F401 - registers one_peace_segmentation
+from ...fairseq_glue.metric_logging import as_tensor
 from ...metrics.segmentation import confusion_matrix, metrics_from_confusion, per_class
-from ...models import registration_seg  # noqa: F401 - registers one_peace_segmentation
 from ...models.segmentation import slide_logits
 from ..base_task import BaseTask, BaseTaskConfig
-from ..classification import load_label_names
 
 SPLIT_METRICS = ("mIoU", "mAcc", "aAcc")
 

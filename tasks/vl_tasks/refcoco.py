@@ -19,8 +19,8 @@ from ...data_utils.augment import refcoco_train_augment, sample_seed
 from ...data_utils.collate import collate_tokens
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import image_to_tensor, load_image, orient_box
-from ...metrics.fairseq_logging import log_accuracy
-from ...metrics.grounding import box_iou, iou_hits
+from ...fairseq_glue.metric_logging import log_accuracy
+from ...metrics.grounding import box_iou, boxes_to_pixels, iou_hits
 from ..classification import ClassificationConfig, ClassificationTask, sample_ids
 
 
@@ -44,13 +44,6 @@ def parse_box(value: str, width: int, height: int) -> torch.Tensor:
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
         raise ValueError(f"region_coord {value!r} lies outside the {width}x{height} image")
     return torch.tensor(box, dtype=torch.float64)
-
-
-def boxes_to_pixels(logits: torch.Tensor, w_ratios: torch.Tensor, h_ratios: torch.Tensor, size: int):
-    """Normalised predictions -> xyxy boxes in each original image's pixels."""
-    boxes = torch.sigmoid(logits.float()).double() * size
-    scale = torch.stack([w_ratios, h_ratios, w_ratios, h_ratios], dim=1).double()
-    return boxes / scale
 
 
 class RefCOCODataset(TSVDataset):

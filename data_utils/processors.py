@@ -31,7 +31,7 @@ def as_paths(items, argument: str) -> list:
 
 
 def process_text(hub, texts) -> Dict[str, torch.Tensor]:
-    from ..data_utils.collate import collate_tokens
+    from .collate import collate_tokens
 
     tokens = []
     for i, text in enumerate(as_list(texts, "texts")):
@@ -49,7 +49,7 @@ def load_images(images, argument: str = "images", exif_transpose: bool = True) -
     orientation unless ``exif_transpose`` is off), PIL images converted alike (used in their own frame)."""
     from PIL import Image
 
-    from ..data_utils.image import load_image, to_rgb
+    from .image import load_image, to_rgb
 
     items = [images] if isinstance(images, Image.Image) else as_list(images, argument)
     out = []
@@ -64,7 +64,7 @@ def load_images(images, argument: str = "images", exif_transpose: bool = True) -
 
 
 def process_image(hub, images) -> Dict[str, torch.Tensor]:
-    from ..data_utils.image import image_to_tensor
+    from .image import image_to_tensor
 
     images = load_images(images, exif_transpose=getattr(hub, "exif_transpose", True))
     tensor = torch.stack([image_to_tensor(img, hub.patch_image_size) for img in images])
@@ -72,8 +72,8 @@ def process_image(hub, images) -> Dict[str, torch.Tensor]:
 
 
 def process_audio(hub, audio_paths) -> Dict[str, torch.Tensor]:
-    from ..data_utils.audio import audio_padding_mask, load_audio, prepare_waveform
-    from ..data_utils.collate import collate_audios
+    from .audio import audio_padding_mask, load_audio, prepare_waveform
+    from .collate import collate_audios
 
     adapter = hub.model.encoder_wrapper.adapter("audio")
     waves, masks = [], []

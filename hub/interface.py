@@ -1,6 +1,6 @@
 """Hub interface with the official method names: load a checkpoint, embed, classify.
 
-    from one_peace.models import from_pretrained
+    from one_peace import from_pretrained
     hub = from_pretrained("one-peace.pt", device="cpu", dtype="float32")
     text = hub.extract_text_features(hub.process_text(["a dog", "an elephant"]))
     image = hub.extract_image_features(hub.process_image(["dog.jpg"]))
@@ -8,23 +8,22 @@
 """
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
-from .checkpoint import load_checkpoint_file
-from .hub_tasks import TaskMethods
-from .modalities import get_modality, head_type_for, modality_names
+from ..data_utils.processors import load_images
+from ..models.checkpoint import load_checkpoint_file
+from ..models.modalities import get_modality, modality_names
+from .loading import MODEL_CLASSES, load_model, modalities_in
+from .task_methods import TaskMethods
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-MODEL_TYPES = ("one_peace_retrieval", "one_peace_classify", "one_peace_pretrain")
-
-
-def _modalities_in(state_dict) -> List[str]:
-    return [m for m in modality_names() if any(f"encoder_wrapper.{m}_adapter." in k for k in state_dict)]
+MODEL_TYPES = tuple(MODEL_CLASSES)
+_modalities_in = modalities_in  # search/embed.py reads a checkpoint's branches with it
 
 
 def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrieval", device=None,
@@ -40,8 +39,6 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     ``ground`` and ``return_image_sizes`` are then in that upright frame); ``False`` reads the stored
     pixels as the official hub does.  PIL images you pass are used as given.
     """
-    from .. import registry  # noqa: F401 - registers tasks/models (first: it guards fairseq's import)
-
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     if dtype not in DTYPES:
@@ -57,26 +54,9 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     if not state.get("model"):
         raise ValueError(f"{path} holds no model weights (its 'model' entry is "
                          f"{'empty' if 'model' in state else 'missing'}); was it saved with the weights stripped?")
-    if bpe_dir is None:
-        from ..data_utils.bpe_files import saved_bpe_dir_or_none
-
-        bpe_dir = saved_bpe_dir_or_none((state["cfg"].get("task") or {}).get("bpe_dir"))
-    task_overrides = {"bpe_dir": bpe_dir}
-    if model_type == "one_peace_retrieval":
-        # Embed every modality the checkpoint has weights for.
-        task_overrides["head_type"] = head_type_for(modalities or _modalities_in(state["model"]))
-    from fairseq import checkpoint_utils
-
-    from ..fairseq_compat import prepare_state
-
-    state = prepare_state(state, {"model": {"_name": model_type}, "task": task_overrides})
-    from .deferred_init import loading_context
-
-    # Built without initialising what the checkpoint provides; tensors land in dtype on device.
-    with loading_context(DTYPES[dtype], device, files=path):
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], state=state)
-    return OnePeaceHubInterface(models[0], task, cfg, device=device, dtype=DTYPES[dtype],
-                                exif_transpose=exif_transpose)
+    model, task, cfg = load_model(path, state, model_type, DTYPES[dtype], device, bpe_dir=bpe_dir,
+                                  modalities=modalities)
+    return OnePeaceHubInterface(model, task, cfg, device=device, dtype=DTYPES[dtype], exif_transpose=exif_transpose)
 
 
 def _checked_device(device) -> torch.device:
@@ -207,8 +187,6 @@ class OnePeaceHubInterface(TaskMethods):
     def process_image(self, image_paths, return_image_sizes: bool = False):
         """Images (file paths or PIL images, mixed as you like) -> ``src_images``; with
         ``return_image_sizes`` also the widths and heights of the images as loaded."""
-        from .preprocess import load_images
-
         images = load_images(image_paths, "image_paths", exif_transpose=self.exif_transpose)
         tensor = self.process("image", images)["src_images"]
         if return_image_sizes:

@@ -13,14 +13,14 @@ import warnings as _warnings
 _root = _logging.getLogger()
 _saved = (_root.level, list(_root.handlers))
 try:
-    from . import criterions as _criterions  # noqa: F401
-    from . import fairseq_compat as _compat  # noqa: F401
-    from . import tasks as _tasks  # noqa: F401
-    from .models import registration as _models  # noqa: F401
-    from .models import registration_av as _models_av  # noqa: F401
-    from .optim import adjust_adam as _adjust_adam  # noqa: F401
-    from .optim import lr_schedulers as _lr_schedulers  # noqa: F401
-    from .optim.common_config import extend_common_config as _extend_common_config
+    from .. import criterions as _criterions  # noqa: F401
+    from .. import tasks as _tasks  # noqa: F401
+    from ..optim import adjust_adam as _adjust_adam  # noqa: F401
+    from ..optim import lr_schedulers as _lr_schedulers  # noqa: F401
+    from ..optim.common_config import extend_common_config as _extend_common_config
+    from . import compat as _compat  # noqa: F401
+    from . import registration as _models  # noqa: F401
+    from . import registration_av as _models_av  # noqa: F401
 
     _extend_common_config()  # the official common.layer_decay / common.no_bias_decay
 finally:  # never change the caller's logging configuration
@@ -38,6 +38,6 @@ for _message in (r"hydra\.experimental\.(initialize|compose)\(\) is no longer ex
                  r"'pin_memory' argument is set as true but no accelerator is found"):
     _warnings.filterwarnings("ignore", message=_message)
 
-from . import cli_errors as _cli_errors  # noqa: E402 - after the registrations above
+from .. import cli_errors as _cli_errors  # noqa: E402 - after the registrations above
 
 _cli_errors.install()  # one 'error:' line instead of a traceback for user errors, in our command-line tools

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from fairseq.models import register_model, register_model_architecture
 
-from .architectures import PRESETS, apply_preset
-from .audio_visual import AV_MODALITIES, OnePeaceAudioVisualClassifyModel
-from .config import OnePeaceClassifyConfig
-from .deferred_init import build_for_loading
+from ..models.architectures import PRESETS, apply_preset
+from ..models.audio_visual import AV_MODALITIES, OnePeaceAudioVisualClassifyModel
+from ..models.config import OnePeaceClassifyConfig
+from ..models.deferred_init import build_for_loading
 from .registration import _configure_from_task, _FairseqGlue, _task_value, fairseq_config
 
 

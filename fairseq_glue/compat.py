@@ -28,8 +28,8 @@ from fairseq import trainer as fairseq_trainer
 from fairseq.dataclass.utils import overwrite_args_by_name
 from omegaconf import OmegaConf
 
-from .models.checkpoint import load_checkpoint_file, register_safe_globals
-from .models.deferred_init import current_load_target, loading_context, memory_map_for
+from ..models.checkpoint import load_checkpoint_file, register_safe_globals
+from ..models.deferred_init import current_load_target, loading_context, memory_map_for
 
 
 def _tolerant_upgrade(original):

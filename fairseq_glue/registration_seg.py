@@ -8,11 +8,11 @@ decoder width of ``architectures.SEGMENTATION_HEADS``.
 """
 from fairseq.models import register_model, register_model_architecture
 
-from .architectures import PRESETS, SEGMENTATION_HEADS, apply_preset
-from .config import OnePeaceSegmentationConfig
-from .deferred_init import build_for_loading
+from ..models.architectures import PRESETS, SEGMENTATION_HEADS, apply_preset
+from ..models.config import OnePeaceSegmentationConfig
+from ..models.deferred_init import build_for_loading
+from ..models.segmentation import OnePeaceSegmentationModel
 from .registration import _configure_from_task, _FairseqGlue, _task_value, fairseq_config
-from .segmentation import OnePeaceSegmentationModel
 
 
 @register_model("one_peace_segmentation", dataclass=fairseq_config(OnePeaceSegmentationConfig))

@@ -3,7 +3,7 @@
 Each method checks first that the loaded checkpoint is the kind it needs (its model type, head type and
 fine-tuning task) and otherwise names the checkpoint it has and what to use instead: a RefCOCO
 checkpoint never answers questions with box coordinates.  Images are paths or PIL images, as everywhere
-in the hub (``models/preprocess.py:load_images``).
+in the hub (``data_utils/processors.py:load_images``).
 """
 import os
 from typing import Dict, Optional
@@ -19,7 +19,7 @@ WHAT = {"ground": "a grounding (RefCOCO/+/g) checkpoint", "answer": "a VQA check
 def label_names(label_map, source: str = "label_map") -> Dict[int, str]:
     """``{class id: name}`` from a dict with int or str keys (JSON gives str), a list of names, or a
     JSON file holding either; a value that is a list names the class by its first entry."""
-    from ..tasks.classification import label_names_from, load_label_names
+    from ..data_utils.labels import label_names_from, load_label_names
 
     if isinstance(label_map, (str, os.PathLike)):
         return load_label_names(os.fspath(label_map), option=source)
@@ -30,7 +30,7 @@ def label_names(label_map, source: str = "label_map") -> Dict[int, str]:
 
 
 class TaskMethods:
-    """Mixed into :class:`~one_peace.models.hub.OnePeaceHubInterface`."""
+    """Mixed into :class:`~one_peace.hub.OnePeaceHubInterface`."""
 
     def _describe(self) -> str:
         head = getattr(self.model, "head_type", "?")
@@ -53,7 +53,7 @@ class TaskMethods:
         return classes
 
     def _paired(self, images, texts, what: str, images_name: str = "images"):
-        from .preprocess import as_list
+        from ..data_utils.processors import as_list
 
         images, texts = as_list(images, images_name), as_list(texts, what)
         if len(images) != len(texts):
@@ -63,7 +63,7 @@ class TaskMethods:
     def ground(self, images, texts) -> torch.Tensor:
         """The box each phrase refers to in its image: (N, 4) xyxy in the pixels of the image as loaded
         (a RefCOCO/+/g checkpoint)."""
-        from ..tasks.vl_tasks.refcoco import boxes_to_pixels
+        from ..metrics.grounding import boxes_to_pixels
 
         self._require_vl_classifier("ground")
         images, texts = self._paired(images, texts, "texts")
@@ -116,7 +116,7 @@ class TaskMethods:
 
     # ---- zero-shot classification ---------------------------------------------------------------
     def zero_shot_classifier(self, class_names, templates=None, batch_size: int = 256) -> torch.Tensor:
-        """(C, D) class embeddings for :meth:`zero_shot_classify` (``models/zero_shot.py``: prompt
+        """(C, D) class embeddings for :meth:`zero_shot_classify` (``hub/zero_shot.py``: prompt
         templates -- ``"default"``, ``"clip80"``, a file or a list -- averaged and re-normalised)."""
         from .zero_shot import class_embeddings
 
@@ -145,7 +145,7 @@ class TaskMethods:
         "scores": [probability, ...]}`` best first; probabilities are the softmax over all classes of
         ``logit_scale * cosine similarity``.  Pass ``classifier=hub.zero_shot_classifier(names, templates)``
         to reuse the class embeddings across calls (``class_names`` still names the classes)."""
-        from .preprocess import as_list
+        from ..data_utils.processors import as_list
         from .zero_shot import top_k
 
         names = as_list(class_names, "class_names")

@@ -12,13 +12,14 @@ from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from omegaconf import open_dict
 
+from ..models import checkpoint as ckpt
+from ..models.architectures import PRESETS, apply_preset
+from ..models.build import configure_branches, configure_pretrain, pretrain_load_options
+from ..models.config import OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig
+from ..models.deferred_init import build_for_loading
+from ..models.modalities import encoder_type_modalities, modalities_of
+from ..models.one_peace import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRetrievalModel
 from ..optim.layer_decay import info_of, tag_parameters
-from . import checkpoint as ckpt
-from .architectures import PRESETS, apply_preset
-from .config import OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig
-from .deferred_init import build_for_loading
-from .modalities import encoder_type_modalities, modalities_of, modality_names
-from .one_peace import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRetrievalModel
 
 logger = logging.getLogger(__name__)
 
@@ -63,21 +64,10 @@ def _vocab_size(task):
 
 
 def _configure_from_task(cfg, task, modalities, model_name):
-    """Official build-time adjustments: branches from head_type, image geometry from the task."""
+    """Official build-time adjustments (``models/build.py``), on fairseq's config node."""
     with open_dict(cfg):
         cfg._name = model_name  # saved checkpoints then carry the full config under the model name
-        for m in modality_names():
-            setattr(cfg.encoder, f"use_{m}_moe", m in modalities)
-        patch = _task_value(task, "patch_image_size")
-        if patch:
-            for adapter_cfg in _vision_adapters(cfg.encoder, modalities):
-                adapter_cfg.rel_bucket_size = patch // 16
-
-
-def _vision_adapters(encoder_cfg, modalities):
-    """Adapter configs of the given modalities that take images of patch_image_size (image, video)."""
-    adapters = [getattr(encoder_cfg, f"{m}_adapter", None) for m in modalities]
-    return [a for a in adapters if a is not None and hasattr(a, "rel_bucket_size")]
+        configure_branches(cfg, modalities, _task_value(task, "patch_image_size"))
 
 
 class _FairseqGlue(BaseFairseqModel):
@@ -139,13 +129,7 @@ class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
     def build_model(cls, cfg, task):
         with open_dict(cfg):
             cfg._name = "one_peace_pretrain"
-            patch = _task_value(task, "patch_image_size")
-            enabled = [m for m in modality_names() if getattr(cfg.encoder, f"use_{m}_moe", False)]
-            if patch:
-                for adapter_cfg in _vision_adapters(cfg.encoder, enabled):
-                    adapter_cfg.rel_bucket_size = patch // 16
-                for adapter_cfg in _vision_adapters(cfg.decoder, enabled):
-                    adapter_cfg.bucket_size = patch // 16
+            configure_pretrain(cfg, _task_value(task, "patch_image_size"))
         model = build_for_loading(lambda: cls(cfg, vocab_size=_vocab_size(task)), cfg)
         model.stage2_pretrain = bool(cfg.stage2_pretrain)
         model.reset_logit_scale = bool(cfg.reset_logit_scale)
@@ -158,16 +142,8 @@ class OnePeacePretrain(OnePeacePretrainModel, _FairseqGlue):
         return model
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        options = {}
-        if self.stage2_pretrain:
-            # Stage-2 upgrades apply to a stage-1 checkpoint, not when resuming stage 2.
-            from_stage1 = any("image_adapter" in k for k in state_dict) or not any(
-                "audio_adapter" in k for k in state_dict)
-            if from_stage1:
-                options = {"reset_logit_scale": self.reset_logit_scale, "drop_image": True}
-        elif self.reset_logit_scale:
-            options = {"reset_logit_scale": True}
-        return self._load_checked(state_dict, **options)
+        return self._load_checked(state_dict, **pretrain_load_options(self.stage2_pretrain,
+                                                                      self.reset_logit_scale, state_dict))
 
 
 def freeze_all_but(model, *modalities: str):
