@@ -14,7 +14,7 @@ padding mask.  Prints a markdown table with the device and the date.
 Without CUDA it says so and exits 0 (no numbers are made up).  The fused rows call the
 kernels directly, whatever ``ONE_PEACE_ATTENTION`` says (the model only uses them when
 it is ``fused``).  For a pass/fail check plus timing, run
-``python -m one_peace.models.kernels.self_check``.
+``python -m one_peace.models.kernels_self_check``.
 """
 import argparse
 import datetime

@@ -11,7 +11,7 @@ build the dense bias from it).  Implementations:
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with the same bias.
 * ``fused``: the Triton kernels of ``one_peace.models.kernels`` (CUDA fp16/bf16; any
   float dtype on CPU under ``TRITON_INTERPRET=1``).  **Opt-in only**: they have not been
-  validated on a GPU by default -- run ``python -m one_peace.models.kernels.self_check``
+  validated on a GPU by default -- run ``python -m one_peace.models.kernels_self_check``
   on yours first.
 
 ``auto`` (default) = ``sdpa``, or ``reference`` for float64 and active dropout; it never

@@ -627,11 +627,11 @@ def test_bucketed_bias_equals_dense_layer_bias(tiny_pretrain, layout):
 # ---------------------------------------------------------------- self-check script
 
 def test_self_check_quick_end_to_end():
-    """``python -m one_peace.models.kernels.self_check --quick``: correctness part at small
+    """``python -m one_peace.models.kernels_self_check --quick``: correctness part at small
     shapes on the CPU interpreter, verdict line, exit code 0."""
     if not triton_available():
         pytest.skip("triton is not installed")
-    res = subprocess.run([sys.executable, "-m", "one_peace.models.kernels.self_check", "--quick"],
+    res = subprocess.run([sys.executable, "-m", "one_peace.models.kernels_self_check", "--quick"],
                          capture_output=True, text=True, timeout=300)
     lines = res.stdout.strip().splitlines()
     assert res.returncode == 0, res.stdout + res.stderr
@@ -643,7 +643,7 @@ def test_self_check_reports_a_broken_kernel(monkeypatch):
     """A wrong kernel (here: the key padding mask dropped) is a FAIL naming the check, exit code 1."""
     import io
 
-    from one_peace.models.kernels import self_check
+    from one_peace.models import kernels_self_check as self_check
 
     if not triton_available():
         pytest.skip("triton is not installed")
@@ -660,7 +660,7 @@ def test_self_check_reports_a_broken_kernel(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
 def test_self_check_without_cuda_says_so():
-    res = subprocess.run([sys.executable, "-m", "one_peace.models.kernels.self_check"],
+    res = subprocess.run([sys.executable, "-m", "one_peace.models.kernels_self_check"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 3, res.stdout + res.stderr
     assert res.stdout.strip().splitlines()[-1].startswith("self-check: UNAVAILABLE")
@@ -784,7 +784,7 @@ def test_gpu_bucketed_real_bucket_maps(compiled, dtype, kind):
 @needs_triton
 def test_gpu_self_check_correctness(compiled):
     """The self-check's correctness part at the released model's shapes (compiled kernels)."""
-    res = subprocess.run([sys.executable, "-m", "one_peace.models.kernels.self_check", "--no-timing"],
+    res = subprocess.run([sys.executable, "-m", "one_peace.models.kernels_self_check", "--no-timing"],
                          capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip().splitlines()[-1].startswith("self-check: PASS"), res.stdout

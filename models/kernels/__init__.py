@@ -4,7 +4,7 @@ Opt-in only: the model uses them when asked to (``ONE_PEACE_ATTENTION=fused``,
 ``ONE_PEACE_LAYER_NORM=fused``, or ``set_attention_impl`` / ``set_layer_norm_impl``;
 see ``switches.py``).  Importable without triton: :func:`triton_available` is then
 False, ``FusedLayerNorm`` runs plain torch and ``fused_attention_supported`` returns
-False.  ``python -m one_peace.models.kernels.self_check`` checks them on a GPU.  See
+False.  ``python -m one_peace.models.kernels_self_check`` checks them on a GPU.  See
 docs/KERNELS.md.
 """
 from ._triton_utils import triton_available

@@ -1,4 +1,4 @@
-"""CUDA timing shared by the GPU self-check (``self_check.py``) and the kernel benchmarks
+"""CUDA timing shared by the GPU self-check (``models/kernels_self_check.py``) and the kernel benchmarks
 (bench/attention.py and bench/layer_norm.py import it through bench/cuda_timing.py)."""
 import statistics
 

@@ -1,7 +1,7 @@
 """GPU self-check of the Triton kernels: correctness at the released model's shapes, then speed.
 
-    python -m one_peace.models.kernels.self_check            # CUDA: correctness + timing
-    python -m one_peace.models.kernels.self_check --quick    # CPU: correctness at small shapes
+    python -m one_peace.models.kernels_self_check            # CUDA: correctness + timing
+    python -m one_peace.models.kernels_self_check --quick    # CPU: correctness at small shapes
                                                               # under TRITON_INTERPRET=1
 
 The kernels are opt-in (``ONE_PEACE_ATTENTION=fused``, ``ONE_PEACE_LAYER_NORM=fused``);
@@ -97,7 +97,7 @@ class AttentionCase:
 
 
 def attention_cases(shapes: Shapes, device) -> List[AttentionCase]:
-    from ..relative_position import (
+    from .relative_position import (
         image_bucket_count,
         make_image_bucket_position,
         make_token_bucket_position,
@@ -197,8 +197,8 @@ def _grads(out, leaves, grad_out):
 
 
 def check_attention(case: AttentionCase, shapes: Shapes, dtype, dname: str, device, bucketed: bool) -> Result:
-    from ..attention import reference_attention
-    from .attention import fused_attention, fused_attention_bucketed
+    from .attention import reference_attention
+    from .kernels.attention import fused_attention, fused_attention_bucketed
 
     form = "bucketed" if bucketed else "dense"
     bias_shape = "(B,S,S) map" if (bucketed and case.per_sample) else "(S,S) map" if bucketed else \
@@ -247,7 +247,7 @@ def check_attention(case: AttentionCase, shapes: Shapes, dtype, dname: str, devi
 
 def check_layer_norm(width: int, rows: int, dtype, dname: str, device, param_dtype=None) -> Result:
     """``FusedLayerNorm(impl="fused")`` -- the module the model builds -- against float64 torch."""
-    from .layer_norm import FusedLayerNorm
+    from .kernels.layer_norm import FusedLayerNorm
 
     param_dtype = param_dtype or dtype
     pname = "" if param_dtype == dtype else f" {str(param_dtype).replace('torch.', '')} params"
@@ -288,8 +288,8 @@ def check_layer_norm(width: int, rows: int, dtype, dname: str, device, param_dty
 # ------------------------------------------------------------------ timing
 
 def time_attention(case: AttentionCase, shapes: Shapes, dtype, dname: str, device, warmup: int, iters: int):
-    from ..attention import BucketedBias, _fused_impl, _sdpa_impl
-    from .timing import time_forward_backward
+    from .attention import BucketedBias, _fused_impl, _sdpa_impl
+    from .kernels.timing import time_forward_backward
 
     q, k, v, table, index, dense, _ = make_attention_inputs(case, shapes, dtype, device, seed=1)
     q, k, v, table, dense = (t.requires_grad_() for t in (q, k, v, table, dense))
@@ -301,8 +301,8 @@ def time_attention(case: AttentionCase, shapes: Shapes, dtype, dname: str, devic
 
 
 def time_layer_norm(width: int, rows: int, dtype, device, warmup: int, iters: int):
-    from .layer_norm import FusedLayerNorm
-    from .timing import time_forward_backward
+    from .kernels.layer_norm import FusedLayerNorm
+    from .kernels.timing import time_forward_backward
 
     x = torch.randn(rows, width, device=device, dtype=dtype, requires_grad=True)
     ln = FusedLayerNorm(width, impl="fused").to(device, dtype)
@@ -402,13 +402,13 @@ def main(argv=None, out=None) -> int:
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args(argv)
 
-    from ._triton_utils import triton_available
+    from .kernels._triton_utils import triton_available
 
     if args.quick:
         os.environ["TRITON_INTERPRET"] = "1"
     else:
         os.environ.pop("TRITON_INTERPRET", None)  # a GPU check must run the compiled kernels
-    from .switches import invalidate_kernel_caches
+    from .kernels.switches import invalidate_kernel_caches
 
     invalidate_kernel_caches()
     if not triton_available():
