@@ -7,54 +7,53 @@ preset's (e.g. ``drop_path_rate: 0.0`` under a 4b preset gives 0.4).
 """
 import dataclasses
 
+from . import builtin_modalities  # noqa: F401 - adapter presets come from the registry entries
+from .builtin_modalities import TINY_AUDIO_SPEC as TINY_SPEC  # noqa: F401 - the tiny audio conv stack
+from .modalities import all_modalities
+
 RELEASE_ENCODER = dict(
     embed_dim=1536, ffn_embed_dim=6144, layers=40, attention_heads=24, normalize_before=True,
     learned_pos=True, drop_path_rate=0.4, magneto_scale_attn=True, scale_attn=False, scale_fc=True,
     scale_heads=False, use_layer_scale=True, layer_scale_init_value=1e-6, dropout=0.0,
-    text_adapter=dict(bucket_size=256, use_attn_bias=True),
-    image_adapter=dict(bucket_size=16, rel_bucket_size=16, vision_encoder_type="hmlp", use_attn_bias=True),
-    audio_adapter=dict(bucket_size=512, use_attn_bias=True, conv_pos_depth=5, conv_pos_width=95,
-                       conv_pos_groups=16),
-    video_adapter=dict(bucket_size=16, rel_bucket_size=16, vision_encoder_type="hmlp", use_attn_bias=True),
 )
 
 
-def decoder_preset(dim, ffn, layers, heads, bucket_size=16):
+def decoder_preset(dim, ffn, layers, heads):
     return dict(
         embed_dim=dim, ffn_embed_dim=ffn, layers=layers, attention_heads=heads, normalize_before=True,
         learned_pos=True, drop_path_rate=0.0, magneto_scale_attn=True, scale_attn=False, scale_fc=True,
         scale_heads=False, use_layer_scale=False, dropout=0.0,
-        text_adapter=dict(use_attn_bias=False),
-        image_adapter=dict(bucket_size=bucket_size, vision_encoder_type="none", use_attn_bias=False),
-        audio_adapter=dict(feature_encoder_spec=None, abs_pos_type="fixed", use_attn_bias=False),
-        video_adapter=dict(bucket_size=bucket_size, vision_encoder_type="none", use_attn_bias=False),
     )
 
 
-TINY_SPEC = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]"
-
-PRESETS = {
+# The modality-independent part of each size; each modality's adapter part is its registry entry's
+# ``presets`` (models/builtin_modalities.py).
+SIZES = {
     # The development size of the parity fixtures (64 wide, 2 layers, 4 heads).
-    "tiny": dict(
-        encoder=dict(
-            RELEASE_ENCODER, embed_dim=64, ffn_embed_dim=128, layers=2, attention_heads=4, drop_path_rate=0.0,
-            text_adapter=dict(bucket_size=8, use_attn_bias=True),
-            image_adapter=dict(bucket_size=2, rel_bucket_size=2, vision_encoder_type="hmlp", use_attn_bias=True),
-            video_adapter=dict(bucket_size=2, rel_bucket_size=2, vision_encoder_type="hmlp", use_attn_bias=True),
-            audio_adapter=dict(feature_embed_dim=32, feature_encoder_spec=TINY_SPEC, bucket_size=32,
-                               use_attn_bias=True, conv_pos_depth=2, conv_pos_width=19, conv_pos_groups=4),
-        ),
-        decoder=decoder_preset(32, 64, 1, 2, bucket_size=2),
-    ),
+    "tiny": dict(encoder=dict(RELEASE_ENCODER, embed_dim=64, ffn_embed_dim=128, layers=2, attention_heads=4,
+                              drop_path_rate=0.0),
+                 decoder=decoder_preset(32, 64, 1, 2)),
     # About ViT-B scale: 768 wide, 12 layers, 12 heads.
-    "base": dict(
-        encoder=dict(RELEASE_ENCODER, embed_dim=768, ffn_embed_dim=2048, layers=12, attention_heads=12,
-                     drop_path_rate=0.1, audio_adapter=dict(RELEASE_ENCODER["audio_adapter"], conv_pos_groups=16)),
-        decoder=decoder_preset(384, 1024, 2, 6),
-    ),
+    "base": dict(encoder=dict(RELEASE_ENCODER, embed_dim=768, ffn_embed_dim=2048, layers=12, attention_heads=12,
+                              drop_path_rate=0.1),
+                 decoder=decoder_preset(384, 1024, 2, 6)),
     # The released 4B model (run_scripts/finetune_3B.yaml and pretrain_*_3B.yaml).
     "4b": dict(encoder=RELEASE_ENCODER, decoder=decoder_preset(768, 2048, 2, 12)),
 }
+
+
+def size_presets() -> dict:
+    """``{size: {"encoder": {...}, "decoder": {...}}}`` with ``<m>_adapter`` of every registered modality."""
+    presets = {}
+    for size, parts in SIZES.items():
+        presets[size] = {part: dict(values) for part, values in parts.items()}
+        for modality in all_modalities():
+            for part, values in modality.presets.get(size, {}).items():
+                presets[size][part][modality.config_field] = dict(values)
+    return presets
+
+
+PRESETS = size_presets()
 
 
 # Width of the segmentation decoder (UperNet / auxiliary FCN) per size; merged into the size presets of

@@ -8,79 +8,24 @@ These are plain dataclasses, so ``one_peace.models`` imports without fairseq (fa
 without fairseq's side effects on logging).  The fairseq glue registers their
 ``FairseqDataclass`` twins (``fairseq_glue/registration.py:fairseq_config``), field for field.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
-from ..data_utils.feature_spec import OFFICIAL_FEATURE_ENCODER_SPEC as DEFAULT_FEATURE_ENCODER_SPEC
+from . import builtin_modalities  # noqa: F401 - the registry must be full before EncoderConfig is made
+from .adapters.audio import AudioAdapterConfig
+from .adapters.image import ImageAdapterConfig
+from .adapters.text import TextAdapterConfig
+from .adapters.video import VideoAdapterConfig
+from .modalities import all_modalities
+
+__all__ = ["AudioAdapterConfig", "ImageAdapterConfig", "TextAdapterConfig", "VideoAdapterConfig", "EncoderConfig",
+           "OnePeaceBaseConfig", "OnePeaceRetrievalConfig", "OnePeaceClassifyConfig", "OnePeacePretrainConfig",
+           "OnePeaceSegmentationConfig"]
 
 
 @dataclass
-class TextAdapterConfig:
-    bucket_size: int = 256
-    layernorm_embedding: bool = False
-    add_type_embedding: bool = False
-    shrink_alpha: float = 1.0
-    dropout: float = 0.0
-    use_attn_bias: bool = False
-
-
-@dataclass
-class ImageAdapterConfig:
-    bucket_size: int = 16
-    rel_bucket_size: int = 16
-    layernorm_embedding: bool = False
-    add_type_embedding: bool = False
-    vision_encoder_type: str = "hmlp"  # mlp | hmlp | none
-    shrink_alpha: float = 1.0
-    dropout: float = 0.0
-    use_attn_bias: bool = False
-
-
-@dataclass
-class AudioAdapterConfig:
-    feature_embed_dim: int = 512  # not read: the extractor width comes from the spec
-    feature_encoder_spec: Optional[str] = DEFAULT_FEATURE_ENCODER_SPEC
-    abs_pos_type: str = "conv"  # conv | fixed
-    conv_pos_depth: int = 5
-    conv_pos_width: int = 95
-    conv_pos_groups: int = 16
-    conv_pos_pre_ln: bool = False
-    bucket_size: int = 256
-    layernorm_embedding: bool = False
-    add_type_embedding: bool = False
-    shrink_alpha: float = 1.0
-    dropout: float = 0.0
-    use_attn_bias: bool = False
-    conv_bias: bool = False
-    freeze_extractor: bool = False  # kept for config compatibility; not read
-    # Not an official field.  The official code back-propagates into frames computed from zero
-    # padding, where zero-variance LayerNorms inflate gradients (~1e13 seen); True stops that
-    # gradient (the forward is unchanged).  False reproduces the official gradients exactly.
-    block_padding_gradient: bool = True
-
-
-@dataclass
-class VideoAdapterConfig:
-    """Not an official adapter (``docs/VIDEO.md``): per-frame image patches + temporal positions.
-    Vision geometry follows the image adapter's fields; ``num_frames`` is the longest clip."""
-
-    num_frames: int = 8
-    bucket_size: int = 16
-    rel_bucket_size: int = 16
-    layernorm_embedding: bool = False
-    add_type_embedding: bool = False
-    vision_encoder_type: str = "hmlp"  # mlp | hmlp | none (the pretraining decoder)
-    shrink_alpha: float = 1.0
-    dropout: float = 0.0
-    use_attn_bias: bool = True
-    # A checkpoint whose image branch initialises the video branch when the loaded checkpoint has
-    # neither (our stage-2 checkpoints drop the image branch: name the stage-1 checkpoint here).
-    image_init_checkpoint: Optional[str] = None
-
-
-@dataclass
-class EncoderConfig:
-    """``AdjustEncDecConfig``: fairseq's EncDecBaseConfig fields + ONE-PEACE fields."""
+class _EncoderFields:
+    """The modality-independent fields of ``AdjustEncDecConfig`` (fairseq's EncDecBaseConfig + ONE-PEACE)."""
 
     embed_path: Optional[str] = None
     embed_dim: int = 512
@@ -91,19 +36,11 @@ class EncoderConfig:
     learned_pos: bool = False  # unused
     layerdrop: float = 0.0
     layers_to_keep: Optional[Any] = None
-    text_adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
-    image_adapter: ImageAdapterConfig = field(default_factory=ImageAdapterConfig)
-    audio_adapter: AudioAdapterConfig = field(default_factory=AudioAdapterConfig)
-    video_adapter: VideoAdapterConfig = field(default_factory=VideoAdapterConfig)  # not official
     drop_path_rate: float = 0.0
     magneto_scale_attn: bool = False
     scale_attn: bool = True
     scale_fc: bool = True
     scale_heads: bool = True
-    use_text_moe: bool = True
-    use_image_moe: bool = True
-    use_audio_moe: bool = True
-    use_video_moe: bool = False  # not official: off unless a video task or config turns it on
     use_layer_scale: bool = True
     layer_scale_init_value: float = 1e-2
     activation_fn: str = "gelu"  # unused: GeGLU uses exact GELU
@@ -115,6 +52,23 @@ class EncoderConfig:
     fsdp_checkpoint_wrap_layer_preserve_frequency: int = 1
     fsdp_checkpoint_wrap_layer_skip_frequency: int = 1000
     offload_activations: bool = False
+
+
+def _modality_fields():
+    """``<m>_adapter`` and ``use_<m>_moe`` of every registered modality: a branch is on by default when
+    it is part of the released model (``Modality.official``); video and later ones are off."""
+    fields = []
+    for m in all_modalities():
+        fields.append((m.config_field, m.config_cls, field(default_factory=m.config_cls)))
+        fields.append((m.moe_flag, bool, field(default=m.official)))
+    return fields
+
+
+# One field pair per registered modality, from the registry (models/builtin_modalities.py).
+EncoderConfig = make_dataclass("EncoderConfig", _modality_fields(), bases=(_EncoderFields,))
+EncoderConfig.__module__ = __name__
+EncoderConfig.__doc__ = ("``AdjustEncDecConfig``: fairseq's EncDecBaseConfig fields + ONE-PEACE fields, with "
+                         "``<m>_adapter`` / ``use_<m>_moe`` for each registered modality.")
 
 
 @dataclass
@@ -145,7 +99,6 @@ class OnePeacePretrainConfig(OnePeaceBaseConfig):
     reset_logit_scale: bool = False
     logit_scale_init: float = 1 / 0.07
     stage2_pretrain: bool = False
-
 
 
 @dataclass

@@ -13,6 +13,8 @@ A modality entry names:
   adapter has one constructor and one call signature (see ``ModalityAdapter``).
 * ``config_cls``: its adapter config dataclass, read from ``EncoderConfig.<name>_adapter``
   (defaults when the field is absent); the branch is enabled by ``EncoderConfig.use_<name>_moe``.
+  ``models/config.py`` makes both fields for every modality registered when it is imported (on by
+  default for the ``official`` ones).
 * ``input_keys``: its ``net_input`` keys; the first is required, the others optional.
   ``<name>_preserve_ids`` selects the kept positions of the masked student view.
 * ``fused_type``: the encoder/head type of the joint pass ``[text ; <name>]`` (``vl``, ``al``).
@@ -20,6 +22,8 @@ A modality entry names:
 * ``official``: part of the released model (the head type ``val`` means every official one).
 * ``upgrade``: checkpoint hook, ``upgrade(model, state_dict) -> keys that may start fresh``; it may
   add the modality's missing tensors to ``state_dict`` (video derives its branch from the image one).
+* ``presets``: ``{size: {"encoder": {field: value}, "decoder": {...}}}``, this adapter's part of the size
+  presets ``tiny`` / ``base`` / ``4b`` (``models/architectures.py`` merges them into ``<m>_adapter``).
 * ``extensions``: the file suffixes ``one-peace-index`` files under this modality (lower case, with
   the dot); ``search_view``: how the search page shows a hit (one of :data:`SEARCH_VIEWS`).
 
@@ -28,8 +32,8 @@ The built-in entries are registered by ``models/builtin_modalities.py`` (importe
 Head types are the modality names, the fused types, ``val``, or any ``+``-joined set of
 registered modalities (``text+image``), which is how a new modality is embedded with others.
 """
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 # How the search page shows a hit: a thumbnail, a player with a poster, a player, a text snippet, a link.
 SEARCH_VIEWS = ("image", "video", "audio", "text", "file")
@@ -47,6 +51,7 @@ class Modality:
     upgrade: Optional[Callable[[Any, Dict[str, Any]], Iterable[str]]] = None
     extensions: Tuple[str, ...] = ()
     search_view: str = "file"
+    presets: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.search_view not in SEARCH_VIEWS:

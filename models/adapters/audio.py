@@ -1,13 +1,40 @@
 """Audio adapter: wav2vec2-style conv feature extractor + conv positional embedding."""
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
+from ...data_utils.feature_spec import OFFICIAL_FEATURE_ENCODER_SPEC as DEFAULT_FEATURE_ENCODER_SPEC
 from ...data_utils.feature_spec import conv_output_frames, parse_feature_encoder_spec
 from ..components import SamePad, TransposeLast, make_layer_norm, trunc_normal_
 from ..relative_position import make_token_bucket_position, token_bucket_count
 from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
 
 FIXED_AUDIO_POSITIONS = 1026
+
+
+@dataclass
+class AudioAdapterConfig:
+    feature_embed_dim: int = 512  # not read: the extractor width comes from the spec
+    feature_encoder_spec: Optional[str] = DEFAULT_FEATURE_ENCODER_SPEC
+    abs_pos_type: str = "conv"  # conv | fixed
+    conv_pos_depth: int = 5
+    conv_pos_width: int = 95
+    conv_pos_groups: int = 16
+    conv_pos_pre_ln: bool = False
+    bucket_size: int = 256
+    layernorm_embedding: bool = False
+    add_type_embedding: bool = False
+    shrink_alpha: float = 1.0
+    dropout: float = 0.0
+    use_attn_bias: bool = False
+    conv_bias: bool = False
+    freeze_extractor: bool = False  # kept for config compatibility; not read
+    # Not an official field.  The official code back-propagates into frames computed from zero
+    # padding, where zero-variance LayerNorms inflate gradients (~1e13 seen); True stops that
+    # gradient (the forward is unchanged).  False reproduces the official gradients exactly.
+    block_padding_gradient: bool = True
 
 
 class ConvFeatureExtractor(nn.Module):

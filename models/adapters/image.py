@@ -1,5 +1,6 @@
 """Image adapter: hierarchical-MLP patch embedding + CLS + 2-D abs/rel positions."""
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -10,6 +11,18 @@ from ..relative_position import image_bucket_count, make_image_bucket_position
 from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
 
 PATCH_SIZE = 16
+
+
+@dataclass
+class ImageAdapterConfig:
+    bucket_size: int = 16
+    rel_bucket_size: int = 16
+    layernorm_embedding: bool = False
+    add_type_embedding: bool = False
+    vision_encoder_type: str = "hmlp"  # mlp | hmlp | none
+    shrink_alpha: float = 1.0
+    dropout: float = 0.0
+    use_attn_bias: bool = False
 
 
 def build_patch_embedding(kind: str, embed_dim: int):

@@ -1,4 +1,6 @@
 """Text adapter: token embeddings + CLS + learned absolute positions + T5 rel-pos buckets."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
@@ -7,6 +9,16 @@ from ..relative_position import make_token_bucket_position, token_bucket_count
 from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
 
 TEXT_POSITIONS = 514  # fixed table size, independent of the config
+
+
+@dataclass
+class TextAdapterConfig:
+    bucket_size: int = 256
+    layernorm_embedding: bool = False
+    add_type_embedding: bool = False
+    shrink_alpha: float = 1.0
+    dropout: float = 0.0
+    use_attn_bias: bool = False
 
 
 class TextAdapter(ModalityAdapter):

@@ -6,12 +6,34 @@ of its grid cell (the image table, resized like the image adapter's) plus the te
 its frame.  The 3-D bucket map extends BEiT's 2-D one with a time offset, so one frame uses exactly
 the image buckets: a one-frame clip through a branch initialised from the image branch is the image.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 from ..components import trunc_normal_
 from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
 from .image import PATCH_SIZE, build_patch_embedding, resize_grid_pos_embed
+
+
+@dataclass
+class VideoAdapterConfig:
+    """Not an official adapter (``docs/VIDEO.md``): per-frame image patches + temporal positions.
+    Vision geometry follows the image adapter's fields; ``num_frames`` is the longest clip."""
+
+    num_frames: int = 8
+    bucket_size: int = 16
+    rel_bucket_size: int = 16
+    layernorm_embedding: bool = False
+    add_type_embedding: bool = False
+    vision_encoder_type: str = "hmlp"  # mlp | hmlp | none (the pretraining decoder)
+    shrink_alpha: float = 1.0
+    dropout: float = 0.0
+    use_attn_bias: bool = True
+    # A checkpoint whose image branch initialises the video branch when the loaded checkpoint has
+    # neither (our stage-2 checkpoints drop the image branch: name the stage-1 checkpoint here).
+    image_init_checkpoint: Optional[str] = None
 
 
 def video_bucket_count(num_frames: int, rel_bucket_size: int) -> int:
