@@ -56,7 +56,7 @@ setup(
         "python-multipart",  # file uploads to one-peace-serve
         'triton; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    extras_require={"dev": ["pytest", "scikit-learn", "ruff", "httpx", "playwright"]},
+    extras_require={"dev": ["pytest", "scikit-learn", "ruff", "import-linter", "httpx", "playwright"]},
     entry_points={
         "console_scripts": [
             "one-peace-evaluate=one_peace.evaluate:cli_main",
