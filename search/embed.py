@@ -61,7 +61,12 @@ def checkpoint_modalities(path: str) -> List[str]:
 
 def branches_for(checkpoint_has: Sequence[str], wanted: Sequence[str]) -> Tuple[str, ...]:
     """Branches to build: the checkpoint's, plus video (started from the image branch, deterministic:
-    copies and zeros, ``models/video.py``) when wanted and the checkpoint has images but no video."""
+    copies and zeros, ``models/video.py``) when wanted and the checkpoint has images but no video.
+
+    Video-specific on purpose: it is what the video modality's registry hook (``Modality.upgrade`` =
+    ``init_video_from_image``) does, and the registry does not say which branch a hook derives from.
+    Any other absent branch would start from random weights, useless for an index, so it is not built
+    (its files fail with "the checkpoint has no ... branch")."""
     out = list(checkpoint_has)
     if "video" in wanted and "video" not in out and "image" in out:
         out.append("video")

@@ -29,7 +29,17 @@ from .embed import (
     embedding_dim,
     load_hub,
 )
-from .scan import EXTENSIONS, Source, normalise_root, read_text_file, read_tsv_texts, scan, under_root
+from .scan import (
+    TSV_EXTENSION,
+    Source,
+    check_modalities,
+    extensions,
+    normalise_root,
+    read_text_file,
+    read_tsv_texts,
+    scan,
+    under_root,
+)
 from .searcher import build_faiss
 from .store import IndexStore, exclusive
 
@@ -116,14 +126,17 @@ def _chunks(items: Sequence, size: int):
 
 
 def _embed_sources(hub, modality: str, sources: List[Source], batch_size: int, tsv_column: Optional[str], commit):
-    """Embed ``sources`` in batches; ``commit(entries)`` after each batch (a TSV is one batch)."""
+    """Embed ``sources`` in batches; ``commit(entries)`` after each batch (a TSV is one batch).
+
+    Every modality but text hands its file paths to its registry processor; texts are read here
+    (a .txt is one text, each row of a .tsv another)."""
     if modality != "text":
         for chunk in _chunks(sources, batch_size):
             vectors, good, failed = embed(hub, modality, [s.path for s in chunk])
             commit([(chunk[i], "ok", None, [(None, None, vectors[j])]) for j, i in enumerate(good)]
                    + [(chunk[i], "failed", reason, []) for i, reason in failed])
         return
-    plain = [s for s in sources if not s.path.lower().endswith(".tsv")]
+    plain = [s for s in sources if not s.path.lower().endswith(TSV_EXTENSION)]
     for chunk in _chunks(plain, batch_size):
         entries, texts, owners = [], [], []
         for source in chunk:
@@ -137,7 +150,7 @@ def _embed_sources(hub, modality: str, sources: List[Source], batch_size: int, t
             entries += [(owners[i], "ok", None, [(None, texts[i][:TEXT_KEPT], vectors[j])]) for j, i in enumerate(good)]
             entries += [(owners[i], "failed", reason, []) for i, reason in failed]
         commit(entries)
-    for source in (s for s in sources if s.path.lower().endswith(".tsv")):
+    for source in (s for s in sources if s.path.lower().endswith(TSV_EXTENSION)):
         try:
             rows = read_tsv_texts(source.path, tsv_column)
         except (OSError, ValueError) as exc:
@@ -187,7 +200,7 @@ def run_index(args) -> Summary:
     roots = sorted((set(store.roots()) | {normalise_root(r) for r in args.roots}) - forget)
     if not roots:
         raise ValueError("no folders to index: name at least one")
-    wanted = args.modality.split(",") if args.modality else None
+    wanted = check_modalities(m.strip() for m in (args.modality or "").split(",") if m.strip()) or None
     sources, summary.missing_roots = scan(roots, wanted)
     for root in summary.missing_roots:
         logger.warning("root %s does not exist (unmounted?): its files are kept; --forget-root drops them", root)
@@ -287,7 +300,8 @@ def _finish_faiss(store: IndexStore, args, summary: Summary) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    exts = "; ".join(f"{m}: {' '.join(e)}" for m, e in EXTENSIONS.items())
+    # the registry's modalities and extensions (``Modality.extensions``), read when the parser is built
+    exts = "; ".join(f"{m}: {' '.join(e)}" for m, e in extensions().items())
     parser = argparse.ArgumentParser(prog="one-peace-index", description=__doc__.split("\n\n")[0],
                                      epilog=f"Extensions: {exts}. A .tsv is a table of texts (a 'text' or "
                                             "'caption' column, header row required).")
@@ -302,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     parser.add_argument("--bpe-dir", default=None, help="BPE files (default: the checkpoint's, $ONE_PEACE_BPE_DIR, "
                                                         "the cache)")
-    parser.add_argument("--modality", help="only these modalities (comma-separated), e.g. image,audio")
+    parser.add_argument("--modality", help=f"only these modalities, comma-separated ({','.join(extensions())})")
     parser.add_argument("--tsv-column", help="text column of .tsv files (default: text, else caption)")
     parser.add_argument("--forget-root", action="append", help="drop a recorded root and its files (repeatable)")
     parser.add_argument("--retry-failed", action="store_true", help="retry files that failed, even unchanged")

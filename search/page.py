@@ -1,5 +1,8 @@
 """The one page of ``one-peace-serve``: inline CSS and JS, no build step.  Results are built with
-``textContent`` (never innerHTML), so file names and texts cannot inject markup."""
+``textContent`` (never innerHTML), so file names and texts cannot inject markup.
+
+The page names no modality: ``/api/info`` gives the modalities in display order with their search
+views (the modality registry's ``search_view``), and each hit is drawn by its ``view``."""
 
 PAGE = r"""<!doctype html>
 <html lang="en">
@@ -49,17 +52,16 @@ PAGE = r"""<!doctype html>
     <button id="go" type="submit">Search</button>
   </form>
   <div id="modalities"></div>
-  <div id="drop">Drop an image, a sound, a video or a .txt here to find what is near it, or
+  <div id="drop">Drop a file here (an image, a sound, a video, a .txt ...) to find what is near it, or
     <input id="file" type="file"></div>
   <div id="status"></div>
   <div id="results"></div>
 </main>
 <script>
 "use strict";
-const TITLES = {image: "Images", audio: "Audio", video: "Videos", text: "Texts"};
-const ORDER = ["image", "video", "audio", "text"];
+const GRID_VIEWS = ["image", "video"];  // views shown as a grid of thumbnails / posters
 const $ = (id) => document.getElementById(id);
-let info = null;
+let info = null;  // /api/info: info.views maps every modality to its view, in display order
 let preview = null;  // a blob: URL of the query image, shown beside the status line
 
 function el(tag, attrs, text) {
@@ -74,6 +76,16 @@ function status(message, isError) {
   $("status").className = isError ? "error" : "";
 }
 
+function title(m) { return m.charAt(0).toUpperCase() + m.slice(1); }
+
+function viewOf(m) { return (info && info.views[m]) || "file"; }
+
+function displayOrder(names) {
+  const known = info ? Object.keys(info.views) : [];
+  const rank = (m) => (known.indexOf(m) < 0 ? known.length : known.indexOf(m));
+  return names.slice().sort((a, b) => rank(a) - rank(b));
+}
+
 function chosenModalities() {
   return Array.from(document.querySelectorAll("#modalities input:checked")).map((x) => x.value);
 }
@@ -86,12 +98,12 @@ async function loadInfo() {
     " (" + info.model.dtype + ", " + info.model.dim + "-d)";
   const box = $("modalities");
   box.appendChild(document.createTextNode("Search in: "));
-  for (const m of info.modalities.slice().sort((a, b) => ORDER.indexOf(a) - ORDER.indexOf(b))) {
+  for (const m of displayOrder(info.modalities)) {
     const label = el("label");
     const input = el("input", {type: "checkbox", value: m});
     input.checked = true;
     label.appendChild(input);
-    label.appendChild(document.createTextNode(" " + (TITLES[m] || m)));
+    label.appendChild(document.createTextNode(" " + title(m)));
     box.appendChild(label);
   }
   $("file").setAttribute("accept", info.accept.join(","));
@@ -99,24 +111,29 @@ async function loadInfo() {
 
 function hitCard(hit) {
   const card = el("div", {class: "hit", "data-path": hit.path, "data-modality": hit.modality, title: hit.path});
+  const view = hit.view || viewOf(hit.modality);
   const line = el("div");
   line.appendChild(el("span", {class: "score"}, hit.score.toFixed(3)));
   line.appendChild(document.createTextNode(" "));
-  line.appendChild(el("span", {class: "name"}, hit.name));
-  if (hit.modality === "image") {
+  if (view === "file") {  // nothing to show inline: the name links to the file
+    line.appendChild(el("a", {class: "name", href: hit.url, target: "_blank", rel: "noopener"}, hit.name));
+  } else {
+    line.appendChild(el("span", {class: "name"}, hit.name));
+  }
+  if (view === "image") {
     const a = el("a", {href: hit.url, target: "_blank", rel: "noopener"});
     const img = el("img", {src: hit.thumb_url, alt: hit.name, loading: "lazy"});
     // the server refuses files it may not serve (e.g. a symlink out of the roots): say so
     img.addEventListener("error", () => a.replaceWith(el("div", {class: "missing"}, "not served")));
     a.appendChild(img);
     card.appendChild(a);
-  } else if (hit.modality === "video") {
+  } else if (view === "video") {
     card.appendChild(el("video", {src: hit.url, poster: hit.thumb_url, controls: "", preload: "none"}));
-  } else if (hit.modality === "audio") {
+  } else if (view === "audio") {
     card.appendChild(el("audio", {src: hit.url, controls: "", preload: "none"}));
   }
   card.appendChild(line);
-  if (hit.modality === "text") card.appendChild(el("div", {class: "snippet"}, hit.text || ""));
+  if (view === "text") card.appendChild(el("div", {class: "snippet"}, hit.text || ""));
   return card;
 }
 
@@ -126,13 +143,12 @@ function show(data, seconds) {
   const q = data.query;
   const what = q.text !== undefined ? "\u201c" + q.text + "\u201d" : q.modality + " file " + q.file;
   let total = 0;
-  const modalities = Object.keys(data.results).sort((a, b) => ORDER.indexOf(a) - ORDER.indexOf(b));
-  for (const modality of modalities) {
+  for (const modality of displayOrder(Object.keys(data.results))) {
     const hits = data.results[modality];
     total += hits.length;
     const section = el("section", {"data-modality": modality});
-    section.appendChild(el("h2", {}, (TITLES[modality] || modality) + " (" + hits.length + ")"));
-    const box = el("div", {class: modality === "image" || modality === "video" ? "grid" : "list"});
+    section.appendChild(el("h2", {}, title(modality) + " (" + hits.length + ")"));
+    const box = el("div", {class: GRID_VIEWS.includes(viewOf(modality)) ? "grid" : "list"});
     if (!hits.length) box.appendChild(el("div", {class: "empty"}, "nothing indexed"));
     for (const hit of hits) box.appendChild(hitCard(hit));
     section.appendChild(box);

@@ -5,8 +5,9 @@
     one-peace-search INDEX_DIR --file photo.jpg --json
 
 The query is embedded with the checkpoint that built the index (its recorded path; ``--checkpoint``
-names it if moved, and any other file is refused).  Text, images, audio and video share one space,
-so any query modality reaches any indexed modality.
+names it if moved, and any other file is refused).  Every modality (text, images, audio, video and
+any registered one the checkpoint has a branch for) shares one space, so any query modality reaches
+any indexed modality.
 """
 import argparse
 import json
@@ -14,20 +15,17 @@ import os
 import sys
 from typing import Dict, List
 
+from ..models.modalities import modality_names
 from . import vector_index
+from .scan import check_modalities
 from .searcher import SearchIndex
-
-MODALITIES = ("text", "image", "audio", "video")
 
 
 def parse_modalities(value) -> List[str]:
+    """``--modality`` / the API's ``modalities``: [] for all, else registered names (``models/modalities.py``)."""
     if not value or value == "all":
         return []
-    names = [m.strip() for m in value.split(",") if m.strip()]
-    for m in names:
-        if m not in MODALITIES:
-            raise ValueError(f"unknown modality {m!r}: choose among {', '.join(MODALITIES)} (comma-separated)")
-    return names
+    return check_modalities(m.strip() for m in value.split(",") if m.strip())
 
 
 def search_options(store_options: vector_index.IndexOptions, nprobe=None, ef_search=None):
@@ -58,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("index", help="index directory built by one-peace-index")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="query text")
-    query.add_argument("--file", help="query file: an image, audio clip, video or .txt")
+    query.add_argument("--file", help=f"query file ({', '.join(modality_names())}), its modality told by its "
+                                      "extension (listed by one-peace-index --help; a .tsv is no query)")
     parser.add_argument("--modality", default="all",
-                        help="modalities to search, comma-separated (text,image,audio,video; default all)")
+                        help=f"modalities to search, comma-separated ({','.join(modality_names())}; default all)")
     parser.add_argument("-k", "--top-k", type=int, default=10, help="results per modality (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--checkpoint", help="the index's checkpoint at a new location (another one is refused)")

@@ -1,18 +1,53 @@
-"""Finding what to index: files under the roots, their modality by extension, the texts of a TSV."""
+"""Finding what to index: files under the roots, their modality by extension, the texts of a TSV.
+
+Which modalities exist, their file extensions and how the page shows them come from the modality
+registry (``Modality.extensions``, ``Modality.search_view``; built-ins in
+``models/builtin_modalities.py``), read at call time so that a modality registered later is searchable.
+"""
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-EXTENSIONS: Dict[str, Tuple[str, ...]] = {
-    "image": (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"),
-    # what libsndfile reads (data_utils/audio.py goes through soundfile)
-    "audio": (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"),
-    "video": (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg"),
-    "text": (".txt", ".tsv"),
-}
-_BY_EXT = {ext: modality for modality, exts in EXTENSIONS.items() for ext in exts}
+from ..models.modalities import SEARCH_VIEWS, all_modalities, modality_names
+
 TSV_TEXT_COLUMNS = ("text", "caption")
 TEXT_MAX_BYTES = 1 << 20  # a .txt is one document; only its start matters (70 tokens are embedded)
+TSV_EXTENSION = ".tsv"  # a table of texts: indexed row by row, never a query
+
+
+def extensions() -> Dict[str, Tuple[str, ...]]:
+    """modality -> the file suffixes indexed under it, in registry order (modalities without any are absent)."""
+    return {m.name: tuple(m.extensions) for m in all_modalities() if m.extensions}
+
+
+def query_extensions() -> List[str]:
+    """Suffixes a query file may have: every registered one but the TSV (a table, not one item)."""
+    return sorted(e for exts in extensions().values() for e in exts if e != TSV_EXTENSION)
+
+
+def check_modalities(names: Iterable[str]) -> List[str]:
+    """``names`` if every one is a registered modality, else a ValueError naming the choices."""
+    names, known = list(names), modality_names()
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown modality {name!r}: choose among {', '.join(known)} (comma-separated)")
+    return names
+
+
+def view_of(modality: str) -> str:
+    """How the search page shows a hit of ``modality`` (a plain link for one no longer registered)."""
+    for m in all_modalities():
+        if m.name == modality:
+            return m.search_view
+    return "file"
+
+
+def display_order(modalities: Iterable[str]) -> List[str]:
+    """``modalities`` as the page shows them: by view (thumbnails first, as :data:`SEARCH_VIEWS`),
+    then in registry order; names no longer registered last, by name."""
+    names = modality_names()
+    rank = {name: (SEARCH_VIEWS.index(view_of(name)), i) for i, name in enumerate(names)}
+    return sorted(modalities, key=lambda m: rank.get(m, (len(SEARCH_VIEWS), len(names))) + (m,))
 
 
 @dataclass(frozen=True)
@@ -24,8 +59,16 @@ class Source:
     mtime_ns: int
 
 
-def modality_of(path: str) -> Optional[str]:
-    return _BY_EXT.get(os.path.splitext(path)[1].lower())
+def _by_extension() -> Dict[str, str]:
+    table: Dict[str, str] = {}
+    for modality, exts in extensions().items():
+        for ext in exts:
+            table.setdefault(ext, modality)  # the first registered modality claiming a suffix keeps it
+    return table
+
+
+def modality_of(path: str, table: Optional[Dict[str, str]] = None) -> Optional[str]:
+    return (table or _by_extension()).get(os.path.splitext(path)[1].lower())
 
 
 def normalise_root(path: str) -> str:
@@ -43,12 +86,13 @@ def scan(roots: Sequence[str], modalities: Optional[Sequence[str]] = None) -> Tu
     (no cycles), symlinked files are."""
     found: Dict[str, Source] = {}
     missing = []
+    table = _by_extension()
     for root in roots:
         if not os.path.exists(root):
             missing.append(root)
             continue
         for path in _walk(root):
-            modality = modality_of(path)
+            modality = modality_of(path, table)
             if modality is None or (modalities and modality not in modalities):
                 continue
             try:

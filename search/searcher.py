@@ -9,7 +9,7 @@ import numpy as np
 
 from . import vector_index
 from .embed import check_same_checkpoint, checkpoint_identity, embed, load_hub
-from .scan import modality_of
+from .scan import TSV_EXTENSION, check_modalities, modality_of, query_extensions, read_text_file
 from .store import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,10 @@ class SearchIndex:
     def embed_file(self, path: str, modality: Optional[str] = None) -> tuple:
         """(vector, modality) of a query file; the modality from its extension unless given."""
         modality = modality or modality_of(path)
-        if modality is None or modality == "text" and not path.lower().endswith(".txt"):
+        if modality is None or path.lower().endswith(TSV_EXTENSION):  # a TSV is many texts, not one query
             raise ValueError(f"cannot tell the modality of {os.path.basename(path)!r} from its extension "
-                             "(images, audio, video or .txt)")
-        if modality == "text":
-            from .scan import read_text_file
-
+                             f"({' '.join(query_extensions())})")
+        if modality == "text":  # a text file is read here: the text branch embeds strings
             return self.embed_text(read_text_file(path)), "text"
         if modality not in self.model["modalities"]:
             raise ValueError(f"the index's checkpoint has no {modality} branch (it has "
@@ -124,9 +122,8 @@ class SearchIndex:
         texts far higher than any image), so each modality keeps its own ranking."""
         present = self.modalities()
         wanted = list(modalities) if modalities else present
-        unknown = [m for m in wanted if m not in ("text", "image", "audio", "video")]
-        if unknown:
-            raise ValueError(f"unknown modality {unknown[0]!r}: choose among text, image, audio, video")
+        # a modality indexed then unregistered still searches (its vectors are stored)
+        check_modalities(m for m in wanted if m not in present)
         results = {}
         query = np.asarray(vector, np.float32).reshape(1, -1)
         for modality in wanted:

@@ -2,8 +2,9 @@
 
     one-peace-serve INDEX_DIR [--port 8765] [--host 127.0.0.1] [--max-upload-mb 50]
 
-Routes: ``GET /`` the page; ``GET /api/info``; ``POST /api/search`` (JSON ``{"text", "modalities", "k"}``
-or a multipart form with ``file``, ``modalities``, ``k``); ``GET /media/{id}`` and ``GET /thumb/{id}``.
+Routes: ``GET /`` the page; ``GET /api/info`` (counts, the modalities with their search views);
+``POST /api/search`` (JSON ``{"text", "modalities", "k"}`` or a multipart form with ``file``,
+``modalities``, ``k``); ``GET /media/{id}`` and ``GET /thumb/{id}`` (modalities with an image or video view).
 
 Security: bound to loopback unless ``--host`` says otherwise; requests must name an allowed Host
 (loopback names by default: a DNS-rebinding page cannot reach the server); files are addressed by
@@ -24,13 +25,15 @@ import threading
 from collections import OrderedDict
 from typing import Optional
 
+from ..models.modalities import modality_names
 from .query import parse_modalities
-from .scan import EXTENSIONS, modality_of, under_root
+from .scan import TSV_EXTENSION, display_order, modality_of, query_extensions, under_root, view_of
 from .searcher import SearchIndex
 
 logger = logging.getLogger("one_peace.search.server")
 DEFAULT_MAX_UPLOAD_MB = 50.0
 THUMB_SIZE = 256
+THUMB_VIEWS = ("image", "video")  # search views (``Modality.search_view``) shown with a thumbnail / poster
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 _SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"}
 
@@ -83,12 +86,16 @@ class Service:
         with self.lock:
             counts = self.index.store.counts()
         model = self.index.model
-        return {"index": self.index.dir, "counts": counts, "modalities": sorted(counts),
+        # Modalities and their views from the registry (read now: one registered after start-up counts too);
+        # "modalities" are the indexed ones, in the page's order.
+        shown = display_order(set(counts) | set(modality_names()))
+        return {"index": self.index.dir, "counts": counts, "modalities": display_order(counts),
+                "views": {m: view_of(m) for m in shown},
                 "query_modalities": sorted(set(model["modalities"]) | {"text"}),
                 "model": {"checkpoint": os.path.basename(model["checkpoint"]), "model_type": model["model_type"],
                           "dtype": model["dtype"], "dim": model["dim"]},
                 "max_upload_bytes": self.max_upload_bytes,
-                "accept": sorted(e for m, exts in EXTENSIONS.items() for e in exts if e != ".tsv")}
+                "accept": query_extensions()}
 
     def search(self, text: Optional[str], upload: Optional[tuple], modalities, k: int):
         with self.lock:
@@ -97,9 +104,9 @@ class Service:
             else:
                 name, data = upload
                 ext = os.path.splitext(name)[1].lower()
-                if modality_of(name) is None or ext == ".tsv":
+                if modality_of(name) is None or ext == TSV_EXTENSION:
                     raise ValueError(f"cannot tell the modality of {name!r} from its extension "
-                                     "(images, audio, video or .txt)")
+                                     f"({' '.join(query_extensions())})")
                 with tempfile.TemporaryDirectory(prefix="one-peace-query-") as tmp:
                     path = os.path.join(tmp, "query" + ext)  # the client's name is never a path here
                     with open(path, "wb") as fh:
@@ -110,7 +117,8 @@ class Service:
         for hits in results.values():
             for hit in hits:
                 hit["url"] = f"/media/{hit['id']}"
-                if hit["modality"] in ("image", "video"):
+                hit["view"] = view_of(hit["modality"])  # the page renders a hit by its view, not its name
+                if hit["view"] in THUMB_VIEWS:
                     hit["thumb_url"] = f"/thumb/{hit['id']}"
                 hit["name"] = os.path.basename(hit["path"]) + (f":{hit['row']}" if hit.get("row") else "")
         return {"query": query, "results": results}
@@ -131,7 +139,7 @@ class Service:
         if key in self._thumbs:
             self._thumbs.move_to_end(key)
             return self._thumbs[key]
-        if record["modality"] == "video":
+        if view_of(record["modality"]) == "video":  # the poster: the first frame
             from ..data_utils.video import load_video
 
             image = load_video(record["path"], 1)[0]
@@ -214,13 +222,13 @@ def create_app(index: SearchIndex, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
             return error(404, "no such file in the index")
         if record == "outside":
             return error(403, "the file lies outside the index's roots")
-        ctype = "text/plain; charset=utf-8" if record["modality"] == "text" else \
+        ctype = "text/plain; charset=utf-8" if view_of(record["modality"]) == "text" else \
             mimetypes.guess_type(record["path"])[0] or "application/octet-stream"
         return FileResponse(record["path"], media_type=ctype, headers=_SAFE_HEADERS)
 
     async def thumb(request):
         record = await run_in_threadpool(service.servable, request.path_params["vid"])
-        if record is None or record != "outside" and record["modality"] not in ("image", "video"):
+        if record is None or record != "outside" and view_of(record["modality"]) not in THUMB_VIEWS:
             return error(404, "no such image or video in the index")
         if record == "outside":
             return error(403, "the file lies outside the index's roots")
