@@ -77,7 +77,13 @@ def conv_output_frames(num_samples: int, spec, name: Optional[str] = None) -> in
 
 def receptive_field(spec) -> int:
     """Fewest samples that give one frame."""
-    n = 1
+    return samples_for_frames(1, spec)
+
+
+def samples_for_frames(frames: int, spec) -> int:
+    """Fewest samples that give ``frames`` frames: the first ``frames`` frames of any longer clip depend on
+    these samples only (every conv is unpadded)."""
+    n = int(frames)
     for _, kernel, stride in reversed(list(_as_layers(spec))):
         n = (n - 1) * stride + kernel
     return n

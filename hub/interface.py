@@ -28,7 +28,8 @@ _modalities_in = modalities_in  # search/embed.py reads a checkpoint's branches 
 
 def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrieval", device=None,
                     dtype: str = "float32", bpe_dir: Optional[str] = None, allow_pickle: bool = False,
-                    modalities: Optional[Sequence[str]] = None, exif_transpose: bool = True):
+                    modalities: Optional[Sequence[str]] = None, exif_transpose: bool = True,
+                    official_padding: bool = False):
     """Load a ONE-PEACE checkpoint (official or ours) for inference.
 
     ``bpe_dir`` overrides the checkpoint's BPE directory (else the saved one, then
@@ -38,6 +39,10 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     ``exif_transpose``: image files are turned upright as their EXIF/XMP orientation says (boxes from
     ``ground`` and ``return_image_sizes`` are then in that upright frame); ``False`` reads the stored
     pixels as the official hub does.  PIL images you pass are used as given.
+    ``official_padding``: clips of unequal length share one padded forward, as in the official hub; a
+    clip's embedding then depends on the longest clip in its batch (the conv positional embedding sees
+    the padding).  By default each clip's embedding is the one it gets alone (rows of equal length run
+    together, trimmed to their length).
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
@@ -56,7 +61,8 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
                          f"{'empty' if 'model' in state else 'missing'}); was it saved with the weights stripped?")
     model, task, cfg = load_model(path, state, model_type, DTYPES[dtype], device, bpe_dir=bpe_dir,
                                   modalities=modalities)
-    return OnePeaceHubInterface(model, task, cfg, device=device, dtype=DTYPES[dtype], exif_transpose=exif_transpose)
+    return OnePeaceHubInterface(model, task, cfg, device=device, dtype=DTYPES[dtype], exif_transpose=exif_transpose,
+                                official_padding=official_padding)
 
 
 def _checked_device(device) -> torch.device:
@@ -88,8 +94,10 @@ def _checked_modalities(modalities, model_type: str) -> tuple:
 
 
 class OnePeaceHubInterface(TaskMethods):
-    def __init__(self, model, task, cfg, device="cpu", dtype=torch.float32, exif_transpose: bool = True):
+    def __init__(self, model, task, cfg, device="cpu", dtype=torch.float32, exif_transpose: bool = True,
+                 official_padding: bool = False):
         self.model = model.to(device=device, dtype=dtype).eval()
+        self.official_padding = bool(official_padding)  # one padded forward per batch (batch-dependent audio)
         self.exif_transpose = bool(exif_transpose)  # image files turned upright (EXIF/XMP orientation)
         self.task = task
         self.cfg = cfg
@@ -134,10 +142,21 @@ class OnePeaceHubInterface(TaskMethods):
         if not self.is_classifier and modality not in self.model.modalities:
             raise ValueError(f"this checkpoint has no {modality} branch (it has {', '.join(self.model.modalities)})")
         net_input = self._checked_input(modality, net_input)
+        run = self.model if self.is_classifier else lambda **inputs: self.model.encode(modality, **inputs)
+        groups = [(None, net_input)]
+        if not self.official_padding:
+            groups = self.model.encoder_wrapper.adapter(modality).length_groups(net_input)
         with torch.no_grad():
-            if self.is_classifier:
-                return self.model(**net_input)
-            return self.model.encode(modality, **net_input)
+            if len(groups) == 1 and groups[0][0] is None:
+                return run(**net_input)
+            out = None
+            for rows, inputs in groups:
+                part = run(**inputs)
+                if out is None:
+                    batch = net_input[get_modality(modality).input_keys[0]].size(0)
+                    out = part.new_empty((batch,) + tuple(part.shape[1:]))
+                out[rows] = part
+            return out
 
     def _checked_input(self, what: str, net_input: Dict) -> Dict:
         """Tensors on the hub's device; float inputs in its dtype; token ids, masks and batch sizes checked

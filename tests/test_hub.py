@@ -30,7 +30,15 @@ def hub(retrieval_checkpoint, fixture_bpe_dir):
                            dtype="float32", bpe_dir=fixture_bpe_dir)
 
 
-def test_hub_matches_official_hub(hub, media_files):
+@pytest.fixture(scope="module")
+def official_hub(retrieval_checkpoint, fixture_bpe_dir):
+    """The official hub's batching: one padded forward per batch of clips."""
+    return from_pretrained(retrieval_checkpoint, model_type="one_peace_retrieval", device="cpu",
+                           dtype="float32", bpe_dir=fixture_bpe_dir, official_padding=True)
+
+
+def test_hub_matches_official_hub(official_hub, media_files):
+    hub = official_hub
     ref = load_fixture("retrieval_hub.pt")
     inputs = load_fixture("inputs.pt")
     images, audios = media_files
@@ -46,6 +54,20 @@ def test_hub_matches_official_hub(hub, media_files):
     assert_scaled_close(hub.extract_audio_features(src_audios, masks), ref['audio_embeddings'], rel=1e-05)
     with torch.no_grad():
         assert_scaled_close(hub.model(return_logit_scale=True), ref['logit_scale_exp'], rel=1e-05)
+
+
+def test_a_clip_embeds_as_it_does_alone(hub, official_hub, media_files):
+    """In one batch, clips of unequal length each get the embedding they get alone (the indexer embeds
+    in batches and searches with single files); the official batching would not give that."""
+    _, audios = media_files
+    src_audios, masks = hub.process_audio(audios)
+    assert len(set((~masks).sum(1).tolist())) > 1, "the fixture clips must differ in length"
+    batched = hub.extract_audio_features(src_audios, masks)
+    for i, path in enumerate(audios):
+        alone = hub.extract_audio_features(*hub.process_audio([path]))
+        assert (batched[i] - alone[0]).abs().max() <= 1e-5
+    official = official_hub.extract_audio_features(src_audios, masks)
+    assert (official - batched).abs().max() > 1e-3  # the official batching does depend on the batch
 
 
 def test_image_sizes_and_any_pil_mode(hub, tmp_path):
@@ -134,7 +156,7 @@ def test_classify_checkpoints_through_hub(fixture_bpe_dir):
     inputs = load_fixture("inputs.pt")
     audio_ref = load_fixture("classify_audio.pt")
     hub = from_pretrained(str(FIXTURES / "classify_audio_checkpoint.pt"), model_type="one_peace_classify",
-                          device="cpu", bpe_dir=fixture_bpe_dir)
+                          device="cpu", bpe_dir=fixture_bpe_dir, official_padding=True)
     logits = hub.extract_audio_features(inputs["src_audios"], inputs["audio_padding_masks"])
     assert_scaled_close(logits, audio_ref['logits'], rel=1e-05)
     vl_ref = load_fixture("classify_vl.pt")

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ...data_utils.feature_spec import OFFICIAL_FEATURE_ENCODER_SPEC as DEFAULT_FEATURE_ENCODER_SPEC
-from ...data_utils.feature_spec import conv_output_frames, parse_feature_encoder_spec
+from ...data_utils.feature_spec import conv_output_frames, parse_feature_encoder_spec, samples_for_frames
 from ..components import SamePad, TransposeLast, make_layer_norm, trunc_normal_
 from ..relative_position import make_token_bucket_position, token_bucket_count
 from .base import AdapterOutput, ModalityAdapter, gather_bucket, gather_tokens, preserve_positions, require_input
@@ -121,6 +121,22 @@ class AudioAdapter(ModalityAdapter):
     def num_frames(self, num_samples: int, name=None) -> int:
         """Frames of a clip of ``num_samples`` (ValueError, naming ``name``, when it gives none)."""
         return conv_output_frames(num_samples, self.spec, name=name)
+
+    def length_groups(self, inputs):
+        """Rows of equal frame count, each group trimmed to its own length.  The conv positional embedding
+        runs over padded frames too (official forward), so in one padded batch a clip's embedding depends
+        on the longest clip beside it; trimmed to its length it equals the clip embedded alone."""
+        masks = inputs.get("audio_padding_masks")
+        if masks is None or inputs.get("audio_frames") is not None or not bool(masks[:, 1:].any()):
+            return [(None, inputs)]
+        frames = (~masks[:, 1:]).sum(dim=1)
+        groups = []
+        for count in frames.unique().tolist():
+            rows = (frames == count).nonzero().squeeze(1)
+            samples = samples_for_frames(count, self.spec)
+            groups.append((rows, {"src_audios": inputs["src_audios"][rows, :samples],
+                                  "audio_padding_masks": masks[rows, :count + 1]}))
+        return groups
 
     def add_positions(self, frames: torch.Tensor) -> torch.Tensor:
         """CLS + frames, plus conv (or fixed) absolute positions."""

@@ -16,7 +16,7 @@ Every adapter has the same interface (the modality registry relies on it):
   at their positions; ``full_padding_mask`` is the encoder output's ``full_padding_mask``.
 * ``NO_WEIGHT_DECAY``: parameter names (relative to the adapter) excluded from weight decay.
 """
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -120,6 +120,11 @@ class ModalityAdapter(nn.Module):
         if bucket.dim() == 2:
             return bias.permute(2, 0, 1).unsqueeze(0)
         return bias.permute(0, 3, 1, 2)
+
+    def length_groups(self, inputs) -> List[Tuple[Optional[torch.Tensor], dict]]:
+        """``[(row indices or None for all, net_input of those rows)]``: groups of rows that run together
+        with no row seeing another's padding.  One group by default: padding is masked everywhere."""
+        return [(None, inputs)]
 
     def finish_embedding(self, x: torch.Tensor) -> torch.Tensor:
         if self.type_embedding is not None:
