@@ -1,8 +1,10 @@
 """Recall@K for cross-modal retrieval (ids decide which pairs match).
 
-Ranks are computed from scores, not from ``topk`` indices, so ties are resolved the
-same way every run: an item counts as found at K when fewer than K candidates score
-strictly higher than its best-scoring match (optimistic on exact ties).
+Ranks are computed from scores, not from ``topk`` indices, and exact ties count against the
+model (pessimistic): an item's rank is the number of candidates that score higher than its
+best-scoring match plus the non-matching candidates that score the same.  A model that gives every
+candidate one score therefore ranks each item last among its ties, not first (``topk``, as in the
+official evaluation, breaks ties by position, which rewards the order of the data).
 """
 from typing import Dict, Sequence
 
@@ -20,8 +22,8 @@ def first_match_rank(scores: torch.Tensor, row_ids: torch.Tensor, col_ids: torch
     """
     scores = scores.float()
     match = row_ids.view(-1, 1) == col_ids.view(1, -1)
-    best = scores.masked_fill(~match, float("-inf")).max(dim=1).values
-    rank = (scores > best.unsqueeze(1)).sum(dim=1)
+    best = scores.masked_fill(~match, float("-inf")).max(dim=1).values.unsqueeze(1)
+    rank = (scores > best).sum(dim=1) + ((scores == best) & ~match).sum(dim=1)
     return torch.where(match.any(dim=1), rank, torch.full_like(rank, -1))
 
 

@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from one_peace.metrics import accuracy, accuracy_sum, average_precision, mean_average_precision, recall_at_k
-from one_peace.metrics.retrieval import retrieval_metrics
+from one_peace.metrics.retrieval import first_match_rank, retrieval_metrics
 
 
 # ---- mean average precision ------------------------------------------------------------------
@@ -60,6 +60,19 @@ def test_recall_matches_brute_force(seed):
         assert got == pytest.approx(brute_force_recall(scores, audio_ids, text_ids, k))
         got_t2a = recall_at_k(torch.tensor(scores.T), torch.tensor(text_ids), torch.tensor(audio_ids), ks=(k,))[k]
         assert got_t2a == pytest.approx(brute_force_recall(scores.T, text_ids, audio_ids, k))
+
+
+def test_exact_ties_count_against_the_model():
+    """A model whose captions all embed alike must not score 100: every tie with a wrong candidate
+    counts as ranked above the match."""
+    emb = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    same = emb[:1].expand(6, -1)  # six captions, one embedding
+    out = retrieval_metrics(emb, torch.arange(4), same, torch.tensor([0, 0, 1, 1, 2, 3]), query_name="image")
+    assert out["txt_r1"] == 0.0  # each image ties its captions with at least 2 wrong ones
+    # images 0, 1: 4 wrong ties (rank 4, in the top 5); images 2, 3: 5 wrong ties (rank 5)
+    assert (out["txt_r5"], out["txt_r10"]) == (pytest.approx(50.0), pytest.approx(100.0))
+    ranks = first_match_rank(torch.tensor([[1.0, 1.0, 0.5]]), torch.tensor([7]), torch.tensor([3, 7, 7]))
+    assert ranks.tolist() == [1]  # one wrong candidate ties the match; the second match does not count
 
 
 def test_retrieval_metrics_keys_and_rows_without_match():
