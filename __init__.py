@@ -5,7 +5,7 @@ The repository root is the package root, in layers (``docs/ARCHITECTURE.md``):
 * ``one_peace.models``, ``one_peace.data_utils``, ``one_peace.metrics``: the plain-torch core;
 * ``one_peace.hub``: inference (``from one_peace import from_pretrained``), on the core alone;
 * ``one_peace.fairseq_glue``, ``one_peace.tasks``, ``one_peace.criterions``, ``one_peace.optim``: the fairseq
-  layer (``fairseq-train --user-dir user_src`` imports ``one_peace.fairseq_glue.registry``);
+  layer (``fairseq-train --user-dir user_src`` imports ``one_peace.user_src.registry``);
 * ``one_peace.search`` and the command-line tools on top.
 """
 

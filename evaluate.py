@@ -28,8 +28,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .criterions.gather import world_info
-from .fairseq_glue import registry  # noqa: F401 - first of our imports: registers everything; keeps fairseq's import off logging
+from .metrics.gather import world_info
+from .user_src import registry  # noqa: F401 - first of our imports: registers everything; keeps fairseq's import off logging
 
 logger = logging.getLogger("one_peace.evaluate")
 

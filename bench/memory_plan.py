@@ -50,7 +50,7 @@ def load_benchmark(yaml_path, layers=None):
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
     from omegaconf import OmegaConf
 
-    import one_peace.fairseq_glue.registry  # noqa: F401  (registers tasks and models)
+    import one_peace.user_src.registry  # noqa: F401  (registers tasks and models)
 
     y = OmegaConf.load(os.path.join(REPO, "run_scripts", yaml_path))
     task_cfg = OmegaConf.merge(OmegaConf.structured(TASK_DATACLASS_REGISTRY[y.task._name]), y.task)

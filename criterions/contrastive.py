@@ -8,7 +8,7 @@
 import torch
 import torch.nn.functional as F
 
-from .gather import gather_with_offsets
+from ..metrics.gather import gather_with_offsets
 
 
 def label_smoothed_nll_loss(lprobs: torch.Tensor, target: torch.Tensor, epsilon: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from ..metrics.multiple_choice import choice_scores
 from .classify_loss import reduce_classification_logs
 
 
@@ -19,15 +20,6 @@ from .classify_loss import reduce_classification_logs
 class HingeLossConfig(FairseqDataclass):
     margin: float = field(default=1.0, metadata={"help": "required gap between the correct and other scores"})
     num_choices: int = field(default=4, metadata={"help": "candidates per question"})
-
-
-def choice_scores(logits: torch.Tensor, num_choices: int) -> torch.Tensor:
-    """(B * num_choices, 1) logits -> (B, num_choices) scores."""
-    if logits.dim() == 2 and logits.size(-1) != 1:
-        raise ValueError(f"hinge loss expects one logit per candidate (num_classes=1), got {tuple(logits.shape)}")
-    if logits.numel() % num_choices:
-        raise ValueError(f"{logits.numel()} candidate scores are not a multiple of num_choices={num_choices}")
-    return logits.reshape(-1, num_choices)
 
 
 @register_criterion("hinge_loss", dataclass=HingeLossConfig)

@@ -1,21 +1,25 @@
 """Retrieval fine-tuning criteria: symmetric InfoNCE between one modality's and the captions' embeddings.
 
-``RetrievalCriterion`` is the base (``QUERY_MODALITY`` names the non-text side);
-``audio_text_retrieval_criterion`` is its audio instance.  The loss is
+``RetrievalCriterion`` is the base; ``audio_text_retrieval_criterion``, ``image_text_retrieval_criterion``
+(and ``video_text_retrieval_criterion``, ``video_pretrain_loss.py``) are its registered names.  The
+modality of the rows is not declared here: it is the task's ``QUERY_MODALITY`` (fairseq builds a
+criterion with its task), and the task embeds a batch (``embed_queries`` / ``embed_captions``).
+The logged counts keep the official names, ``<m>2t_ncorrect`` / ``t2<m>_ncorrect`` with ``<m>`` the
+modality's initial (``i2t`` for images, ``a2t`` for audio, ``v2t`` for video).  The loss is
 :func:`~one_peace.criterions.contrastive.cross_modal_contrast` with negatives from every
 worker (``gather_with_offsets``: unequal per-worker batch sizes are fine).
 ``sample_size`` is 1: the loss is already a mean over the batch.
 """
+import re
 from dataclasses import dataclass, field
-from typing import Dict
 
-import torch
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from ..models.modalities import get_modality
 from .contrastive import cross_modal_contrast
+
+_Q2T_NCORRECT = re.compile(r"^([a-z]+)2t_ncorrect$")
 
 
 @dataclass
@@ -23,26 +27,36 @@ class RetrievalCriterionConfig(FairseqDataclass):
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of both InfoNCE directions"})
 
 
-def embed_modality(model, net_input: Dict, modality: str) -> torch.Tensor:
-    """Embeddings of one modality of a batch through the official flag-driven forward."""
-    keys = get_modality(modality).input_keys
-    return model(encoder_type=modality, **{k: net_input[k] for k in keys if k in net_input})
-
-
 class RetrievalCriterion(FairseqCriterion):
-    QUERY_MODALITY = "audio"
-    SHORT = "a"  # log names: a2t_acc / t2a_acc
-
     def __init__(self, task, label_smoothing=0.0):
         super().__init__(task)
         self.label_smoothing = label_smoothing
+
+    def retrieval_task(self):
+        """The task, which must declare ``QUERY_MODALITY`` and embed batches (the retrieval tasks)."""
+        task = self.task
+        if not getattr(task, "QUERY_MODALITY", None) or not hasattr(task, "embed_queries"):
+            raise ValueError(f"{type(self).__name__} needs a retrieval task (one that declares QUERY_MODALITY "
+                             f"and embeds batches), got {type(task).__name__}")
+        return task
+
+    @property
+    def query_modality(self) -> str:
+        """The modality of the task's rows (``task.QUERY_MODALITY``)."""
+        return self.retrieval_task().QUERY_MODALITY
+
+    @property
+    def short(self) -> str:
+        """The modality's initial in the official log names (``i2t_ncorrect``, ``t2a_ncorrect``)."""
+        return self.query_modality[0]
 
     def forward(self, model, sample, reduce=True):
         net_input = sample["net_input"]
         if net_input.get("src_tokens") is None:
             raise ValueError(f"{type(self).__name__} needs captions (src_tokens) in every training batch")
-        queries = embed_modality(model, net_input, self.QUERY_MODALITY)
-        text = embed_modality(model, net_input, "text")
+        task = self.retrieval_task()
+        queries = task.embed_queries(model, sample)
+        text = task.embed_captions(model, sample)
         return self.loss_from_embeddings(queries, text, model(return_logit_scale=True), sample)
 
     def loss_from_embeddings(self, queries, text, logit_scale, sample, gather=True):
@@ -54,8 +68,8 @@ class RetrievalCriterion(FairseqCriterion):
             "ntokens": nsentences,
             "sample_size": 1,
             # official names: i2t_ncorrect / t2i_ncorrect (a2t / t2a for audio)
-            f"{self.SHORT}2t_ncorrect": int(q2t),
-            f"t2{self.SHORT}_ncorrect": int(t2q),
+            f"{self.short}2t_ncorrect": int(q2t),
+            f"t2{self.short}_ncorrect": int(t2q),
             "logit_scale_exp": float(logit_scale.detach()),
             "num_skipped": sample.get("num_skipped", 0),
         }
@@ -67,11 +81,12 @@ class RetrievalCriterion(FairseqCriterion):
         nsentences = sum(log.get("nsentences", 0) for log in logging_outputs)
         metrics.log_scalar("loss", sum(log.get("loss", 0) for log in logging_outputs) / max(batches, 1),
                            batches, round=4)
-        short = cls.SHORT
-        for key, name in ((f"{short}2t_ncorrect", f"{short}2t_acc"), (f"t2{short}_ncorrect", f"t2{short}_acc")):
-            if any(key in log for log in logging_outputs):
-                value = 100.0 * sum(log.get(key, 0) for log in logging_outputs) / max(nsentences, 1)
-                metrics.log_scalar(name, value, nsentences, round=3)
+        shorts = sorted({m.group(1) for log in logging_outputs for m in map(_Q2T_NCORRECT.match, log) if m})
+        for short in shorts:  # the task's modality (one per run)
+            for key, name in ((f"{short}2t_ncorrect", f"{short}2t_acc"), (f"t2{short}_ncorrect", f"t2{short}_acc")):
+                if any(key in log for log in logging_outputs):
+                    value = 100.0 * sum(log.get(key, 0) for log in logging_outputs) / max(nsentences, 1)
+                    metrics.log_scalar(name, value, nsentences, round=3)
         scales = [log["logit_scale_exp"] for log in logging_outputs if "logit_scale_exp" in log]
         if scales:
             metrics.log_scalar("logit_scale_exp", sum(scales) / len(scales), round=3)
@@ -84,11 +99,9 @@ class RetrievalCriterion(FairseqCriterion):
 
 @register_criterion("audio_text_retrieval_criterion", dataclass=RetrievalCriterionConfig)
 class AudioTextRetrievalCriterion(RetrievalCriterion):
-    QUERY_MODALITY = "audio"
-    SHORT = "a"
+    """AudioCaps / Clotho retrieval fine-tuning (``audio_text_retrieval``)."""
 
 
 @register_criterion("image_text_retrieval_criterion", dataclass=RetrievalCriterionConfig)
 class ImageTextRetrievalCriterion(RetrievalCriterion):
-    QUERY_MODALITY = "image"
-    SHORT = "i"
+    """COCO / Flickr30K retrieval fine-tuning (``image_text_retrieval``)."""

@@ -8,32 +8,17 @@ Logged: ``loss``, ``seg_loss``, ``aux_loss`` and the batch pixel accuracy ``pixe
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from ..data_utils.segmentation import IGNORE_INDEX
+from ..metrics.pixels import pixel_cross_entropy, pixel_hits
 
 
 @dataclass
 class SegmentationCriterionConfig(FairseqDataclass):
     aux_loss_weight: float = field(default=0.4, metadata={"help": "weight of the auxiliary FCN head's loss"})
-
-
-def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX):
-    """Mean CE over labelled pixels; logits (B, C, H, W) or (C, H, W), target of the same spatial shape."""
-    if logits.dim() == 3:  # one image
-        logits, target = logits[None], target[None]
-    labelled = int((target != ignore_index).sum())
-    loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    return loss / max(labelled, 1)
-
-
-def pixel_hits(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX):
-    """(correct, labelled) pixel counts of the arg-max over dim -3."""
-    keep = target != ignore_index
-    return int((logits.argmax(dim=-3)[keep] == target[keep]).sum()), int(keep.sum())
 
 
 @register_criterion("segmentation_criterion", dataclass=SegmentationCriterionConfig)
@@ -46,17 +31,17 @@ class SegmentationCriterion(FairseqCriterion):
         out = model(**sample["net_input"])
         logits, aux = out if isinstance(out, tuple) else (out, None)
         target = sample["target"]
-        seg_loss = pixel_cross_entropy(logits, target)
+        seg_loss = pixel_cross_entropy(logits, target, IGNORE_INDEX)
         loss = seg_loss
         n = logits.size(0)
         log = {"seg_loss": seg_loss.item(), "nsentences": n, "ntokens": n, "sample_size": 1,
                "num_skipped": sample.get("num_skipped", 0)}
         if aux is not None and self.aux_loss_weight > 0:
-            aux_loss = pixel_cross_entropy(aux, target)
+            aux_loss = pixel_cross_entropy(aux, target, IGNORE_INDEX)
             loss = loss + self.aux_loss_weight * aux_loss
             log["aux_loss"] = aux_loss.item()
         with torch.no_grad():
-            log["_pixels_correct"], log["_pixels"] = pixel_hits(logits, target)
+            log["_pixels_correct"], log["_pixels"] = pixel_hits(logits, target, IGNORE_INDEX)
         log["loss"] = loss.item()
         return loss, 1, log
 

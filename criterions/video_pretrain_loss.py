@@ -65,6 +65,3 @@ class VideoTextPretrainLossCriterion(_PretrainCriterion):
 @register_criterion("video_text_retrieval_criterion", dataclass=RetrievalCriterionConfig)
 class VideoTextRetrievalCriterion(RetrievalCriterion):
     """Video-text retrieval fine-tuning (``video_text_retrieval``): the retrieval InfoNCE, video rows."""
-
-    QUERY_MODALITY = "video"
-    SHORT = "v"

@@ -9,16 +9,15 @@ A batch in which *every* sample is bad collates to ``{}``: fairseq's trainer the
 dummy batch with the loss zeroed, which keeps the collective ops of all workers in step.
 Those skips are still reported one by one in the log (file, row, reason) but cannot be
 added to the ``skipped_samples`` meter.
+
+``TSVDataset`` is a plain ``torch.utils.data.Dataset`` (the data layer imports no fairseq).  It
+provides what the tasks' batching (``tasks/base_task.py``) and fairseq's ``EpochBatchIterator`` use:
+``collater``, ``set_epoch``, ``supports_prefetch`` and the size methods of fairseq's dataset protocol.
 """
 import logging
 from typing import Any, Dict, List, Optional
 
 import torch
-
-try:  # fairseq's trainer and task helpers require FairseqDataset instances
-    from fairseq.data import FairseqDataset as _DatasetBase
-except ImportError:  # the data layer stays usable without fairseq
-    _DatasetBase = torch.utils.data.Dataset
 
 from .tsv import TSVReader, TSVRowError
 
@@ -31,7 +30,7 @@ class BadSampleError(ValueError):
         super().__init__(f"{path}, row {row}: {reason}")
 
 
-class TSVDataset(_DatasetBase):
+class TSVDataset(torch.utils.data.Dataset):
     """Subclasses implement ``load_item(index, row) -> dict`` and ``collate(samples) -> dict``."""
 
     exif_transpose = True  # image files turned upright by their EXIF orientation (task.exif_transpose)

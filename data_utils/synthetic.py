@@ -42,22 +42,16 @@ import os
 import sys
 import time
 from functools import partial
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .synthetic_shapes import COLOURS, SHAPES, SUPERSAMPLE, background, class_labels, shape_polygon, write_tsv
+from .synthetic_video import motion_sketch_renderers  # motion words for the video quickstart
+
 SAMPLE_RATE = 16000
 IMAGE_SIZE = 64
-_SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled (anti-aliasing)
-
-COLOURS: Dict[str, Tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "green": (35, 175, 55),
-    "blue": (40, 70, 225),
-    "yellow": (235, 210, 30),
-}
-SHAPES = ("circle", "triangle")
 # Shape "radius" as a fraction of the image side.  The kinds and sizes are chosen so that a tiny
 # ViT learns them in a few hundred CPU updates: with 16-pixel patches it needs many thousands of
 # updates to tell a circle from a square, while size, colour and circle-vs-triangle come quickly.
@@ -87,8 +81,6 @@ def image_classes() -> List[Tuple[str, str, str]]:
 
 def image_renderers(motion_sketches: bool = False) -> List[Tuple[str, Callable[[np.random.Generator], Image.Image]]]:
     """(caption, renderer) of every image class: the shapes, then the sound sketches."""
-    from .synthetic_video import motion_sketch_renderers  # motion words for the video quickstart
-
     shapes = [(image_caption(*c), partial(render_image, *c)) for c in image_classes()]
     sketches = [(caption, partial(render_sound_sketch, kind)) for caption, kind in AUDIO_CLASSES]
     return shapes + sketches + (motion_sketch_renderers() if motion_sketches else [])
@@ -107,43 +99,11 @@ def audio_captions() -> List[str]:
 
 
 # ---- images ------------------------------------------------------------------------------------
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A float (size, size, 3) background in [0, 1]: greyish base, optional gradient, noise."""
-    base = rng.uniform(0.1, 0.9)
-    tint = rng.normal(0.0, 0.04, size=3)  # low saturation so the shape colour stays the cue
-    img = np.full((size, size, 3), base, dtype=np.float32) + tint.astype(np.float32)
-    if rng.random() < 0.5:  # linear gradient in a random direction
-        angle = rng.uniform(0, 2 * np.pi)
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1) - 0.5
-        ramp = np.cos(angle) * xx + np.sin(angle) * yy
-        img += (rng.uniform(0.1, 0.35) * ramp)[..., None]
-    img += rng.normal(0.0, rng.uniform(0.0, 0.06), size=img.shape).astype(np.float32)
-    return np.clip(img, 0.0, 1.0)
-
-
-def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float):
-    if shape == "square":
-        pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
-        scale = r * 0.85
-    elif shape == "triangle":
-        pts = [(np.cos(a), np.sin(a)) for a in (-np.pi / 2, np.pi / 6, 5 * np.pi / 6)]
-        scale = r * 1.1
-    elif shape == "cross":
-        w = 0.33
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
-               (-w, -w)]
-        scale = r
-    else:
-        raise ValueError(shape)
-    c, s = np.cos(angle), np.sin(angle)
-    return [(cx + scale * (x * c - y * s), cy + scale * (x * s + y * c)) for x, y in pts]
-
-
 def render_image(size_name: str, colour: str, shape: str, rng: np.random.Generator,
                  size: int = IMAGE_SIZE) -> Image.Image:
     """One shape of the given size class, colour and kind at a random position on a random background."""
-    big = size * _SUPERSAMPLE
-    bg = (_background(rng, size) * 255).astype(np.uint8)
+    big = size * SUPERSAMPLE
+    bg = (background(rng, size) * 255).astype(np.uint8)
     canvas = Image.fromarray(bg).resize((big, big), Image.BILINEAR)
     mask = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(mask)
@@ -154,7 +114,7 @@ def render_image(size_name: str, colour: str, shape: str, rng: np.random.Generat
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
         # A slightly rotated triangle, pointing up.
-        draw.polygon(_shape_polygon(shape, cx, cy, r, rng.uniform(-0.15, 0.15)), fill=255)
+        draw.polygon(shape_polygon(shape, cx, cy, r, rng.uniform(-0.15, 0.15)), fill=255)
     rgb = np.array(COLOURS[colour], dtype=np.float32) + rng.normal(0, 12, size=3)
     fill = Image.new("RGB", (big, big), tuple(int(v) for v in np.clip(rgb, 0, 255)))
     canvas.paste(fill, (0, 0), mask)
@@ -166,7 +126,7 @@ def render_image(size_name: str, colour: str, shape: str, rng: np.random.Generat
 
 def render_sound_sketch(kind: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
     """A spectrogram-like drawing of one audio class: time runs left to right, pitch bottom to top."""
-    big = size * _SUPERSAMPLE
+    big = size * SUPERSAMPLE
     ink = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(ink)
     width = max(2, int(rng.uniform(0.03, 0.06) * big))
@@ -378,33 +338,18 @@ def render_audio(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---- splits ------------------------------------------------------------------------------------
-def _labels(rng: np.random.Generator, n: int, num_classes: int, balanced: bool) -> np.ndarray:
-    """``n`` class ids: each class about n / num_classes times (shuffled)."""
-    labels = np.arange(n) % num_classes
-    if not balanced:
-        rng.shuffle(labels)
-    return labels
-
-
-def _write_tsv(path: str, header: Sequence[str], rows: Sequence[Sequence]):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\t".join(header) + "\n")
-        for row in rows:
-            f.write("\t".join(str(v) for v in row) + "\n")
-
-
 def write_image_split(out: str, split: str, n: int, seed: int,
                       motion_sketches: bool = False) -> List[Tuple[str, str, str]]:
     classes = image_renderers(motion_sketches)
     rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1])
     os.makedirs(os.path.join(out, "images", split), exist_ok=True)
     rows = []
-    for i, label in enumerate(_labels(rng, n, len(classes), balanced=split != "train")):
+    for i, label in enumerate(class_labels(rng, n, len(classes), balanced=split != "train")):
         caption, render = classes[label]
         rel = f"images/{split}/{split}_{i:06d}.png"
         render(rng).save(os.path.join(out, rel), compress_level=1)
         rows.append((f"{split}_{i}", rel, caption))
-    _write_tsv(os.path.join(out, f"image_text_{split}.tsv"), ("image_id", "image", "caption"), rows)
+    write_tsv(os.path.join(out, f"image_text_{split}.tsv"), ("image_id", "image", "caption"), rows)
     return rows
 
 
@@ -414,13 +359,13 @@ def write_audio_split(out: str, split: str, n: int, seed: int) -> List[Tuple[str
     rng = np.random.default_rng([seed, 2, 0 if split == "train" else 1])
     os.makedirs(os.path.join(out, "audio", split), exist_ok=True)
     rows = []
-    for i, label in enumerate(_labels(rng, n, len(AUDIO_CLASSES), balanced=split != "train")):
+    for i, label in enumerate(class_labels(rng, n, len(AUDIO_CLASSES), balanced=split != "train")):
         caption, kind = AUDIO_CLASSES[label]
         wave = render_audio(kind, rng)
         rel = f"audio/{split}/{split}_{i:06d}.wav"
         sf.write(os.path.join(out, rel), wave, SAMPLE_RATE, subtype="PCM_16")
         rows.append((f"{split}_{i}", rel, caption, f"{len(wave) / SAMPLE_RATE:.3f}"))
-    _write_tsv(os.path.join(out, f"audio_text_{split}.tsv"), ("uniq_id", "audio", "text", "duration"), rows)
+    write_tsv(os.path.join(out, f"audio_text_{split}.tsv"), ("uniq_id", "audio", "text", "duration"), rows)
     return rows
 
 

@@ -1,6 +1,6 @@
 """Generated segmentation scenes in the ADE20K release layout (CI, the segmentation demo).
 
-Each scene: a textured background (grey-ish base, gradient, stripes, noise; ``synthetic._background``)
+Each scene: a textured background (grey-ish base, gradient, stripes, noise; ``synthetic_shapes.background``)
 with 1-3 filled shapes (circle, square, triangle; any size, position, rotation) whose colour is
 the class: red, green, blue, yellow.  The annotation follows ADE20K's convention: 1 = background,
 2..5 = the four colours, 0 = "other" (a one-pixel seam around every shape, ignored with
@@ -21,7 +21,7 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import COLOURS, _background, _shape_polygon
+from .synthetic_shapes import COLOURS, background, shape_polygon
 
 CLASS_NAMES = ("background",) + tuple(COLOURS)  # class k = annotation value k + 1
 SHAPES = ("circle", "square", "triangle")
@@ -30,7 +30,7 @@ SHAPES = ("circle", "square", "triangle")
 def _texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """Background in [0, 1] with stripes at a random angle and period on top of the base."""
     side = max(width, height)
-    img = _background(rng, side)[:height, :width]
+    img = background(rng, side)[:height, :width]
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     angle, period = rng.uniform(0, np.pi), rng.uniform(4, 14)
     stripes = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period)
@@ -51,7 +51,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> Tuple[Ima
         if shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
         else:
-            draw.polygon(_shape_polygon(shape, cx, cy, r, rng.uniform(0, np.pi)), fill=1)
+            draw.polygon(shape_polygon(shape, cx, cy, r, rng.uniform(0, np.pi)), fill=1)
         mask = np.asarray(mask_img, dtype=bool)
         rgb = np.array(list(COLOURS.values())[colour], dtype=np.float32) + rng.normal(0, 12, size=3)
         image[mask] = np.clip(rgb, 0, 255)

@@ -30,7 +30,7 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import _SUPERSAMPLE, COLOURS, SHAPES, _background, _labels, _shape_polygon, _write_tsv
+from .synthetic_shapes import COLOURS, SHAPES, SUPERSAMPLE, background, class_labels, shape_polygon, write_tsv
 
 FRAMES = 8
 SIZE = 64
@@ -57,7 +57,7 @@ def _draw_shape(draw, shape, cx, cy, r, angle, fill=None, outline=None, width=1)
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
     else:
-        draw.polygon(_shape_polygon(shape, cx, cy, r, angle), fill=fill, outline=outline, width=width)
+        draw.polygon(shape_polygon(shape, cx, cy, r, angle), fill=fill, outline=outline, width=width)
 
 
 def _trajectory(motion: str, rng: np.random.Generator, big: int):
@@ -85,8 +85,8 @@ def _trajectory(motion: str, rng: np.random.Generator, big: int):
 
 def render_clip(colour: str, shape: str, motion: str, rng: np.random.Generator, size: int = SIZE) -> List[Image.Image]:
     """``FRAMES`` RGB frames of one shape in motion on a random background."""
-    big = size * _SUPERSAMPLE
-    bg = Image.fromarray((_background(rng, size) * 255).astype(np.uint8)).resize((big, big), Image.BILINEAR)
+    big = size * SUPERSAMPLE
+    bg = Image.fromarray((background(rng, size) * 255).astype(np.uint8)).resize((big, big), Image.BILINEAR)
     rgb = _shape_colour(colour, rng)
     fill = Image.new("RGB", (big, big), tuple(int(v) for v in rgb))
     noise_level = rng.uniform(0, 6)
@@ -117,8 +117,8 @@ def render_motion_sketch(colour: str, shape: str, motion: str, rng: np.random.Ge
     separates the whole captions; sketches with only the motion words did not carry over to the
     composed captions (the frozen tower put "a blue triangle moving left" and "... moving up" at
     cosine 0.998)."""
-    big = size * _SUPERSAMPLE
-    img = Image.fromarray((_background(rng, size) * 255).astype(np.uint8)).resize((big, big), Image.BILINEAR)
+    big = size * SUPERSAMPLE
+    img = Image.fromarray((background(rng, size) * 255).astype(np.uint8)).resize((big, big), Image.BILINEAR)
     rgb = _shape_colour(colour, rng)
     base = np.asarray(img, dtype=np.float32)
     if motion in DIRECTIONS:
@@ -186,11 +186,11 @@ def write_video_split(out: str, split: str, n: int, seed: int):
     rng = np.random.default_rng([seed, 3, 0 if split == "train" else 1])
     os.makedirs(os.path.join(out, "videos", split), exist_ok=True)
     rows = []
-    for i, label in enumerate(_labels(rng, n, len(classes), balanced=split != "train")):
+    for i, label in enumerate(class_labels(rng, n, len(classes), balanced=split != "train")):
         rel = f"videos/{split}/{split}_{i:06d}.mp4"
         write_clip(os.path.join(out, rel), render_clip(*classes[label], rng))
         rows.append((f"{split}_{i}", rel, video_caption(*classes[label])))
-    _write_tsv(os.path.join(out, f"video_text_{split}.tsv"), ("uniq_id", "video", "text"), rows)
+    write_tsv(os.path.join(out, f"video_text_{split}.tsv"), ("uniq_id", "video", "text"), rows)
     return rows
 
 

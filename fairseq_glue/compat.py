@@ -10,7 +10,8 @@
   checkpoint provides and memory-maps the file (``models/deferred_init.py``): loading the
   released 4B model takes seconds and one copy of the weights.  ``fairseq-train`` starting from a
   checkpoint (``--finetune-from-model``, ``--restore-file``, ``checkpoint_last.pt``) builds the
-  model the same way and copies the mapped tensors into it.
+  model the same way and copies the mapped tensors into it: ``Trainer.load_checkpoint`` memory-maps
+  the file for that one call when its model was built awaiting that file (the model carries it).
 * fairseq's trainer catalogues shared parameters by identity, and every ``bias=None`` slot is the
   same ``None``: it logged ~30 "detected shared parameter" lines per start and "re-tied" them.
   Slots holding no parameter are left out of that catalogue.
@@ -18,9 +19,14 @@
   epoch's iterator is still referenced) ran its ``__del__`` there and printed "AssertionError: can only
   test a child process" tracebacks at epoch ends of multi-process CPU runs.  A forked copy now leaves
   the workers, which are not its own, alone.
+* The epoch length reaches the lr scheduler explicitly (:func:`install_epoch_length_hook`): the trainer
+  keeps the length of the training epoch iterator it builds (``get_train_iterator``) and hands it to a
+  scheduler that takes one (``set_epoch_length``, ``optim/lr_schedulers.py``'s ``warmup_ratio``) right
+  before ``step_begin_epoch``.
 """
 import contextlib
 import functools
+import logging
 import os
 
 from fairseq import checkpoint_utils
@@ -29,7 +35,9 @@ from fairseq.dataclass.utils import overwrite_args_by_name
 from omegaconf import OmegaConf
 
 from ..models.checkpoint import load_checkpoint_file, register_safe_globals
-from ..models.deferred_init import current_load_target, loading_context, memory_map_for
+from ..models.deferred_init import awaiting_load, current_load_target, loading_context, memory_map_for
+
+logger = logging.getLogger(__name__)
 
 
 def _tolerant_upgrade(original):
@@ -62,10 +70,22 @@ def _mapped_loading(original):
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
         if not memory_map_for(path):  # nothing built to receive it lazily: fairseq's own loading
             return original(path, arg_overrides, load_on_all_ranks)
+        logger.info("reading %s memory-mapped: a model built without initialising its weights awaits it", path)
         return prepare_state(load_checkpoint_file(path, mmap=True), arg_overrides)
 
     load_checkpoint_to_cpu.one_peace_patched = True
     return load_checkpoint_to_cpu
+
+
+def _awaited_loading(original):
+    @functools.wraps(original)
+    def load_checkpoint(self, filename, *args, **kwargs):
+        # Scoped to this call: memory-map the file only if the trainer's own model awaits it.
+        with awaiting_load(getattr(self, "_model", None), filename):
+            return original(self, filename, *args, **kwargs)
+
+    load_checkpoint.one_peace_patched = True
+    return load_checkpoint
 
 
 def prepare_state(state: dict, arg_overrides=None) -> dict:
@@ -129,7 +149,44 @@ def install():
             checkpoint_utils.load_model_ensemble_and_task)
     if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "one_peace_patched", False):
         checkpoint_utils.load_checkpoint_to_cpu = _mapped_loading(checkpoint_utils.load_checkpoint_to_cpu)
+    if not getattr(fairseq_trainer.Trainer.load_checkpoint, "one_peace_patched", False):
+        fairseq_trainer.Trainer.load_checkpoint = _awaited_loading(fairseq_trainer.Trainer.load_checkpoint)
     register_safe_globals()
 
 
+def _remember_epoch_length(original):
+    @functools.wraps(original)
+    def get_train_iterator(self, *args, **kwargs):
+        batch_iterator = original(self, *args, **kwargs)
+        self.one_peace_epoch_length = len(batch_iterator)  # batches per worker in this epoch
+        return batch_iterator
+
+    get_train_iterator.one_peace_patched = True
+    return get_train_iterator
+
+
+def _pass_epoch_length(original):
+    @functools.wraps(original)
+    def lr_step_begin_epoch(self, epoch):
+        length = getattr(self, "one_peace_epoch_length", None)
+        set_length = getattr(self.lr_scheduler, "set_epoch_length", None)
+        if length is not None and callable(set_length):
+            set_length(length)
+        return original(self, epoch)
+
+    lr_step_begin_epoch.one_peace_patched = True
+    return lr_step_begin_epoch
+
+
+def install_epoch_length_hook():
+    """``Trainer.get_train_iterator`` keeps its iterator's length; ``Trainer.lr_step_begin_epoch`` passes
+    it to the lr scheduler (``set_epoch_length``) before the scheduler's ``step_begin_epoch``."""
+    trainer_class = fairseq_trainer.Trainer
+    if not getattr(trainer_class.get_train_iterator, "one_peace_patched", False):
+        trainer_class.get_train_iterator = _remember_epoch_length(trainer_class.get_train_iterator)
+    if not getattr(trainer_class.lr_step_begin_epoch, "one_peace_patched", False):
+        trainer_class.lr_step_begin_epoch = _pass_epoch_length(trainer_class.lr_step_begin_epoch)
+
+
 install()
+install_epoch_length_hook()

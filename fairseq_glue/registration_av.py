@@ -1,7 +1,7 @@
 """fairseq registration of the audio-visual classify model (``one_peace_classify_av``).
 
 Kept apart from ``registration.py`` so the official three models stay untouched; it
-is imported by the ``vggsound_av`` task module.  Checkpoint loading (official upgrades,
+is imported by ``user_src/registry.py``.  Checkpoint loading (official upgrades,
 fresh classification head, missing image branch when starting from an audio-only
 checkpoint) is the same as for ``one_peace_classify``.
 """

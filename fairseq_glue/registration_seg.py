@@ -1,7 +1,7 @@
 """fairseq registration of the semantic segmentation model (``one_peace_segmentation``).
 
-Kept apart from ``registration.py`` like the audio-visual model; imported by the
-``semantic_segmentation`` task module.  Loading follows ``one_peace_classify``: the official
+Kept apart from ``registration.py`` like the audio-visual model; imported by
+``user_src/registry.py``.  Loading follows ``one_peace_classify``: the official
 upgrades, and the decoder (``seg_head`` / ``aux_head``) starts fresh from a pretrained checkpoint.
 Architectures ``one_peace_segmentation_{tiny,base,4b}``: the encoder size presets plus the
 decoder width of ``architectures.SEGMENTATION_HEADS``.

@@ -1,4 +1,4 @@
-"""Evaluation metrics: recall@K, macro mAP, accuracy (fairseq-free), and their fairseq logging glue.
+"""Evaluation metrics: recall@K, macro mAP, accuracy, grounding, pixels, gathering across workers (plain torch).
 
 Every metric is reported in percent.
 """

@@ -8,7 +8,7 @@ import dataclasses
 from typing import Dict, Iterable, Mapping, Optional
 
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from .config import OnePeaceClassifyConfig, OnePeacePretrainConfig, OnePeaceRetrievalConfig
 from .modalities import modality_names
@@ -17,20 +17,28 @@ CONFIGS = {"one_peace_retrieval": OnePeaceRetrievalConfig, "one_peace_classify":
            "one_peace_pretrain": OnePeacePretrainConfig}
 
 
-def _without_names(saved):
-    """The saved dict without fairseq's ``_name`` bookkeeping (a dataclass has no such field)."""
-    if isinstance(saved, Mapping):
-        return {k: _without_names(v) for k, v in saved.items() if k != "_name"}
-    return saved
+def _known_fields(saved, config_cls):
+    """The saved values whose fields ``config_cls`` has, recursively: fairseq drops the others when it
+    builds a model from a checkpoint (a pretraining checkpoint loaded as a retrieval model carries
+    ``reset_logit_scale`` ...), and so do we.  ``_name`` is fairseq's bookkeeping, not a field."""
+    if not isinstance(saved, Mapping) or not dataclasses.is_dataclass(config_cls):
+        return saved
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    out = {}
+    for key, value in saved.items():
+        if key in fields and key != "_name":
+            sub = fields[key].type
+            out[key] = _known_fields(value, sub) if dataclasses.is_dataclass(sub) else value
+    return out
 
 
 def config_from_saved(config_cls, saved: Optional[Mapping], source: str = "checkpoint"):
     """A ``config_cls`` instance with the saved values over its defaults (nested configs too)."""
     base = OmegaConf.structured(config_cls)
     try:
-        merged = OmegaConf.merge(base, _without_names(dict(saved or {})))
-    except ConfigKeyError as err:
-        raise ValueError(f"{source}: the saved model config has a field {config_cls.__name__} does not know "
+        merged = OmegaConf.merge(base, _known_fields(dict(saved or {}), config_cls))
+    except (ValidationError, ConfigKeyError) as err:
+        raise ValueError(f"{source}: a saved model config value does not fit {config_cls.__name__} "
                          f"({str(err).splitlines()[0]})") from None
     return OmegaConf.to_object(merged)
 

@@ -4,9 +4,10 @@ The official fine-tuning configs set ``max_epoch`` and ``max_update: 0``; the of
 then counts the updates of the whole run from the epoch length and calls ``reinit(total, n)``:
 warmup = ``int(total * warmup_ratio)`` updates, the decay spans the rest.  Stock fairseq's loop
 does not, so the schedulers do it themselves at the start of each epoch (``step_begin_epoch``,
-which fairseq calls before the epoch's first update): the tasks record the number of batches each
-worker gets per epoch (:func:`record_train_batches`), and the total is
-``max_epoch * ceil(batches / update_freq)``, capped by ``max_update`` when that is set too.
+which fairseq calls before the epoch's first update).  Each scheduler is told the number of batches
+each worker gets per epoch through :meth:`_RatioScheduler.set_epoch_length` (instance state: fairseq's
+trainer passes the length of the epoch iterator it just built, ``fairseq_glue/compat.py``), and the
+total is ``max_epoch * ceil(batches / update_freq)``, capped by ``max_update`` when that is set too.
 """
 import math
 from dataclasses import dataclass, field
@@ -15,14 +16,6 @@ from typing import List, Optional
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 from omegaconf import II
-
-_TRAIN_BATCHES: Optional[int] = None
-
-
-def record_train_batches(batches_per_worker: int) -> None:
-    """Called by the tasks when they build the training epoch iterator."""
-    global _TRAIN_BATCHES
-    _TRAIN_BATCHES = batches_per_worker
 
 
 def total_updates(max_epoch: int, max_update: int, update_freq: int,
@@ -34,7 +27,7 @@ def total_updates(max_epoch: int, max_update: int, update_freq: int,
     candidates = [n for n in (by_epochs, max_update if max_update and max_update > 0 else None) if n]
     if not candidates:
         raise ValueError("warmup_ratio needs the length of the run: set optimization.max_epoch "
-                         "(with a ONE-PEACE task) or optimization.max_update")
+                         "(the epoch length comes from the trainer's epoch iterator) or optimization.max_update")
     return min(candidates)
 
 
@@ -53,12 +46,20 @@ class _RatioScheduler(FairseqLRScheduler):
     """Re-initialises the schedule from the run's length when ``warmup_ratio > 0``."""
 
     total_for_reinit: Optional[int] = None  # the total of the last reinit
+    epoch_length: Optional[int] = None  # batches per worker in an epoch (set_epoch_length)
+
+    def set_epoch_length(self, batches_per_worker: int) -> None:
+        """The number of batches each worker gets per training epoch (the length of the epoch iterator);
+        called before ``step_begin_epoch`` of every epoch."""
+        if batches_per_worker is None or int(batches_per_worker) < 0:
+            raise ValueError(f"epoch length must be a number of batches, got {batches_per_worker!r}")
+        self.epoch_length = int(batches_per_worker)
 
     def step_begin_epoch(self, epoch):
         if self.cfg.warmup_ratio > 0:
             freqs = list(self.cfg.update_freq)
             total = total_updates(self.cfg.max_epoch, self.cfg.max_update,
-                                  freqs[min(epoch, len(freqs)) - 1], _TRAIN_BATCHES)
+                                  freqs[min(epoch, len(freqs)) - 1], self.epoch_length)
             if total != self.total_for_reinit:
                 self.reinit(total, 0)  # fairseq's step_update(num_updates) follows at once
         return self.optimizer.get_lr()

@@ -19,7 +19,6 @@ from ..data_utils.bpe_files import resolve_bpe_dir
 from ..data_utils.feature_spec import parse_feature_encoder_spec
 from ..data_utils.tsv import TSVReader, expand_data_paths, select_epoch_file
 from ..optim.layer_decay import tag_parameters
-from ..optim.lr_schedulers import record_train_batches
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +154,15 @@ class BaseTask(FairseqTask):
         logger.info("%s %s: %d rows from %s", self.cfg._name, split, len(self.datasets[split]),
                     self.datasets[split].reader.path)
 
+    def dataset(self, split):
+        """The loaded dataset of ``split``.  Ours are plain ``torch.utils.data.Dataset``s (the data layer
+        imports no fairseq) with the parts of fairseq's dataset protocol this task's batching uses
+        (``collater``, ``set_epoch``, ...); fairseq's own method would refuse them as not being a
+        ``FairseqDataset``."""
+        if split not in self.datasets:
+            raise KeyError("Dataset not loaded: " + split)
+        return self.datasets[split]
+
     def submission(self, predictions):
         """``(file name suffix, JSON content)`` of a benchmark server's submission, or None."""
         return None
@@ -190,8 +198,6 @@ class BaseTask(FairseqTask):
         batches = [order[i:i + max_sentences] for i in range(0, len(order), max_sentences)]
         if skip_remainder_batch and batches and len(batches[-1]) < max_sentences and len(batches) > 1:
             batches = batches[:-1]
-        if self.is_training(dataset):  # the run's length for warmup_ratio (optim/lr_schedulers.py)
-            record_train_batches(-(-len(batches) // num_shards))
         return iterators.EpochBatchIterator(
             dataset=dataset, collate_fn=dataset.collater, batch_sampler=batches, seed=seed,
             num_shards=num_shards, shard_id=shard_id, num_workers=num_workers, epoch=epoch,

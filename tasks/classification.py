@@ -20,11 +20,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..criterions.hinge_loss import choice_scores
 from ..data_utils.labels import load_label_names
 from ..fairseq_glue.metric_logging import concatenated, log_accuracy, log_arrays, log_split_metrics
 from ..metrics.accuracy import accuracy_sum
 from ..metrics.average_precision import mean_average_precision
+from ..metrics.multiple_choice import choice_scores
 from .base_task import BaseTask, BaseTaskConfig
 
 logger = logging.getLogger(__name__)

@@ -13,17 +13,16 @@ captions listed under its ``uniq_id`` in ``valid_file`` (JSON {id: [captions]});
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 
-from ..criterions.gather import gather_with_offsets, world_info
-from ..criterions.retrieval_loss import embed_modality
+from ..data_utils.captions import CaptionBank, prefixed
 from ..data_utils.collate import collate_tokens
-from ..data_utils.labels import read_json_file
-from ..data_utils.tsv import TSVReader
 from ..fairseq_glue.metric_logging import concatenated, log_arrays, log_split_metrics
+from ..metrics.gather import gather_with_offsets, world_info
 from ..metrics.retrieval import first_match_rank, retrieval_metrics
+from ..models.modalities import get_modality
 from .base_task import BaseTask, BaseTaskConfig
 from .classification import sample_ids
 
@@ -38,80 +37,19 @@ class RetrievalConfig(BaseTaskConfig):
     text_batch_size: int = field(default=64, metadata={"help": "captions per forward when embedding them"})
 
 
-class CaptionBank:
-    """The evaluation captions, their group (clip id) and their embeddings."""
-
-    def __init__(self, keys: List[str], captions: List[str], groups: List[int]):
-        self.keys, self.captions = keys, captions
-        self.groups = torch.tensor(groups, dtype=torch.long)
-        self.index = {key: i for i, key in enumerate(keys)}
-        self.embeddings: Optional[torch.Tensor] = None  # (N, D) on the model's device
-
-    @classmethod
-    def from_valid_file(cls, path: str):
-        data = read_json_file(path, "valid_file", what="caption/label file")
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object {{id: [captions]}}")
-        keys, captions, groups = [], [], []
-        for key, value in data.items():
-            texts = value if isinstance(value, list) else [value]
-            keys.append(str(key))
-            for text in texts:
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError(f"{path}: entry {key!r} holds an empty or non-string caption {text!r}")
-                captions.append(text)
-                groups.append(len(keys) - 1)
-        return cls(keys, captions, groups)
-
-    @classmethod
-    def from_tsv(cls, reader: TSVReader, id_column: str = "uniq_id", caption_column: str = "text"):
-        keys, captions, groups, index, seen = [], [], [], {}, set()
-        for row in reader:
-            if id_column not in row or caption_column not in row:
-                raise ValueError(f"{reader.path}: the evaluation captions come from its {id_column} and "
-                                 f"{caption_column} columns (or from a valid_file JSON); it has "
-                                 f"{', '.join(row) or 'no columns'}")
-            uid, text = row[id_column], row[caption_column]
-            group = index.setdefault(uid, len(keys))
-            if group == len(keys):
-                keys.append(uid)
-            if text.strip() and (group, text) not in seen:  # one entry per distinct caption
-                seen.add((group, text))
-                captions.append(text)
-                groups.append(group)
-        if not captions:
-            raise ValueError(f"{reader.path}: no row has a caption in column {caption_column} (give the "
-                             f"evaluation captions there or in a valid_file JSON)")
-        return cls(keys, captions, groups)
-
-
-def prefixed(text: str, prefix: str = "") -> str:
-    return prefix + text
-
-
-class CaptionedRows:
-    """What the retrieval datasets share: an optional caption column, required in training only,
-    tokenised through the task's ``caption`` function; batches get ``src_tokens`` when every row has one.
-
-    The dataset sets ``tokenizer``, ``caption`` and ``require_text``.
-    """
-
-    def caption_tokens(self, row, column: str):
-        """The row's caption as token ids, or None (a ValueError when training needs one)."""
-        text = row.get(column, "")
-        if not text.strip():
-            if self.require_text:
-                raise ValueError("empty caption")
-            return None
-        return self.tokenizer.encode(self.caption(text), clean=True)
-
-    def add_caption_tokens(self, samples, net_input) -> None:
-        if all(s.get("source_text") is not None for s in samples):
-            net_input["src_tokens"] = collate_tokens([s["source_text"] for s in samples], pad_idx=self.tokenizer.pad)
+def embed_modality(model, net_input: Dict, modality: str) -> torch.Tensor:
+    """Embeddings of one modality of a batch through the official flag-driven forward (the model's
+    ``forward``, so a DDP-wrapped model synchronises its gradients)."""
+    keys = get_modality(modality).input_keys
+    return model(encoder_type=modality, **{k: net_input[k] for k in keys if k in net_input})
 
 
 class RetrievalTask(BaseTask):
-    QUERY_MODALITY = "audio"
+    """The family's base (not registered).  A benchmark's task declares ``QUERY_MODALITY``, the modality
+    of its rows: the one place it is named.  The retrieval criteria read it from the task they are
+    built with, and embed a batch through :meth:`embed_queries` / :meth:`embed_captions`."""
+
+    QUERY_MODALITY: str  # audio, image, video, ... (each benchmark's task)
     METRIC_PREFIX = "audio"
     ID_COLUMN = "uniq_id"  # the column captions are grouped by (the keys of valid_file)
     CAPTION_COLUMN = "text"  # the TSV's caption column (the evaluation captions without valid_file)
@@ -194,7 +132,12 @@ class RetrievalTask(BaseTask):
         return {"ret_query_emb": queries.float().cpu(), "ret_query_gid": torch.tensor(groups, dtype=torch.long)}
 
     def embed_queries(self, model, sample):
+        """Embeddings of the batch's rows (``QUERY_MODALITY``)."""
         return embed_modality(model, sample["net_input"], self.QUERY_MODALITY)
+
+    def embed_captions(self, model, sample):
+        """Embeddings of the batch's captions (``src_tokens``)."""
+        return embed_modality(model, sample["net_input"], "text")
 
     def valid_step(self, sample, model, criterion):
         if "net_input" not in sample:
@@ -205,7 +148,7 @@ class RetrievalTask(BaseTask):
         with torch.no_grad():
             queries = self.embed_queries(model, sample)
             if sample["net_input"].get("src_tokens") is not None:
-                text = embed_modality(model, sample["net_input"], "text")
+                text = self.embed_captions(model, sample)
                 # Local negatives only: validation must not depend on other workers' batches.
                 loss, sample_size, logging_output = criterion.loss_from_embeddings(
                     queries, text, model(return_logit_scale=True), sample, gather=False)

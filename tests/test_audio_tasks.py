@@ -23,7 +23,7 @@ def data(tmp_path_factory):
 def make_task(config_cls, task_cls, **fields):
     from omegaconf import OmegaConf
 
-    import one_peace.fairseq_glue.registry  # noqa: F401
+    import one_peace.user_src.registry  # noqa: F401
 
     cfg = OmegaConf.structured(config_cls(bpe_dir=str(BPE_DIR), feature_encoder_spec=TINY_SPEC, **fields))
     return task_cls.setup_task(cfg)

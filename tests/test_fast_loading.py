@@ -1,7 +1,7 @@
 """Loading without initialising what the checkpoint provides (models/deferred_init.py, issue #13).
 
 The hub, ``one-peace-evaluate`` and fairseq's ``load_model_ensemble_and_task`` build the model
-with its ``torch.nn.init`` calls deferred, adopt the checkpoint's tensors, and initialise only
+with its initialisation deferred, adopt the checkpoint's tensors, and initialise only
 the parts the checkpoint lacks.  The result must equal the eager path bit for bit, and the same
 errors must be raised for checkpoints that do not fit.
 """
@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 from helpers import FIXTURES, load_fixture, scaled_error
+from test_deferred_init import ParameterWrites, init_functions_unpatched
 
 from one_peace import from_pretrained
 from one_peace.models.checkpoint import CheckpointMismatchError, load_into
@@ -23,24 +23,6 @@ def retrieval_checkpoint(tmp_path_factory):
     return str(write_retrieval_checkpoint(tmp_path_factory.mktemp("fast") / "retrieval.pt"))
 
 
-class InitCounter:
-    """Counts the torch.nn.init calls that really run (deferred ones are recorded, not run)."""
-
-    NAMES = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
-             "kaiming_normal_", "xavier_uniform_", "xavier_normal_")
-
-    def __init__(self, monkeypatch):
-        self.targets = []
-        for name in self.NAMES:
-            original = getattr(nn.init, name)
-
-            def counted(*args, _original=original, **kwargs):
-                self.targets.append(args[0] if args else kwargs.get("tensor"))
-                return _original(*args, **kwargs)
-
-            monkeypatch.setattr(nn.init, name, counted)
-
-
 def eager_model(checkpoint, model_cls, **kwargs):
     """The eager path: build (with initialisation), then copy the checkpoint in."""
     from omegaconf import OmegaConf
@@ -50,10 +32,10 @@ def eager_model(checkpoint, model_cls, **kwargs):
     return load_into(model, state["model"]).eval()
 
 
-def test_no_initialiser_runs_for_weights_the_checkpoint_holds(retrieval_checkpoint, fixture_bpe_dir, monkeypatch):
-    counter = InitCounter(monkeypatch)
-    hub = from_pretrained(retrieval_checkpoint, device="cpu", dtype="float32", bpe_dir=fixture_bpe_dir)
-    assert counter.targets == []
+def test_no_initialiser_runs_for_weights_the_checkpoint_holds(retrieval_checkpoint, fixture_bpe_dir):
+    with ParameterWrites() as writes:
+        hub = from_pretrained(retrieval_checkpoint, device="cpu", dtype="float32", bpe_dir=fixture_bpe_dir)
+    assert writes.targets == [] and init_functions_unpatched()
     # and the model equals the eager path bit for bit
     from one_peace.models import OnePeaceRetrievalModel
 
@@ -64,17 +46,17 @@ def test_no_initialiser_runs_for_weights_the_checkpoint_holds(retrieval_checkpoi
         assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
 
 
-def test_fresh_parts_alone_are_initialised_as_the_eager_build_does(fixture_bpe_dir, tmp_path, monkeypatch):
+def test_fresh_parts_alone_are_initialised_as_the_eager_build_does(fixture_bpe_dir, tmp_path):
     """A classification model from a pretraining checkpoint: only the new head is initialised."""
     cfg = json.loads((FIXTURES / "config.json").read_text())["classify_cfgs"]
     name, classify_cfg = next((k, v) for k, v in cfg.items() if v["task"].get("head_type") == "audio")
     weights = load_fixture("pretrain_state_dict.pt")
     path = tmp_path / "pretrain_as_classify.pt"
     torch.save({"cfg": classify_cfg, "model": weights}, path)
-    counter = InitCounter(monkeypatch)
-    hub = from_pretrained(str(path), model_type="one_peace_classify", device="cpu", bpe_dir=fixture_bpe_dir)
+    with ParameterWrites() as writes:
+        hub = from_pretrained(str(path), model_type="one_peace_classify", device="cpu", bpe_dir=fixture_bpe_dir)
     head = {p.untyped_storage().data_ptr() for p in hub.model.classify_head.parameters()}
-    initialised = {t.untyped_storage().data_ptr() for t in counter.targets}
+    initialised = {t.untyped_storage().data_ptr() for t in writes.targets}
     assert initialised and initialised <= head, f"{name}: initialisers ran outside the new head"
     # the head starts like an eager build's: LayerNorms at 1/0, Linear biases 0, weights ~0.02 std
     classifier = hub.model.classify_head.classifier
@@ -133,7 +115,7 @@ def test_fairseq_train_start_detection_and_never_loaded_fallback(tmp_path, caplo
     from one_peace.models import OnePeaceRetrievalModel
     from one_peace.models.architectures import preset_config
     from one_peace.models.config import OnePeaceRetrievalConfig
-    from one_peace.models.deferred_init import build_for_loading, checkpoint_to_be_loaded
+    from one_peace.models.deferred_init import awaiting_load, build_for_loading, checkpoint_to_be_loaded, memory_map_for
 
     ckpt = tmp_path / "pretrained.pt"
     ckpt.write_bytes(b"x")
@@ -150,10 +132,16 @@ def test_fairseq_train_start_detection_and_never_loaded_fallback(tmp_path, caplo
     torch.manual_seed(0)
     model = build_for_loading(lambda: OnePeaceRetrievalModel(cfg, head_type="text", vocab_size=256), root.model)
     assert hasattr(model, "_deferred_init")
+    last = str(tmp_path / "run" / "checkpoint_last.pt")
+    assert not memory_map_for(last)  # only while fairseq's Trainer.load_checkpoint reads it for this model
+    with awaiting_load(model, last):
+        assert memory_map_for(last)
     with caplog.at_level("WARNING"):
         emb = model.encode_text(torch.tensor([[5, 6, 2]]))
     assert "none was loaded before its first forward" in caplog.text and torch.isfinite(emb).all()
     assert not hasattr(model, "_deferred_init")
+    with awaiting_load(model, last):
+        assert not memory_map_for(last)  # filled: awaits nothing
     layer_norm = model.encoder_wrapper.fusion_model.text_layer_norm
     assert torch.equal(layer_norm.weight, torch.ones_like(layer_norm.weight))
     assert 0.01 < model.text_proj.weight.std() < 0.03

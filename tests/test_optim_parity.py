@@ -3,7 +3,8 @@ fine-tuning fixtures (official-parity-tasks §f ``layer_decay.pt`` and §g ``opt
 
 The optimizer and the schedules run inside stock fairseq's ``Trainer`` with the official call
 sequence (build, ``lr_step(1)``, ``begin_epoch(1)``, then optimizer step and ``set_num_updates(k)``
-per update); the run's length for ``warmup_ratio`` comes from the epoch length the task records.
+per update); the run's length for ``warmup_ratio`` comes from the epoch length the trainer hands
+each scheduler (``set_epoch_length``, from the epoch iterator it builds: ``fairseq_glue/compat.py``).
 """
 import pytest
 import torch
@@ -116,8 +117,6 @@ def set_grads(model, grads, dtype):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_three_updates_through_the_trainer_match_the_official_optimizer(precision, classify_model):
-    from one_peace.optim.lr_schedulers import record_train_batches
-
     official = load_task_fixture("optim.pt")
     grads = load_task_fixture("task_inputs.pt")["adam_grads"]
     model, cfg, task = classify_model
@@ -125,7 +124,7 @@ def test_three_updates_through_the_trainer_match_the_official_optimizer(precisio
     if precision == "bf16":
         flags += ["--bf16", "--memory-efficient-bf16"]
     trainer = trainer_for(model, cfg, task, *flags)
-    record_train_batches(official["lr_schedule_used"]["total_updates_passed_to_reinit"])  # 20 batches, 1 epoch
+    trainer.lr_scheduler.set_epoch_length(official["lr_schedule_used"]["total_updates_passed_to_reinit"])  # 20, 1 epoch
     assert official_start(trainer) == {k: pytest.approx(v, abs=1e-15) for k, v in
                                        official["lr_schedule_used"]["sequence_lrs_group0"].items()
                                        if k != "after_lr_reinit"}
@@ -165,8 +164,6 @@ def test_three_updates_through_the_trainer_match_the_official_optimizer(precisio
 @pytest.mark.parametrize("reinit_by", ["train.py", "epoch length"])
 def test_schedules_through_the_trainer(scenario, reinit_by, classify_model):
     """The lr of every update, for both the official explicit ``reinit`` and ours from the epoch length."""
-    from one_peace.optim.lr_schedulers import record_train_batches
-
     official = load_task_fixture("optim.pt")["schedules"][scenario]
     name = scenario.split("/")[0]
     total, max_update = official["total_updates_passed_to_reinit"], official["cfg_optimization_max_update"]
@@ -176,7 +173,7 @@ def test_schedules_through_the_trainer(scenario, reinit_by, classify_model):
     flags += ["--max-epoch", "1"] if max_update == 0 else []
     flags += ["--min-lr", "1e-06"] if name == "adjust_cosine" else ["--power", "1", "--end-learning-rate", "0"]
     trainer = trainer_for(model, cfg, task, *flags)
-    record_train_batches(total)
+    trainer.lr_scheduler.set_epoch_length(total)
     seen = official_start(trainer, total if reinit_by == "train.py" else None)
     want = official["sequence_lrs_group0"]
     assert seen == {k: pytest.approx(want[k], abs=1e-15) for k in seen}
@@ -188,3 +185,54 @@ def test_schedules_through_the_trainer(scenario, reinit_by, classify_model):
     scheduler = trainer.lr_scheduler
     for key, value in official["scheduler_state"].items():
         assert getattr(scheduler, key) == pytest.approx(value, rel=1e-12), key
+
+
+class _Rows(torch.utils.data.Dataset):
+    """``n`` training rows of nothing (the epoch iterator only counts them)."""
+
+    split = "train"
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return {"id": index}
+
+    def collater(self, samples):
+        return {"id": torch.tensor([s["id"] for s in samples])}
+
+
+def test_each_scheduler_gets_the_length_of_its_own_trainers_epoch(classify_model):
+    """Two trainers in one process with different epoch lengths: each scheduler sees its own (the length
+    travels from ``get_train_iterator`` to ``set_epoch_length``, no process-wide state)."""
+    model, cfg, task = classify_model
+    flags = ["--lr-scheduler", "adjust_cosine", "--min-lr", "1e-06", "--max-epoch", "2", "--max-update", "0"]
+    short, long = trainer_for(model, cfg, task, *flags), trainer_for(model, cfg, task, *flags)
+    saved = dict(task.datasets)
+    try:
+        task.datasets["train"] = _Rows(5)  # batch size 1: 5 batches per epoch
+        assert len(short.get_train_iterator(1, load_dataset=False)) == 5
+        task.datasets["train"] = _Rows(8)
+        assert len(long.get_train_iterator(1, load_dataset=False)) == 8
+    finally:
+        task.datasets.clear()
+        task.datasets.update(saved)
+    short.begin_epoch(1)  # after the second trainer's epoch was built
+    long.begin_epoch(1)
+    assert (short.lr_scheduler.epoch_length, short.lr_scheduler.total_for_reinit) == (5, 10)
+    assert (long.lr_scheduler.epoch_length, long.lr_scheduler.total_for_reinit) == (8, 16)
+    assert short.lr_scheduler.warmup_updates == 1 and long.lr_scheduler.warmup_updates == 1  # int(0.1 * total)
+
+
+def test_a_scheduler_without_an_epoch_length_asks_for_the_run_length(classify_model):
+    model, cfg, task = classify_model
+    trainer = trainer_for(model, cfg, task, "--lr-scheduler", "adjust_polynomial_decay", "--max-epoch", "1",
+                          "--max-update", "0")
+    with pytest.raises(ValueError, match="warmup_ratio needs the length of the run"):
+        trainer.begin_epoch(1)  # no epoch iterator built, no epoch length given
+    trainer.lr_scheduler.set_epoch_length(30)
+    trainer.begin_epoch(1)
+    assert trainer.lr_scheduler.total_num_update == 30 and trainer.lr_scheduler.warmup_updates == 3

@@ -14,7 +14,7 @@ def test_user_dir_and_package_import_register_once(user_dir):
 
     # a second user-dir import and a package import must not re-register (fairseq would raise)
     utils.import_user_module(argparse.Namespace(user_dir=user_dir))
-    importlib.import_module("one_peace.fairseq_glue.registry")
+    importlib.import_module("one_peace.user_src.registry")
     for name in ("one_peace_retrieval", "one_peace_classify", "one_peace_pretrain"):
         assert name in MODEL_REGISTRY
         for size in ("tiny", "base", "4b"):
@@ -70,7 +70,7 @@ def test_model_core_and_hub_leave_logging_alone_and_skip_fairseq_until_needed(tm
         "root = logging.getLogger(); root.setLevel(logging.WARNING)\n"
         "import one_peace.models\n"
         "assert 'fairseq' not in sys.modules, 'one_peace.models imported fairseq'\n"
-        "import one_peace.fairseq_glue.registry\n"
+        "import one_peace.user_src.registry\n"
         "assert 'fairseq' in sys.modules\n"
         "assert root.level == logging.WARNING and root.handlers == [], (root.level, root.handlers)\n"
     )
@@ -103,7 +103,7 @@ def test_shared_parameter_catalogue_ignores_empty_slots():
     real sharing is still found."""
     from fairseq import trainer
 
-    from one_peace.fairseq_glue import registry  # noqa: F401 - installs the compat shims
+    from one_peace.user_src import registry  # noqa: F401 - installs the compat shims
 
     model = torch.nn.Sequential(torch.nn.Conv1d(2, 2, 3, bias=False), torch.nn.Conv1d(2, 2, 3, bias=False),
                                 torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))

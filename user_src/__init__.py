@@ -4,4 +4,4 @@ fairseq imports this folder as a top-level module named ``user_src``; all regist
 goes through the installed package ``one_peace`` so that importing both (the user dir
 and the package) never registers anything twice.
 """
-from one_peace.fairseq_glue import registry  # noqa: F401
+from one_peace.user_src import registry  # noqa: F401

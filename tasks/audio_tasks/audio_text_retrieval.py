@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 
 from ...data_utils.audio_dataset import AudioRowDataset
-from ..retrieval import CaptionedRows, RetrievalConfig, RetrievalTask
+from ...data_utils.captions import CaptionedRows
+from ..retrieval import RetrievalConfig, RetrievalTask
 
 TEMPLATE = "This is a sound of "
 

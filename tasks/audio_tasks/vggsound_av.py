@@ -14,7 +14,6 @@ import torch
 from fairseq.tasks import register_task
 
 from ...data_utils.image import image_to_tensor, load_image
-from ...fairseq_glue import registration_av  # noqa: F401 - registers one_peace_classify_av
 from .audio_classify import AudioLabelDataset
 from .vggsound import VggsoundConfig, VggsoundTask
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import torch
 from fairseq.tasks import register_task
 
+from ...data_utils.captions import CaptionedRows
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.video import load_video, video_to_tensor
-from ..retrieval import CaptionedRows, RetrievalConfig, RetrievalTask
+from ..retrieval import RetrievalConfig, RetrievalTask
 
 
 @dataclass

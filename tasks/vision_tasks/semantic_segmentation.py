@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.tasks import register_task
 
-from ...criterions.segmentation_loss import pixel_cross_entropy
 from ...data_utils.ade20k import CLASSES as ADE20K_CLASSES
 from ...data_utils.augment import sample_seed
 from ...data_utils.dataset import TSVDataset
@@ -37,8 +36,8 @@ from ...data_utils.segmentation import (
     prepare_label,
     save_mask_png,
 )
-from ...fairseq_glue import registration_seg  # noqa: F401 - registers one_peace_segmentation
 from ...fairseq_glue.metric_logging import as_tensor
+from ...metrics.pixels import pixel_cross_entropy
 from ...metrics.segmentation import confusion_matrix, metrics_from_confusion, per_class
 from ...models.segmentation import slide_logits
 from ..base_task import BaseTask, BaseTaskConfig
@@ -146,7 +145,7 @@ class SemanticSegmentationTask(BaseTask):
         for image, target, uid in zip(sample["net_input"]["src_images"], sample["target"], sample["uniq_ids"]):
             logits = self.image_logits(model, image, target.shape)
             if with_loss:
-                losses.append(pixel_cross_entropy(logits, target).item())
+                losses.append(pixel_cross_entropy(logits, target, IGNORE_INDEX).item())
             pred = logits.argmax(dim=0).cpu().numpy()
             cm = confusion_matrix(pred, target.cpu().numpy(), self.num_classes, IGNORE_INDEX)
             confusion += cm

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 from fairseq.tasks import register_task
 
+from ...data_utils.captions import CaptionedRows
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import image_to_tensor, load_image
-from ..retrieval import CaptionedRows, RetrievalConfig, RetrievalTask
+from ..retrieval import RetrievalConfig, RetrievalTask
 
 
 @dataclass

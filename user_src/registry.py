@@ -15,12 +15,13 @@ _saved = (_root.level, list(_root.handlers))
 try:
     from .. import criterions as _criterions  # noqa: F401
     from .. import tasks as _tasks  # noqa: F401
+    from ..fairseq_glue import compat as _compat  # noqa: F401
+    from ..fairseq_glue import registration as _models  # noqa: F401
+    from ..fairseq_glue import registration_av as _models_av  # noqa: F401
+    from ..fairseq_glue import registration_seg as _models_seg  # noqa: F401
     from ..optim import adjust_adam as _adjust_adam  # noqa: F401
     from ..optim import lr_schedulers as _lr_schedulers  # noqa: F401
     from ..optim.common_config import extend_common_config as _extend_common_config
-    from . import compat as _compat  # noqa: F401
-    from . import registration as _models  # noqa: F401
-    from . import registration_av as _models_av  # noqa: F401
 
     _extend_common_config()  # the official common.layer_decay / common.no_bias_decay
 finally:  # never change the caller's logging configuration

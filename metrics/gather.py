@@ -1,4 +1,4 @@
-"""Gathering embeddings from every worker for contrastive negatives.
+"""Gathering embeddings from every worker (contrastive negatives, evaluation captions).
 
 Unlike the official code, workers may hold different batch sizes: sizes are gathered
 first, tensors are padded to the largest, and each worker learns the offset of its own
