@@ -1,7 +1,7 @@
 """Clean errors on the command line: a user's mistake (a missing file, a bad TSV row, a checkpoint of the
 wrong kind) raised by our code is printed as one ``error:`` message, not a traceback users read as a crash.
 
-``install()`` is called by ``fairseq_glue/registry.py`` when the process is one of the command-line tools; set
+``install()`` is called by ``user_src/registry.py`` when the process is one of the command-line tools; set
 ``ONE_PEACE_TRACEBACK=1`` for the full traceback.  Exceptions raised outside this package (fairseq,
 torch) and every other exception type keep Python's traceback.
 """

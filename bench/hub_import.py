@@ -6,6 +6,8 @@ how many modules are loaded, and whether fairseq or our training layer was impor
 
     python bench/hub_import.py                   # a base-size stand-in of one-peace.pt (bench/load.py's)
     python bench/hub_import.py --checkpoint one-peace.pt --repeats 5
+    git worktree add /tmp/before 937f9e0 && mkdir -p /tmp/before_pkg && ln -s /tmp/before /tmp/before_pkg/one_peace
+    python bench/hub_import.py --baseline-tree /tmp/before_pkg   # old and new code, runs alternating
 
 Prints a markdown table with the machine, torch version and date.
 """
@@ -28,8 +30,8 @@ import json, sys, time
 t0 = time.perf_counter()
 try:
     from one_peace.hub import from_pretrained
-except ImportError:  # before the hub had its own package
-    from one_peace import from_pretrained
+except ImportError:  # a tree from before the hub had its own package (--baseline-tree)
+    from one_peace.models import from_pretrained
 t1 = time.perf_counter()
 hub = from_pretrained(sys.argv[1], device="cpu", bpe_dir=sys.argv[2])
 t2 = time.perf_counter()
@@ -45,9 +47,12 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2, "p
 """
 
 
-def run_once(checkpoint, bpe, image):
+def run_once(checkpoint, bpe, image, tree=None):
+    env = dict(os.environ)
+    if tree:  # a folder holding ``one_peace`` (a link to another checkout): found before the installed one
+        env["PYTHONPATH"] = os.pathsep.join([tree] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     out = subprocess.run([sys.executable, "-c", CHILD, checkpoint, bpe, image], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -59,6 +64,7 @@ def main(argv=None):
     parser.add_argument("--bpe-dir", default=os.path.join(SHARED, "assets", "bpe"))
     parser.add_argument("--image", default=os.path.join(SHARED, "assets", "media", "dog.JPEG"))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline-tree", help="folder whose one_peace/ is an older checkout, measured too")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -70,17 +76,26 @@ def main(argv=None):
         args.checkpoint = stand_in_path(args.workdir, args.size)
         if not os.path.exists(args.checkpoint):
             make_stand_in(args.checkpoint, args.size)
-    runs = [run_once(args.checkpoint, args.bpe_dir, args.image) for _ in range(args.repeats)]
-    med = {k: statistics.median(r[k] for r in runs) for k in ("import_s", "load_s", "embed_s", "peak_rss_mib")}
+    trees = {"this tree": None}
+    if args.baseline_tree:
+        trees = {"baseline": args.baseline_tree, "this tree": None}
+    runs = {name: [] for name in trees}
+    for _ in range(args.repeats):  # alternating, so both see the same machine load
+        for name, tree in trees.items():
+            runs[name].append(run_once(args.checkpoint, args.bpe_dir, args.image, tree))
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{datetime.date.today()}; `python bench/hub_import.py --repeats {args.repeats}` "
+          f"{datetime.date.today()}; `python bench/hub_import.py --repeats {args.repeats}"
+          f"{' --baseline-tree ' + args.baseline_tree if args.baseline_tree else ''}` "
           f"({os.path.basename(args.checkpoint)}; medians)\n")
-    print("| import s | from_pretrained s | first embedding s | peak RSS MiB | modules | ours | fairseq | tasks/criteria |")
-    print("|---|---|---|---|---|---|---|---|")
-    last = runs[-1]
-    print(f"| {med['import_s']:.2f} | {med['load_s']:.2f} | {med['embed_s']:.3f} | {med['peak_rss_mib']:.0f} | "
-          f"{last['modules']} | {last['ours']} | {'yes' if last['fairseq'] else 'no'} | "
-          f"{'yes' if last['training_layer'] else 'no'} |")
+    print("| code | import s | from_pretrained s | first embedding s | peak RSS MiB | modules | ours | fairseq "
+          "| tasks/criteria |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, results in runs.items():
+        med = {k: statistics.median(r[k] for r in results) for k in ("import_s", "load_s", "embed_s", "peak_rss_mib")}
+        last = results[-1]
+        print(f"| {name} | {med['import_s']:.2f} | {med['load_s']:.2f} | {med['embed_s']:.3f} | "
+              f"{med['peak_rss_mib']:.0f} | {last['modules']} | {last['ours']} | {'yes' if last['fairseq'] else 'no'} "
+              f"| {'yes' if last['training_layer'] else 'no'} |")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,14 @@ Each index type built with the defaults of ``one_peace.search.vector_index``; la
 queries (what the server does), recall@10 against exact search, build time, size (the faiss file;
 RAM when loaded).
 
+Checkpoint hashing: the SHA-256 of a whole checkpoint identifies an index's model
+(``one_peace.search.identity``); MB/s of a first hash (the file just written, so in the page cache:
+the CPU's rate; a cold read is bounded by the disk too) and the time of a cached lookup.
+
     python bench/search.py                                  # everything (~10 min on 2 cores)
     python bench/search.py --part index --sizes tiny
     python bench/search.py --part vectors --counts 1000,100000
+    python bench/search.py --part hash --hash-mb 1024
 """
 import argparse
 import json
@@ -84,6 +89,28 @@ def bench_indexing(sizes, dtypes, workdir, counts, batch_size):
         os.remove(checkpoint)
 
 
+# ---- checkpoint hashing ------------------------------------------------------------------------
+def bench_hash(workdir, megabytes):
+    os.environ["ONE_PEACE_CACHE"] = os.path.join(workdir, "cache")  # not the user's hash cache
+    from one_peace.search import identity
+
+    path = os.path.join(workdir, "checkpoint.bin")
+    block = np.random.default_rng(0).bytes(1 << 20)
+    with open(path, "wb") as fh:
+        for _ in range(megabytes):
+            fh.write(block)
+    start = time.perf_counter()
+    identity.whole_file_sha256(path)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    identity.whole_file_sha256(path)
+    cached = time.perf_counter() - start
+    os.remove(path)
+    print("| file MB | first hash s | MB/s | cached lookup ms |")
+    print("|---|---|---|---|")
+    print(f"| {megabytes} | {first:.2f} | {megabytes / first:.0f} | {1000 * cached:.2f} |", flush=True)
+
+
 # ---- vector search -----------------------------------------------------------------------------
 def normalised(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -100,6 +127,12 @@ def clustered(n, rng, centers, spread=0.8):
     which = rng.integers(0, len(centers), n)
     noise = rng.standard_normal((n, DIM), dtype=np.float32) * (spread / np.sqrt(DIM))
     return normalised(centers[which] + noise)
+
+
+def count_label(n):
+    """1e3 for 1000 (a power of ten), else the count itself (2000, not a rounded 1e3)."""
+    power = int(round(np.log10(n))) if n > 0 else 0
+    return f"1e{power}" if n == 10 ** power else str(n)
 
 
 def timed_queries(index, queries, truth, max_seconds=20.0):
@@ -138,7 +171,7 @@ def bench_vectors(counts, workdir, n_queries, hnsw_max):
     path = os.path.join(workdir, "bench.faiss")
     cases = [(n, "uniform") for n in counts] + [(n, "clustered") for n in counts if n == 100_000]
     for n, data_kind in cases:
-        label = f"1e{int(round(np.log10(n)))}"
+        label = count_label(n)
         if data_kind == "uniform":
             data, queries = uniform(n, rng), uniform(n_queries, rng)
         else:
@@ -182,13 +215,14 @@ def bench_vectors(counts, workdir, n_queries, hnsw_max):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["all", "index", "vectors"], default="all")
+    parser.add_argument("--part", choices=["all", "index", "vectors", "hash"], default="all")
     parser.add_argument("--sizes", default="tiny,base")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--counts", default="1000,100000,1000000", help="vector counts")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest count HNSW is built for")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--hash-mb", type=int, default=1024, help="size of the file hashed (--part hash)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="one_peace_search_bench_")
@@ -206,6 +240,9 @@ def main(argv=None):
             print()
         if args.part in ("all", "vectors"):
             bench_vectors([int(c) for c in args.counts.split(",")], workdir, args.queries, args.hnsw_max)
+            print()
+        if args.part in ("all", "hash"):
+            bench_hash(workdir, args.hash_mb)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

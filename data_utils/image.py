@@ -103,6 +103,8 @@ def orient_array(array: np.ndarray, orientation: int) -> np.ndarray:
 
 def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     """A faithful RGB copy of ``img`` (see :func:`load_image`); ValueError naming ``name`` otherwise."""
+    if img.width < 1 or img.height < 1:  # resized, it would become a plain grey picture with an embedding
+        raise ValueError(f"{name}: image of {img.width}x{img.height} pixels has no content")
     if img.mode == "RGB":
         return img.copy()
     if img.mode.startswith("I") or img.mode == "F":

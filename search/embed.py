@@ -1,54 +1,19 @@
-"""The checkpoint side of an index: its identity, loading the hub, embedding batches of items.
+"""The checkpoint side of an index: its BPE folder, loading the hub, embedding batches of items
+(its identity: ``identity.py``).
 
 A batch that fails to decode is split so that one bad file costs only itself: each item is
 prepared alone, the failures are reported with their reason, and the rest is embedded as a batch.
 """
-import hashlib
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..data_utils.bpe_files import BPE_FILES, ENV_BPE_DIR, missing_bpe_files
+
 logger = logging.getLogger(__name__)
-
-HASH_BYTES = 16 << 20  # sha256 of the first 16 MiB (the whole file if smaller) + its size
-IDENTITY_KEYS = ("size", "hashed_bytes", "sha256")
-
-
-class CheckpointMismatch(ValueError):
-    """An index used with another checkpoint than the one that built it."""
-
-
-def checkpoint_identity(path: str, hash_bytes: int = HASH_BYTES) -> Dict:
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    size = os.path.getsize(path)
-    digest, left = hashlib.sha256(), min(size, hash_bytes)
-    with open(path, "rb") as fh:
-        while left > 0:
-            chunk = fh.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            digest.update(chunk)
-            left -= len(chunk)
-    return {"checkpoint": path, "size": size, "hashed_bytes": min(size, hash_bytes), "sha256": digest.hexdigest()}
-
-
-def describe(identity: Dict) -> str:
-    return (f"{identity['checkpoint']} ({identity['size']} bytes, sha256 {identity['sha256'][:16]} of the first "
-            f"{identity['hashed_bytes']} bytes)")
-
-
-def check_same_checkpoint(recorded: Dict, given: Dict, index_dir: str) -> None:
-    """Refuse ``given`` unless it is the file (same size and hash; it may have moved) that built the index."""
-    if any(recorded.get(k) != given.get(k) for k in IDENTITY_KEYS):
-        raise CheckpointMismatch(
-            f"index {index_dir} was built with checkpoint {describe(recorded)}; refusing checkpoint "
-            f"{describe(given)}: its embeddings live in another space. Use the original checkpoint or build "
-            "a new index directory.")
 
 
 def checkpoint_modalities(path: str) -> List[str]:
@@ -73,16 +38,49 @@ def branches_for(checkpoint_has: Sequence[str], wanted: Sequence[str]) -> Tuple[
     return tuple(out)
 
 
+def bpe_dir_for(given: Optional[str], recorded: Optional[str], index_dir: str) -> Optional[str]:
+    """The BPE folder to tokenise with: ``--bpe-dir``, else the index's recorded one; when the recorded
+    folder lost its files, ``$ONE_PEACE_BPE_DIR`` (with a warning), else an error naming both."""
+    if given:
+        given = os.path.abspath(os.path.expanduser(given))
+        missing = missing_bpe_files(given)
+        if missing:
+            raise FileNotFoundError(f"--bpe-dir {given} lacks {', '.join(missing)} (a BPE folder holds "
+                                    f"{', '.join(BPE_FILES)})")
+        return given
+    if not recorded or not missing_bpe_files(recorded):
+        return recorded
+    env = os.environ.get(ENV_BPE_DIR)
+    if env and not missing_bpe_files(os.path.expanduser(env)):
+        logger.warning("the BPE folder %s recorded by index %s lacks %s: using $%s=%s", recorded, index_dir,
+                       ", ".join(missing_bpe_files(recorded)), ENV_BPE_DIR, env)
+        return os.path.expanduser(env)
+    raise FileNotFoundError(
+        f"the BPE folder {recorded} recorded by index {index_dir} lacks {', '.join(missing_bpe_files(recorded))}"
+        f" and ${ENV_BPE_DIR} " + (f"({env}) lacks files too" if env else "is not set")
+        + f": pass --bpe-dir (or set ${ENV_BPE_DIR}) naming a folder with the files that built the index")
+
+
 def load_hub(checkpoint: str, model_type: str, dtype: str, device: Optional[str], bpe_dir: Optional[str],
              modalities: Sequence[str]):
     from ..hub import from_pretrained
+    from ..models.checkpoint_io import CheckpointMismatchError
 
     if model_type not in ("one_peace_retrieval", "one_peace_pretrain"):
         raise ValueError(f"--model-type must be an embedding model (one_peace_retrieval or one_peace_pretrain), "
                          f"got {model_type!r}")
-    hub = from_pretrained(checkpoint, model_type=model_type, device=device or "cpu", dtype=dtype, bpe_dir=bpe_dir,
-                          modalities=tuple(modalities) if model_type == "one_peace_retrieval" else None)
-    return hub
+    try:
+        return from_pretrained(checkpoint, model_type=model_type, device=device or "cpu", dtype=dtype,
+                               bpe_dir=bpe_dir, modalities=tuple(modalities) if model_type == "one_peace_retrieval"
+                               else None)
+    except CheckpointMismatchError as exc:
+        detail = " ".join(str(exc).split())
+        if "embed_tokens" in detail:  # the text embedding has one row per dictionary entry
+            where = (f"{os.path.join(bpe_dir, 'dict.txt')}" if bpe_dir else
+                     f"dict.txt of the default BPE folder (the checkpoint's, ${ENV_BPE_DIR} or the cache)")
+            raise ValueError(f"the BPE dictionary {where} does not fit checkpoint {checkpoint}: pass the "
+                             f"--bpe-dir it was trained with ({detail})") from None
+        raise ValueError(f"checkpoint {checkpoint} cannot be loaded as {model_type}: {detail}") from None
 
 
 def embedding_dim(hub) -> int:

@@ -19,16 +19,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from . import vector_index
-from .embed import (
-    HASH_BYTES,
-    branches_for,
-    check_same_checkpoint,
-    checkpoint_identity,
-    checkpoint_modalities,
-    embed,
-    embedding_dim,
-    load_hub,
-)
+from .admin import run_admin, scan_options
+from .cli_checks import at_least, check_index_arguments
+from .embed import bpe_dir_for, branches_for, checkpoint_modalities, embed, embedding_dim, load_hub
+from .health import collapsed_modalities
+from .identity import checkpoint_identity, verify_checkpoint
 from .scan import (
     TSV_EXTENSION,
     Source,
@@ -38,6 +33,7 @@ from .scan import (
     read_text_file,
     read_tsv_texts,
     scan,
+    tsv_text_column,
     under_root,
 )
 from .searcher import build_faiss
@@ -66,6 +62,8 @@ class Summary:
     files_per_s: float = 0.0  # embedded (or failed) files per second of embed_seconds
     index_types: Dict[str, str] = field(default_factory=dict)
     counts: Dict[str, int] = field(default_factory=dict)
+    options: Dict = field(default_factory=dict)  # --modality / --tsv-column in force (recorded in the index)
+    degenerate: List[Dict] = field(default_factory=list)  # collapsed modalities (health.py)
     interrupted: bool = False
 
     def lines(self) -> List[str]:
@@ -84,6 +82,9 @@ class Summary:
         out += [f"  missing root (its files were kept): {r}" for r in self.missing_roots]
         out.append("  index: " + (", ".join(f"{m} {n} vectors ({self.index_types.get(m, '?')})"
                                             for m, n in sorted(self.counts.items())) or "empty"))
+        if self.options.get("modality") or self.options.get("tsv_column"):
+            out.append(f"  remembered for the next runs: --modality {','.join(self.options['modality'] or ['all'])}"
+                       f" --tsv-column {self.options['tsv_column'] or '(default: text, else caption)'}")
         if self.interrupted:
             out.append("  interrupted: what was committed is kept; run again to continue")
         return out
@@ -176,12 +177,11 @@ def _identity(store: IndexStore, args) -> Dict:
         if not os.path.isfile(recorded["checkpoint"]):
             raise FileNotFoundError(f"the checkpoint that built {store.dir} is not at {recorded['checkpoint']} "
                                     "any more: pass --checkpoint with its new location")
-        identity = checkpoint_identity(recorded["checkpoint"], recorded["hashed_bytes"])
-        check_same_checkpoint(recorded, identity, store.dir)
+        identity = verify_checkpoint(recorded, recorded["checkpoint"], store.dir)
+    elif recorded is not None:
+        identity = verify_checkpoint(recorded, args.checkpoint, store.dir)
     else:
-        identity = checkpoint_identity(args.checkpoint, recorded["hashed_bytes"] if recorded else HASH_BYTES)
-        if recorded is not None:
-            check_same_checkpoint(recorded, identity, store.dir)
+        identity = checkpoint_identity(args.checkpoint)
     for key, value in (("model_type", args.model_type), ("dtype", args.dtype)):
         if recorded is not None and value is not None and recorded[key] != value:
             raise ValueError(f"{store.dir} was built with --{key.replace('_', '-')} "
@@ -191,28 +191,63 @@ def _identity(store: IndexStore, args) -> Dict:
     return identity
 
 
+def _roots(store: IndexStore, args) -> List[str]:
+    recorded = store.roots()
+    forget = {normalise_root(r) for r in args.forget_root or []}
+    unknown = sorted(forget - set(recorded))
+    if unknown:
+        raise ValueError(f"--forget-root {', '.join(unknown)}: not a folder of this index (its folders: "
+                         f"{', '.join(recorded) or 'none yet'})")
+    roots = sorted((set(recorded) | {normalise_root(r) for r in args.roots}) - forget)
+    if not roots:
+        raise ValueError("no folders to index: name at least one")
+    return roots
+
+
+def _scan_options(store: IndexStore, args, known: Dict) -> Dict:
+    """``--modality`` / ``--tsv-column`` of this run, else those recorded by the last; recorded for the
+    next.  A changed TSV column marks the TSVs whose text column it changes (and those that failed) to be
+    embedded again; this run or, if interrupted, a later one does it."""
+    old = scan_options(store)
+    new = dict(old)
+    if args.modality is not None:
+        names = [m.strip() for m in args.modality.split(",") if m.strip() and m.strip() != "all"]
+        new["modality"] = check_modalities(names) or None
+    if args.tsv_column is not None:
+        new["tsv_column"] = args.tsv_column.strip() or None
+    if new != old:
+        stale = []
+        if new["tsv_column"] != old["tsv_column"]:
+            stale = [p for p, (_, _, _, status) in known.items() if p.lower().endswith(TSV_EXTENSION) and (
+                status == "failed" or tsv_text_column(p, old["tsv_column"]) != tsv_text_column(p, new["tsv_column"]))]
+        store.mark_stale(stale)
+        store.set("scan_options", new)
+        for path in stale:
+            known[path] = known[path][:2] + (-1,) + known[path][3:]
+    return new
+
+
 def run_index(args) -> Summary:
     store = IndexStore(args.index, create=True)
     summary = Summary(index=store.dir)
     start = time.perf_counter()
     identity = _identity(store, args)
-    forget = {normalise_root(r) for r in args.forget_root or []}
-    roots = sorted((set(store.roots()) | {normalise_root(r) for r in args.roots}) - forget)
-    if not roots:
-        raise ValueError("no folders to index: name at least one")
-    wanted = check_modalities(m.strip() for m in (args.modality or "").split(",") if m.strip()) or None
+    roots = _roots(store, args)
+    known = store.files()
+    options = _scan_options(store, args, known)
+    summary.options = dict(options)
+    wanted = options["modality"]
     sources, summary.missing_roots = scan(roots, wanted)
     for root in summary.missing_roots:
         logger.warning("root %s does not exist (unmounted?): its files are kept; --forget-root drops them", root)
     store.set_roots(roots)
     summary.found = dict(Counter(s.modality for s in sources))
-    known = store.files()
     seen = {s.path for s in sources}
     present = [r for r in roots if r not in summary.missing_roots]
-    # Removed: gone from a root that exists, or no longer under any root (--forget-root); --modality
-    # leaves the other modalities alone.
-    gone = [p for p, (m, *_) in known.items() if p not in seen and (
-        not under_root(p, roots) or (under_root(p, present) and (wanted is None or m in wanted)))]
+    # Removed: no longer under any root (--forget-root), or gone from a root that exists; files of a
+    # modality outside --modality are kept (as they were) while they exist.
+    gone = [p for p, (m, *_) in known.items() if p not in seen and (not under_root(p, roots) or (
+        under_root(p, present) and (wanted is None or m in wanted or not os.path.exists(p))))]
     summary.removed = store.delete_files(gone)
     todo = []
     for source in sources:
@@ -235,6 +270,10 @@ def run_index(args) -> Summary:
     processed = summary.embedded + len(summary.failed)
     summary.files_per_s = processed / summary.embed_seconds if summary.embed_seconds > 0 else 0.0
     _finish_faiss(store, args, summary)
+    if not summary.interrupted:
+        summary.degenerate = collapsed_modalities(store)
+        for found in summary.degenerate:
+            logger.warning("%s", found["message"])
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -245,13 +284,14 @@ def _embed_all(store: IndexStore, identity: Dict, todo: List[Source], args, summ
     needed = sorted({s.modality for s in todo})
     branches = branches_for(has, sorted(set(needed) | set(recorded.get("modalities", ()))))
     start = time.perf_counter()
-    # The BPE directory is recorded: later runs and queries tokenise with the same files.
-    bpe_dir = os.path.abspath(args.bpe_dir) if args.bpe_dir else recorded.get("bpe_dir")
-    hub = load_hub(identity["checkpoint"], identity["model_type"], identity["dtype"], args.device, bpe_dir,
-                   branches)
+    # The BPE directory is recorded: later runs and queries tokenise with the same files (a fallback to
+    # $ONE_PEACE_BPE_DIR for a recorded folder that lost its files is used, not recorded).
+    bpe_dir = bpe_dir_for(args.bpe_dir, recorded.get("bpe_dir"), store.dir)
+    hub = load_hub(identity["checkpoint"], identity["model_type"], identity["dtype"], args.device, bpe_dir, branches)
     summary.load_seconds = time.perf_counter() - start
     built = tuple(hub.model.modalities)
-    model = dict(identity, dim=embedding_dim(hub), modalities=list(built), bpe_dir=bpe_dir)
+    model = dict(identity, dim=embedding_dim(hub), modalities=list(built),
+                 bpe_dir=bpe_dir if args.bpe_dir else recorded.get("bpe_dir"))
     if recorded and recorded["dim"] != model["dim"]:
         raise ValueError(f"embedding dim {model['dim']} differs from the index's {recorded['dim']}")
     store.set("model", model)
@@ -275,7 +315,7 @@ def _embed_all(store: IndexStore, identity: Dict, todo: List[Source], args, summ
             if modality not in built:
                 commit([(s, "failed", f"the checkpoint has no {modality} branch", []) for s in group])
                 continue
-            _embed_sources(hub, modality, group, args.batch_size, args.tsv_column, commit)
+            _embed_sources(hub, modality, group, args.batch_size, summary.options["tsv_column"], commit)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -295,7 +335,12 @@ def _finish_faiss(store: IndexStore, args, summary: Summary) -> None:
     for modality in summary.counts:
         saved = store.get(f"faiss:{modality}") or {}
         if model and not summary.interrupted and (changed or saved.get("version") != store.version(modality)):
-            build_faiss(store, modality, int(model["dim"]), options)
+            try:
+                build_faiss(store, modality, int(model["dim"]), options)
+            except RuntimeError as exc:  # faiss refuses the recorded options: say which and how to change them
+                raise ValueError(f"cannot build the {modality} faiss index with {options.to_dict()}: "
+                                 f"{str(exc).strip().splitlines()[-1]}; run again with other --index-type / --nlist "
+                                 "(they replace the recorded ones)") from None
         summary.index_types[modality] = (store.get(f"faiss:{modality}") or {}).get("type", "stale")
 
 
@@ -312,12 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-type", choices=["one_peace_retrieval", "one_peace_pretrain"], default=None,
                         help="default one_peace_retrieval")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default float32")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="files embedded together (default 16)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     parser.add_argument("--bpe-dir", default=None, help="BPE files (default: the checkpoint's, $ONE_PEACE_BPE_DIR, "
                                                         "the cache)")
-    parser.add_argument("--modality", help=f"only these modalities, comma-separated ({','.join(extensions())})")
-    parser.add_argument("--tsv-column", help="text column of .tsv files (default: text, else caption)")
+    parser.add_argument("--modality", help=f"only these modalities, comma-separated ({','.join(extensions())}); "
+                                           "remembered by the index until changed ('all': every one)")
+    parser.add_argument("--tsv-column", help="text column of .tsv files (default: text, else caption); remembered "
+                                             "by the index until changed ('' for the default)")
     parser.add_argument("--forget-root", action="append", help="drop a recorded root and its files (repeatable)")
     parser.add_argument("--retry-failed", action="store_true", help="retry files that failed, even unchanged")
     parser.add_argument("--index-type", choices=vector_index.INDEX_TYPES, default=None,
@@ -332,7 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
                         help="auto: a bar on a terminal, else a line every 10 s")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--stats", action="store_true", help="describe the index (roots, remembered options, "
+                                                             "counts, failures, checkpoint) and exit; no model")
+    action.add_argument("--list", action="store_true", help="list the indexed files (--modality to filter) and exit")
+    action.add_argument("--clear-failures", action="store_true",
+                        help="forget the files that failed (the next run tries them again) and exit")
     return parser
+
+
+def check_arguments(args) -> None:
+    """Numbers that cannot work, refused before anything is read or created."""
+    at_least("--batch-size", args.batch_size)
+    at_least("--approx-threshold", args.approx_threshold, 0)
+    for option in ("nlist", "nprobe", "ef_search"):
+        at_least(f"--{option.replace('_', '-')}", getattr(args, option))
 
 
 def main(argv=None) -> int:
@@ -340,6 +401,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("one_peace.search").setLevel(logging.INFO)
     try:
+        check_arguments(args)
+        if args.stats or args.list or args.clear_failures:
+            return run_admin(args)
+        check_index_arguments(args.index, args.roots, args.checkpoint)
+        if args.bpe_dir:
+            bpe_dir_for(args.bpe_dir, None, args.index)  # a wrong --bpe-dir before the checkpoint is hashed
         with exclusive(normalise_root(args.index)):
             summary = run_index(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

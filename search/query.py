@@ -17,6 +17,7 @@ from typing import Dict, List
 
 from ..models.modalities import modality_names
 from . import vector_index
+from .cli_checks import at_least
 from .scan import check_modalities
 from .searcher import SearchIndex
 
@@ -74,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_query(args) -> Dict:
     modalities = parse_modalities(args.modality)
-    if args.top_k < 1:
-        raise ValueError(f"-k must be at least 1, got {args.top_k}")
+    at_least("-k", args.top_k)
+    at_least("--nprobe", args.nprobe)
+    at_least("--ef-search", args.ef_search)
     index = SearchIndex(args.index, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                         bpe_dir=args.bpe_dir)
     search_options(index.options, args.nprobe, args.ef_search)

@@ -82,8 +82,9 @@ def under_root(path: str, roots: Sequence[str]) -> bool:
 
 def scan(roots: Sequence[str], modalities: Optional[Sequence[str]] = None) -> Tuple[List[Source], List[str]]:
     """Every indexable file under ``roots`` (folders or single files), sorted by path, and the roots
-    that do not exist.  Hidden files and folders are skipped; symlinked folders are not followed
-    (no cycles), symlinked files are."""
+    that do not exist.  Hidden files and folders are skipped.  Symlinked files are indexed under their
+    own name; symlinked folders are not followed (``os.walk``'s default: no loops, and the server
+    would not serve files outside the roots anyway): add the target as a root instead."""
     found: Dict[str, Source] = {}
     missing = []
     table = _by_extension()
@@ -127,12 +128,31 @@ def read_text_file(path: str) -> str:
     return text
 
 
+def _header(fh) -> List[str]:
+    return [name.strip() for name in fh.readline().rstrip("\r\n").split("\t")]
+
+
+def _column(header: Sequence[str], column: Optional[str]) -> List[str]:
+    return [column] if column else [c for c in TSV_TEXT_COLUMNS if c in header]
+
+
+def tsv_text_column(path: str, column: Optional[str] = None) -> Optional[str]:
+    """The column :func:`read_tsv_texts` would read (None: none fits, or the file cannot be read)."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            header = _header(fh)
+    except OSError:
+        return None
+    names = _column(header, column)
+    return names[0] if names and names[0] in header else None
+
+
 def read_tsv_texts(path: str, column: Optional[str] = None) -> List[Tuple[int, str]]:
     """(1-based line number, text) of each non-empty row of a headed TSV; the column is ``column``
     or the first of ``text``/``caption`` in the header."""
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        header = [name.strip() for name in fh.readline().rstrip("\r\n").split("\t")]
-        names = [column] if column else [c for c in TSV_TEXT_COLUMNS if c in header]
+        header = _header(fh)
+        names = _column(header, column)
         if not names or names[0] not in header:
             wanted = column or " or ".join(TSV_TEXT_COLUMNS)
             raise ValueError(f"no {wanted} column in the TSV header ({', '.join(header)})")

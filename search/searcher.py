@@ -8,7 +8,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import vector_index
-from .embed import check_same_checkpoint, checkpoint_identity, embed, load_hub
+from .embed import bpe_dir_for, embed, load_hub
+from .identity import verify_checkpoint
 from .scan import TSV_EXTENSION, check_modalities, modality_of, query_extensions, read_text_file
 from .store import IndexStore
 
@@ -29,7 +30,10 @@ def build_faiss(store: IndexStore, modality: str, dim: int, options: vector_inde
     if write:
         try:
             vector_index.save(index, faiss_path(store.dir, modality))
-            store.set(f"faiss:{modality}", {"version": version, "type": kind, "count": int(len(ids))})
+            saved = {"version": version, "type": kind, "count": int(len(ids))}
+            if kind == "ivf":  # the lists really built (--nlist is clamped to the vectors there are)
+                saved["nlist"] = int(vector_index.faiss().downcast_index(index).nlist)
+            store.set(f"faiss:{modality}", saved)
         except OSError as exc:  # a read-only index directory still searches (from memory)
             logger.warning("cannot save the %s faiss index in %s: %s", modality, store.dir, exc)
     return index
@@ -47,9 +51,11 @@ class SearchIndex:
                              "nothing)")
         self.dim = int(self.model["dim"])
         self.options = options or vector_index.IndexOptions.from_dict(self.store.get("index_options"))
-        self.checkpoint, self.device, self.dtype, self.bpe_dir = checkpoint, device, dtype, bpe_dir
+        self.checkpoint, self.device, self.dtype = checkpoint, device, dtype
+        # --bpe-dir, else the recorded folder (else $ONE_PEACE_BPE_DIR if it lost its files): checked now
+        self.bpe_dir = bpe_dir_for(bpe_dir, self.model.get("bpe_dir"), self.dir)
         if checkpoint is not None:  # refuse a wrong checkpoint before any query
-            check_same_checkpoint(self.model, checkpoint_identity(checkpoint, self.model["hashed_bytes"]), self.dir)
+            verify_checkpoint(self.model, checkpoint, self.dir)
         self._hub = None
         self._faiss: Dict[str, tuple] = {}
         self._lock = threading.Lock()  # one model call / faiss rebuild at a time
@@ -63,9 +69,9 @@ class SearchIndex:
                 raise FileNotFoundError(f"the checkpoint that built {self.dir} is not at {path} any more: pass "
                                         "--checkpoint with its new location")
             if self.checkpoint is None:  # the recorded path may now hold another file
-                check_same_checkpoint(self.model, checkpoint_identity(path, self.model["hashed_bytes"]), self.dir)
+                verify_checkpoint(self.model, path, self.dir)
             self._hub = load_hub(path, self.model["model_type"], self.dtype or self.model["dtype"], self.device,
-                                 self.bpe_dir or self.model.get("bpe_dir"), self.model["modalities"])
+                                 self.bpe_dir, self.model["modalities"])
         return self._hub
 
     def embed_text(self, text: str) -> np.ndarray:

@@ -7,7 +7,7 @@ Routes: ``GET /`` the page; ``GET /api/info`` (counts, the modalities with their
 ``modalities``, ``k``); ``GET /media/{id}`` and ``GET /thumb/{id}`` (modalities with an image or video view).
 
 Security: bound to loopback unless ``--host`` says otherwise; requests must name an allowed Host
-(loopback names by default: a DNS-rebinding page cannot reach the server); files are addressed by
+(the loopback names, ``--host`` and any ``--allowed-host``: a DNS-rebinding page cannot reach the server); files are addressed by
 vector id only, never by path, and served only if recorded in the index and really (symlinks
 resolved) under one of its roots; uploads past the limit get 413 and go to a temporary folder that
 is removed after the query.
@@ -26,6 +26,7 @@ from collections import OrderedDict
 from typing import Optional
 
 from ..models.modalities import modality_names
+from .cli_checks import check_port, check_upload_mb
 from .query import parse_modalities
 from .scan import TSV_EXTENSION, display_order, modality_of, query_extensions, under_root, view_of
 from .searcher import SearchIndex
@@ -35,6 +36,9 @@ DEFAULT_MAX_UPLOAD_MB = 50.0
 THUMB_SIZE = 256
 THUMB_VIEWS = ("image", "video")  # search views (``Modality.search_view``) shown with a thumbnail / poster
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+MAX_K = 1000
+MAX_ID = 2 ** 63 - 1  # SQLite's integers: a larger id is no vector (and would overflow the query)
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"}
 
 
@@ -55,6 +59,28 @@ async def _read_limited(request, limit: int) -> bytes:
             raise UploadTooLarge()
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def parse_k(value, default: int) -> int:
+    """The API's ``k``: a whole number in 1..MAX_K (a JSON number or a form's string), else ValueError."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
+        raise ValueError(f"k must be a whole number between 1 and {MAX_K}, got {value!r}")
+    return value
+
+
+def host_names(host: str, extra=None) -> list:
+    """Host header names accepted: the loopback names, the bound ``--host`` and every ``--allowed-host``."""
+    names = []
+    for name in LOOPBACK_NAMES + [host] + list(extra or []):
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def _replayed(request, body: bytes):
@@ -125,6 +151,8 @@ class Service:
 
     def servable(self, vid: int):
         """The record of vector ``vid`` if its file may be served, else None (-> 404) or "outside" (-> 403)."""
+        if not 0 <= vid <= MAX_ID:
+            return None
         with self.lock:
             record = self.index.store.lookup([vid]).get(vid)
         if record is None or not os.path.isfile(record["path"]):
@@ -188,7 +216,7 @@ def create_app(index: SearchIndex, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
         ctype = request.headers.get("content-type", "")
         upload, text = None, None
         try:
-            if ctype.startswith("multipart/form-data"):
+            if ctype.startswith(FORM_TYPES):  # the page's file queries; a plain form of fields works too
                 form = await _replayed(request, body).form()
                 fields = {k: v for k, v in form.items() if isinstance(v, str)}
                 file = form.get("file")
@@ -197,16 +225,21 @@ def create_app(index: SearchIndex, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
                 text = fields.get("text") or None
                 modalities, k = fields.get("modalities"), fields.get("k")
             else:
-                payload = json.loads(body or b"{}")
+                try:
+                    payload = json.loads(body or b"{}")
+                except ValueError:
+                    raise ValueError(f"expected a JSON body ({{\"text\", \"modalities\", \"k\"}}) or a "
+                                     f"multipart form (file, modalities, k); got {ctype or 'no Content-Type'} "
+                                     "that is not JSON") from None
                 if not isinstance(payload, dict):
                     raise ValueError("the JSON body must be an object")
                 text, modalities, k = payload.get("text"), payload.get("modalities"), payload.get("k")
             if isinstance(modalities, list):
                 modalities = ",".join(str(m) for m in modalities)
+            if modalities is not None and not isinstance(modalities, str):
+                raise ValueError(f"modalities must be a list of names or a comma-separated string, got {modalities!r}")
             modalities = parse_modalities(modalities)
-            k = int(k) if k not in (None, "") else service.default_k
-            if not 1 <= k <= 1000:
-                raise ValueError(f"k must be between 1 and 1000, got {k}")
+            k = parse_k(k, service.default_k)
             if (upload is None) == (not text):
                 raise ValueError("give either a query text or a file")
             if text is not None and not isinstance(text, str):
@@ -249,11 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("index", help="index directory built by one-peace-index")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default loopback; anything else shares your files with the network)")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=8765, help="1..65535 (default 8765)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help=f"largest query upload (default {DEFAULT_MAX_UPLOAD_MB:g} MB; larger: 413)")
+                        help=f"largest query upload, above 0 (default {DEFAULT_MAX_UPLOAD_MB:g} MB; larger: 413)")
     parser.add_argument("--allowed-host", action="append",
-                        help="Host header names accepted (default: loopback names, plus --host); repeatable")
+                        help="a Host header name to accept besides the loopback names and --host (adds to them; "
+                             "repeatable)")
     parser.add_argument("--checkpoint", help="the index's checkpoint at a new location")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
@@ -261,10 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve(app, host: str, port: int) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    asyncio.run(uvicorn.Server(config).serve())
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_port(args.port)
+        check_upload_mb(args.max_upload_mb)
         index = SearchIndex(args.index, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                             bpe_dir=args.bpe_dir)
         index.hub  # noqa: B018 - load the model now: the first query should not wait for it
@@ -273,13 +316,9 @@ def main(argv=None) -> int:
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: anyone who can reach it can query the index and read its files", args.host)
-    hosts = args.allowed_host or LOOPBACK_NAMES + [args.host]
-    app = create_app(index, int(args.max_upload_mb * 2 ** 20), hosts)
-    import uvicorn
-
+    app = create_app(index, max(1, int(args.max_upload_mb * 2 ** 20)), host_names(args.host, args.allowed_host))
     print(f"one-peace-serve: http://{args.host}:{args.port}/ ({index.dir})", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
-    asyncio.run(uvicorn.Server(config).serve())
+    serve(app, args.host, args.port)
     return 0
 
 

@@ -53,6 +53,8 @@ class IndexStore:
     def __init__(self, index_dir: str, create: bool = False):
         self.dir = os.path.abspath(os.path.expanduser(index_dir))
         self.db_path = os.path.join(self.dir, DB_NAME)
+        if os.path.exists(self.dir) and not os.path.isdir(self.dir):
+            raise ValueError(f"index path {self.dir} is a file, not an index directory")
         if not os.path.isfile(self.db_path):
             if not create:
                 raise FileNotFoundError(f"{self.dir} is not a search index (no {DB_NAME}); build one with "
@@ -106,6 +108,25 @@ class IndexStore:
     def failures(self) -> List[Tuple[str, str, str]]:
         return list(self.db.execute("SELECT path, modality, reason FROM files WHERE status = 'failed' ORDER BY path"))
 
+    def clear_failures(self) -> int:
+        """Forget the files that failed (they have no vectors): the next run embeds them again."""
+        with self.db:
+            return self.db.execute("DELETE FROM files WHERE status = 'failed'").rowcount
+
+    def mark_stale(self, paths: Sequence[str]) -> None:
+        """Make the next run embed ``paths`` again (as if changed); their vectors serve until then."""
+        with self.db:
+            self.db.executemany("UPDATE files SET mtime_ns = -1 WHERE path = ?", [(p,) for p in paths])
+
+    def listing(self, modality: Optional[str] = None) -> List[Dict]:
+        """Every recorded file (of ``modality``) with its status, reason and vector count, by path."""
+        where, params = ("WHERE f.modality = ?", (modality,)) if modality else ("", ())
+        rows = self.db.execute(
+            "SELECT f.path, f.modality, f.status, f.reason, f.size, f.mtime_ns, "
+            f"(SELECT COUNT(*) FROM vectors v WHERE v.path = f.path) FROM files f {where} ORDER BY f.path", params)
+        keys = ("path", "modality", "status", "reason", "size", "mtime_ns", "vectors")
+        return [dict(zip(keys, row)) for row in rows]
+
     def delete_files(self, paths: Sequence[str]) -> int:
         if not paths:
             return 0
@@ -154,6 +175,19 @@ class IndexStore:
         matrix = np.frombuffer(b"".join(chunks), dtype=np.float32).reshape(len(ids), dim) if ids else \
             np.zeros((0, dim), np.float32)
         return np.asarray(ids, np.int64), matrix
+
+    def vector_ids(self, modality: str) -> np.ndarray:
+        return np.asarray([i for (i,) in self.db.execute(
+            "SELECT id FROM vectors WHERE modality = ? ORDER BY id", (modality,))], np.int64)
+
+    def vectors_by_id(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """(len(ids), dim) float32 of the given vector ids, in id order."""
+        blobs = []
+        for start in range(0, len(ids), 500):  # SQLite caps the number of parameters
+            part = [int(i) for i in ids[start:start + 500]]
+            blobs += [b for (b,) in self.db.execute(
+                f"SELECT vector FROM vectors WHERE id IN ({','.join('?' * len(part))}) ORDER BY id", part)]
+        return np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), dim)
 
     def lookup(self, ids: Sequence[int]) -> Dict[int, Dict]:
         """vector id -> its record (path, modality, row, text, size, mtime_ns)."""

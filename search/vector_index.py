@@ -5,6 +5,7 @@ flat below ``approx_threshold`` vectors and the approximate type above it: the d
 is where exact search of base-size (768-d) vectors passes ~10 ms per query on 2 CPU cores
 (``bench/search.py``, ``docs/BENCHMARKS.md``).
 """
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ import numpy as np
 
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 DEFAULT_APPROX_THRESHOLD = 50_000
+logger = logging.getLogger("one_peace.search")
 
 
 @dataclass
@@ -56,10 +58,22 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(2 * math.sqrt(n)), n // 39))
 
 
+def ivf_lists(options: IndexOptions, n: int) -> int:
+    """IVF lists for ``n`` vectors: ``options.nlist`` (default 2 sqrt(N)), at most ``n``: k-means needs a
+    training point per list, and faiss fails with fewer (the recorded setting is kept and applies
+    in full once the index has grown)."""
+    nlist = options.nlist or default_nlist(n)
+    if nlist > n:
+        logger.warning("IVF nlist %d is more than the %d vectors to index: using %d lists", nlist, n, max(n, 1))
+    return max(1, min(nlist, n))
+
+
 def build(vectors: np.ndarray, ids: np.ndarray, kind: str, options: IndexOptions, seed: int = 0):
     """A faiss index of ``kind`` holding ``vectors`` under ``ids``."""
     f = faiss()
     n, dim = vectors.shape
+    if kind == "ivf" and n == 0:
+        kind = "flat"  # nothing to train the lists on
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if kind == "flat":
@@ -69,7 +83,7 @@ def build(vectors: np.ndarray, ids: np.ndarray, kind: str, options: IndexOptions
         inner.hnsw.efConstruction = options.ef_construction
         index = f.IndexIDMap2(inner)
     elif kind == "ivf":
-        nlist = options.nlist or default_nlist(n)
+        nlist = ivf_lists(options, n)
         quantizer = f.IndexFlatIP(dim)
         index = f.IndexIVFFlat(quantizer, dim, nlist, f.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
@@ -90,9 +104,9 @@ def set_search_params(index, options: IndexOptions) -> None:
     f = faiss()
     inner = f.downcast_index(index.index) if isinstance(index, f.IndexIDMap2) else index
     if isinstance(inner, f.IndexHNSW):
-        inner.hnsw.efSearch = options.ef_search
+        inner.hnsw.efSearch = max(1, options.ef_search)  # a bad recorded value still searches
     elif isinstance(inner, f.IndexIVF):
-        inner.nprobe = min(options.nprobe, inner.nlist)
+        inner.nprobe = max(1, min(options.nprobe, inner.nlist))
 
 
 def kind_of(index) -> str:
