@@ -106,6 +106,7 @@ def load_task_and_model(cfg, dtype=torch.float32, device="cpu"):
 
     from .data_utils.bpe_files import saved_bpe_dir_or_none
     from .models.checkpoint import load_checkpoint_file
+    from .models.checkpoint_io import CheckpointMismatchError
     from .models.deferred_init import loading_context
     from .tasks.evaluation import require_evaluable
 
@@ -116,6 +117,8 @@ def load_task_and_model(cfg, dtype=torch.float32, device="cpu"):
     if overrides:
         overwrite_args_by_name(saved, overrides)
     if cfg.task.zero_shot:
+        _require_embedding_checkpoint(path, saved)
+        from_checkpoint = set()  # the task is the command line's
         task = tasks.setup_task(cfg.task)
         zero_shot_model = getattr(task, "ZERO_SHOT_MODEL", None)
         if zero_shot_model and "_name" not in overrides.get("model", {}) and saved.model._name != zero_shot_model:
@@ -126,9 +129,9 @@ def load_task_and_model(cfg, dtype=torch.float32, device="cpu"):
                 saved.model._name = zero_shot_model
     else:
         if cfg.task._name != saved.task._name:
-            raise ValueError(f"{path} was trained with task {saved.task._name!r}; evaluate it with --task "
-                             f"{saved.task._name} or pass --zero-shot to use task {cfg.task._name!r}")
+            raise ValueError(_task_mismatch(path, saved, cfg.task._name))
         explicit = _explicit_task_options(cfg.task)
+        from_checkpoint = set(saved.task) - set(explicit) - set(overrides.get("task", {}))
         with open_dict(saved.task):
             for key, value in explicit.items():
                 saved.task[key] = value
@@ -136,10 +139,121 @@ def load_task_and_model(cfg, dtype=torch.float32, device="cpu"):
                 saved.task.bpe_dir = saved_bpe_dir_or_none(saved.task.get("bpe_dir"))
         task = tasks.setup_task(saved.task)
     require_evaluable(task)  # before the weights are loaded: a pretraining checkpoint fails here
+    check_task_inputs(task, cfg.dataset.gen_subset, from_checkpoint)
     state["cfg"] = saved
-    with loading_context(dtype, device, files=path):
-        models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
+    try:
+        with loading_context(dtype, device, files=path):
+            models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
+    except CheckpointMismatchError as err:  # the checkpoint or an option (image size, head type) does not fit
+        raise ValueError(f"{path} does not fit the {saved.model.get('_name')} model of task "
+                         f"{task.cfg._name}: {' '.join(str(err).split())}") from None
     return task, models[0]
+
+
+# ---- checks when the command starts (before any weight is read) ------------------------------
+def check_options(cfg) -> None:
+    """The options that need no checkpoint: one error naming the option, before anything is loaded."""
+    from fairseq.tasks import TASK_REGISTRY
+
+    from .tasks.evaluation import zero_shot_tasks
+
+    path = cfg.common_eval.path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--path: checkpoint not found: {path}" if not os.path.isdir(path)
+                                else f"--path: {path} is a directory; name the checkpoint file in it")
+    for option, value, least in (("--batch-size", cfg.dataset.batch_size, 1),
+                                 ("--num-workers", cfg.dataset.num_workers, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{option} must be at least {least}, got {value}")
+    subset = cfg.dataset.gen_subset
+    if not subset or os.sep in subset or "/" in subset or subset in (".", ".."):
+        raise ValueError(f"--gen-subset names the split in the output files ({{subset}}_predict.json): a plain "
+                         f"name such as test or valid, got {subset!r}")
+    if subset == "train":  # the task would read its training data, augmented and shuffled, skipping bad rows
+        raise ValueError("--gen-subset train evaluates the training split as it is trained on (augmented, "
+                         "shuffled, bad rows skipped); name the split otherwise (test, valid, ...) and give its "
+                         "TSV with --valid-data")
+    results = cfg.common_eval.results_path
+    if results:
+        if os.path.exists(results) and not os.path.isdir(results):
+            raise NotADirectoryError(f"--results-path: {results} exists and is not a directory")
+        os.makedirs(results, exist_ok=True)  # now: a folder that cannot be made fails before the evaluation
+        if not os.access(results, os.W_OK | os.X_OK):
+            raise PermissionError(f"--results-path: cannot write into {results}")
+    if cfg.task.zero_shot and not getattr(TASK_REGISTRY.get(cfg.task._name), "ZERO_SHOT_MODEL", None):
+        raise ValueError(f"--zero-shot evaluates an embedding checkpoint on a retrieval task "
+                         f"({', '.join(zero_shot_tasks())}), not on {cfg.task._name}; task {cfg.task._name} "
+                         "evaluates a checkpoint fine-tuned for it, without --zero-shot")
+
+
+def _is_embedding_model(name: Optional[str]) -> bool:
+    """A model that embeds rows and captions (retrieval, pretraining); unknown names pass to fairseq."""
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+
+    cls = MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
+    return cls is None or callable(getattr(cls, "encode", None))
+
+
+def _require_embedding_checkpoint(path: str, saved) -> None:
+    model, task = saved.model.get("_name"), saved.task.get("_name")
+    if not _is_embedding_model(model):
+        raise ValueError(f"--zero-shot needs an embedding checkpoint (a retrieval or pretraining model, which "
+                         f"embeds rows and captions); {path} holds a {model} model fine-tuned for task {task!r}: "
+                         f"evaluate it without --zero-shot (--task {task})")
+
+
+def _task_mismatch(path: str, saved, wanted: str) -> str:
+    """What to do when ``--task`` (without --zero-shot) is not the checkpoint's task."""
+    from fairseq.tasks import TASK_REGISTRY
+
+    from .tasks.evaluation import is_evaluable, zero_shot_hint, zero_shot_tasks
+
+    task = saved.task.get("_name")
+    evaluable = is_evaluable(TASK_REGISTRY.get(task))
+    message = (f"{path} was trained with task {task!r}: evaluate it with --task {task} (or without --task)"
+               if evaluable else f"{path} was trained with task {task!r}, which has no evaluation (pretraining)")
+    embedding = _is_embedding_model(saved.model.get("_name"))
+    if embedding and wanted in zero_shot_tasks():
+        return f"{message}{', or' if evaluable else ':'} evaluate it on {wanted} with --zero-shot"
+    message += f"; task {wanted!r} evaluates a checkpoint fine-tuned for it"
+    return message + (f"; this checkpoint can be evaluated zero-shot on a retrieval task: {zero_shot_hint()}"
+                      if embedding else "")
+
+
+# Sizes and counts a task option may not set to 0 or less (they failed at the first batch, or not at all).
+POSITIVE_TASK_OPTIONS = ("patch_image_size", "max_src_length", "max_duration", "text_batch_size", "num_frames",
+                         "num_choices")
+
+
+def check_task_inputs(task, subset: str, from_checkpoint=frozenset()) -> None:
+    """The files and values the evaluation will read, checked once the task is set up, before the weights.
+    ``from_checkpoint``: the task fields whose value is the checkpoint's saved one (the errors say so)."""
+    from .data_utils.feature_spec import parse_feature_encoder_spec
+
+    def option(name: str) -> str:
+        flag = "--" + name.replace("_", "-")
+        return f"{flag} (saved in the checkpoint; give {flag} to replace it)" if name in from_checkpoint else flag
+
+    cfg = task.cfg
+    data_root = cfg.get("data_root")
+    if data_root and not os.path.isdir(data_root):
+        raise NotADirectoryError(f"{option('data_root')}: not a directory: {data_root}")
+    if not (cfg.get("valid_data") or cfg.get("data")):
+        raise ValueError(f"no data to evaluate: give the {subset} split's TSV with --valid-data")
+    source = option("valid_data") if cfg.get("valid_data") else "the task's data (no --valid-data given)"
+    try:
+        task.reader(subset)  # the TSV: a file with a header, the selected columns and rows
+    except (OSError, ValueError) as err:
+        raise (FileNotFoundError if isinstance(err, OSError) else ValueError)(f"{source}: {err}") from None
+    valid_file = cfg.get("valid_file")
+    if valid_file and not os.path.isfile(valid_file):
+        raise FileNotFoundError(f"{option('valid_file')}: not found: {valid_file}")
+    if cfg.get("feature_encoder_spec"):
+        parse_feature_encoder_spec(cfg.feature_encoder_spec)  # a ValueError naming it
+    for name in POSITIVE_TASK_OPTIONS:
+        value = cfg.get(name)
+        if value is not None and value < 1:
+            raise ValueError(f"{option(name)} must be at least 1, got {value}")
 
 
 # ---- evaluation loop -------------------------------------------------------------------------
@@ -168,6 +282,7 @@ def evaluate(task, model, subset: str, batch_size: int, device, dtype=torch.floa
     """(metrics dict, predictions list) of ``model`` on ``subset``; every worker returns both."""
     from fairseq import metrics
 
+    from .data_utils.dataset import has_rows
     from .tasks.evaluation import require_evaluable
 
     require_evaluable(task)
@@ -181,7 +296,7 @@ def evaluate(task, model, subset: str, batch_size: int, device, dtype=torch.floa
     logs, predictions = [], []
     with torch.no_grad():
         for sample in itr:
-            if not sample or "net_input" not in sample:  # padding batch of a worker, or all rows bad
+            if not has_rows(sample):  # padding batch of a worker (evaluation reads every row: none is skipped)
                 continue
             sample = _prepare(sample, device, dtype)
             log, preds = task.eval_step(model, sample)
@@ -220,6 +335,7 @@ def main(cfg, out: Optional[Dict] = None, **unused):
     dtype = torch.bfloat16 if cfg.common.bf16 else torch.float16 if cfg.common.fp16 else torch.float32
     if dtype == torch.float16 and not use_cuda:
         raise ValueError("--fp16 needs a GPU; use --bf16 or float32 on CPU")
+    check_options(cfg)
     task, model = load_task_and_model(cfg, dtype, device)
     batch_size = cfg.dataset.batch_size or 1
     subset = cfg.dataset.gen_subset

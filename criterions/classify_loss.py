@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from fairseq import metrics
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
+
+from ..fairseq_glue.criterion_fit import TaskFittingCriterion, task_target_is
 
 
 @dataclass
@@ -25,7 +27,10 @@ class ClassifyCriterionConfig(FairseqDataclass):
 
 
 @register_criterion("classify_criterion", dataclass=ClassifyCriterionConfig)
-class ClassifyCriterion(FairseqCriterion):
+class ClassifyCriterion(TaskFittingCriterion):
+    TASK_NEEDED = "a classification task whose targets are classes (task TARGET single, soft or multi)"
+    fits_task = task_target_is("single", "soft", "multi")
+
     def __init__(self, task, use_multi_label=False, label_smoothing=0.0):
         super().__init__(task)
         self.use_multi_label = use_multi_label

@@ -9,9 +9,10 @@ unlike the official loss the configured ``margin`` is honoured (it hard-codes 1)
 from dataclasses import dataclass, field
 
 import torch
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from ..fairseq_glue.criterion_fit import TaskFittingCriterion, task_target_is
 from ..metrics.multiple_choice import choice_scores
 from .classify_loss import reduce_classification_logs
 
@@ -23,7 +24,10 @@ class HingeLossConfig(FairseqDataclass):
 
 
 @register_criterion("hinge_loss", dataclass=HingeLossConfig)
-class HingeLossCriterion(FairseqCriterion):
+class HingeLossCriterion(TaskFittingCriterion):
+    TASK_NEEDED = "a multiple-choice task (task TARGET choice, e.g. aqa)"
+    fits_task = task_target_is("choice")
+
     def __init__(self, task, margin=1.0, num_choices=4):
         super().__init__(task)
         self.margin = margin

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 from fairseq import metrics
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from ..fairseq_glue.criterion_fit import TaskFittingCriterion
 from .contrastive import cross_modal_contrast, denoising_contrast
 
 TEXT_PAD = 1
@@ -36,9 +37,14 @@ class AudioTextPretrainLossConfig(FairseqDataclass):
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the DCL terms"})
 
 
-class _PretrainCriterion(FairseqCriterion):
+class _PretrainCriterion(TaskFittingCriterion):
     LOSS_KEYS = ()
     NCORRECT_KEYS = ()
+    MODALITY = ""  # its batches pair text with this modality: the task's PRETRAIN_MODALITY
+
+    @classmethod
+    def fits_task(cls, task) -> bool:
+        return getattr(task, "PRETRAIN_MODALITY", None) == cls.MODALITY
 
     def dcl(self, student, teacher, mask_indices, padding_mask=None):
         return denoising_contrast(student, teacher, mask_indices, padding_mask,
@@ -57,16 +63,16 @@ class _PretrainCriterion(FairseqCriterion):
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
-        batches = sum(log.get("sample_size", 0) for log in logging_outputs) or 1
-        nsentences = sum(log.get("nsentences", 0) for log in logging_outputs) or 1
-        metrics.log_scalar("loss", sum(log.get("loss", 0) for log in logging_outputs) / batches, batches, round=3)
-        for key in cls.LOSS_KEYS:
-            metrics.log_scalar(key, sum(log.get(key, 0) for log in logging_outputs) / batches, batches, round=3)
+        # Averages weighted by what they average over: logs of no batch (fairseq's ignored dummy batch,
+        # zeroed) add nothing, and logs summed across workers (one log per step) average right.
+        batches = sum(log.get("sample_size", 0) for log in logging_outputs)
+        nsentences = sum(log.get("nsentences", 0) for log in logging_outputs)
+        for key in ("loss",) + tuple(cls.LOSS_KEYS) + ("logit_scale_exp",):
+            value = sum(log.get(key, 0) for log in logging_outputs) / max(batches, 1)
+            metrics.log_scalar(key, value, batches, round=3)
         for key in cls.NCORRECT_KEYS:
-            acc = 100.0 * sum(log.get(key, 0) for log in logging_outputs) / nsentences  # percent
+            acc = 100.0 * sum(log.get(key, 0) for log in logging_outputs) / max(nsentences, 1)  # percent
             metrics.log_scalar(key.replace("_ncorrect", "_acc"), acc, nsentences, round=3)
-        metrics.log_scalar("logit_scale_exp", sum(log.get("logit_scale_exp", 0) for log in logging_outputs)
-                           / max(len(logging_outputs), 1), round=3)
         metrics.log_scalar_sum("nsentences", nsentences)
         # Bad rows skipped by the data loader, summed over workers and updates.
         metrics.log_scalar_sum("skipped_samples", sum(log.get("num_skipped", 0) for log in logging_outputs))
@@ -79,6 +85,8 @@ class _PretrainCriterion(FairseqCriterion):
 @register_criterion("image_text_pretrain_loss", dataclass=ImageTextPretrainLossConfig)
 class ImageTextPretrainLossCriterion(_PretrainCriterion):
     LOSS_KEYS = ("itc_loss", "dcl_text_loss", "dcl_image_loss", "dcl_vl_text_loss", "dcl_vl_image_loss")
+    MODALITY = "image"
+    TASK_NEEDED = "the image-text pretraining task (image_text_pretrain; task PRETRAIN_MODALITY image)"
     NCORRECT_KEYS = ("i2t_ncorrect", "t2i_ncorrect")
 
     def __init__(self, cfg: ImageTextPretrainLossConfig, task):
@@ -121,6 +129,8 @@ class ImageTextPretrainLossCriterion(_PretrainCriterion):
 @register_criterion("audio_text_pretrain_loss", dataclass=AudioTextPretrainLossConfig)
 class AudioTextPretrainLossCriterion(_PretrainCriterion):
     LOSS_KEYS = ("atc_loss", "dcl_audio_loss", "dcl_al_text_loss", "dcl_al_audio_loss")
+    MODALITY = "audio"
+    TASK_NEEDED = "the audio-text pretraining task (audio_text_pretrain; task PRETRAIN_MODALITY audio)"
     NCORRECT_KEYS = ("a2t_ncorrect", "t2a_ncorrect")
 
     def __init__(self, cfg: AudioTextPretrainLossConfig, task):

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from fairseq import metrics
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from ..fairseq_glue.criterion_fit import TaskFittingCriterion, task_target_is
 from ..metrics.grounding import generalized_box_iou
 
 
@@ -34,7 +35,10 @@ def grounding_loss(logits: torch.Tensor, target: torch.Tensor):
 
 
 @register_criterion("refcoco_criterion", dataclass=RefCOCOCriterionConfig)
-class RefCOCOCriterion(FairseqCriterion):
+class RefCOCOCriterion(TaskFittingCriterion):
+    TASK_NEEDED = "a grounding task with one box per row (task TARGET box: refcoco)"
+    fits_task = task_target_is("box")
+
     def forward(self, model, sample, reduce=True):
         return self.loss_from_logits(model(**sample["net_input"]), sample)
 

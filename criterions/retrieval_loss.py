@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass, field
 
 from fairseq import metrics
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from ..fairseq_glue.criterion_fit import TaskFittingCriterion
 from .contrastive import cross_modal_contrast
 
 _Q2T_NCORRECT = re.compile(r"^([a-z]+)2t_ncorrect$")
@@ -27,7 +28,14 @@ class RetrievalCriterionConfig(FairseqDataclass):
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of both InfoNCE directions"})
 
 
-class RetrievalCriterion(FairseqCriterion):
+class RetrievalCriterion(TaskFittingCriterion):
+    TASK_NEEDED = ("a retrieval task (one that declares QUERY_MODALITY and embeds batches: "
+                   "audio_text_retrieval, image_text_retrieval, video_text_retrieval)")
+
+    @classmethod
+    def fits_task(cls, task) -> bool:
+        return bool(getattr(task, "QUERY_MODALITY", None)) and hasattr(task, "embed_queries")
+
     def __init__(self, task, label_smoothing=0.0):
         super().__init__(task)
         self.label_smoothing = label_smoothing
@@ -35,9 +43,8 @@ class RetrievalCriterion(FairseqCriterion):
     def retrieval_task(self):
         """The task, which must declare ``QUERY_MODALITY`` and embed batches (the retrieval tasks)."""
         task = self.task
-        if not getattr(task, "QUERY_MODALITY", None) or not hasattr(task, "embed_queries"):
-            raise ValueError(f"{type(self).__name__} needs a retrieval task (one that declares QUERY_MODALITY "
-                             f"and embeds batches), got {type(task).__name__}")
+        if not self.fits_task(task):  # checked when built with its task; here for one built without
+            raise ValueError(f"{type(self).__name__} needs {self.TASK_NEEDED}, got {type(task).__name__}")
         return task
 
     @property
@@ -87,9 +94,12 @@ class RetrievalCriterion(FairseqCriterion):
                 if any(key in log for log in logging_outputs):
                     value = 100.0 * sum(log.get(key, 0) for log in logging_outputs) / max(nsentences, 1)
                     metrics.log_scalar(name, value, nsentences, round=3)
-        scales = [log["logit_scale_exp"] for log in logging_outputs if "logit_scale_exp" in log]
-        if scales:
-            metrics.log_scalar("logit_scale_exp", sum(scales) / len(scales), round=3)
+        # per batch (sample_size 1 each): zeroed logs of an ignored dummy batch add nothing
+        scaled = [log for log in logging_outputs if "logit_scale_exp" in log]
+        scaled_batches = sum(log.get("sample_size", 0) for log in scaled)
+        if scaled_batches:
+            metrics.log_scalar("logit_scale_exp", sum(log["logit_scale_exp"] for log in scaled) / scaled_batches,
+                               scaled_batches, round=3)
         metrics.log_scalar_sum("skipped_samples", sum(log.get("num_skipped", 0) for log in logging_outputs))
 
     @staticmethod

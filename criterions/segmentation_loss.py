@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 from fairseq import metrics
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from ..data_utils.segmentation import IGNORE_INDEX
+from ..fairseq_glue.criterion_fit import TaskFittingCriterion, task_target_is
 from ..metrics.pixels import pixel_cross_entropy, pixel_hits
 
 
@@ -22,7 +23,10 @@ class SegmentationCriterionConfig(FairseqDataclass):
 
 
 @register_criterion("segmentation_criterion", dataclass=SegmentationCriterionConfig)
-class SegmentationCriterion(FairseqCriterion):
+class SegmentationCriterion(TaskFittingCriterion):
+    TASK_NEEDED = "a dense-prediction task with a class per pixel (task TARGET pixels: semantic_segmentation)"
+    fits_task = task_target_is("pixels")
+
     def __init__(self, task, aux_loss_weight=0.4):
         super().__init__(task)
         self.aux_loss_weight = aux_loss_weight

@@ -27,6 +27,8 @@ class VideoTextPretrainLossConfig(FairseqDataclass):
 @register_criterion("video_text_pretrain_loss", dataclass=VideoTextPretrainLossConfig)
 class VideoTextPretrainLossCriterion(_PretrainCriterion):
     LOSS_KEYS = ("vtc_loss", "dcl_video_loss", "dcl_vt_text_loss", "dcl_vt_video_loss")
+    MODALITY = "video"
+    TASK_NEEDED = "the video-text pretraining task (video_text_pretrain; task PRETRAIN_MODALITY video)"
     NCORRECT_KEYS = ("v2t_ncorrect", "t2v_ncorrect")
 
     def __init__(self, cfg: VideoTextPretrainLossConfig, task):

@@ -5,10 +5,12 @@ file, row number and reason.  In training it is skipped (``skip_bad_samples``): 
 batch carries the count as ``num_skipped`` so criteria can log it even when the data
 loader runs in worker processes.  With skipping off it raises ``BadSampleError``.
 
-A batch in which *every* sample is bad collates to ``{}``: fairseq's trainer then runs its
-dummy batch with the loss zeroed, which keeps the collective ops of all workers in step.
-Those skips are still reported one by one in the log (file, row, reason) but cannot be
-added to the ``skipped_samples`` meter.
+A batch in which *every* sample is bad collates to an *empty batch*, ``{"num_skipped": n}``
+(no ``net_input``; :func:`has_rows` tells them apart).  In training and validation it never
+reaches a model or a metric: a single process skips it, several run fairseq's dummy batch
+in its place (their collectives stay in step) and leave its outputs out; its ``n`` rows
+are added to the ``skipped_samples`` meter either way (``fairseq_glue/compat.py``,
+``install_empty_batch_handling``).
 
 ``TSVDataset`` is a plain ``torch.utils.data.Dataset`` (the data layer imports no fairseq).  It
 provides what the tasks' batching (``tasks/base_task.py``) and fairseq's ``EpochBatchIterator`` use:
@@ -89,8 +91,8 @@ class TSVDataset(torch.utils.data.Dataset):
     def collater(self, samples: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
         kept = [s for s in samples if s is not None]
         skipped = len(samples) - len(kept)
-        if not kept:
-            return {}
+        if not kept:  # every row bad (or fairseq's padding batch of a worker out of data, [])
+            return empty_batch(skipped)
         batch = self.collate(kept)
         batch["num_skipped"] = skipped
         batch.setdefault("nsentences", len(kept))
@@ -114,6 +116,21 @@ class TSVDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch):
         self.epoch = epoch
+
+
+def empty_batch(skipped: int) -> Dict[str, int]:
+    """The batch of ``skipped`` rows none of which could be read: a count, nothing to run."""
+    return {"num_skipped": skipped}
+
+
+def has_rows(batch) -> bool:
+    """A batch with rows to run (``net_input``), not an empty batch, ``{}``, None or fairseq's "DUMMY"."""
+    return isinstance(batch, dict) and "net_input" in batch
+
+
+def skipped_rows(batch) -> int:
+    """Bad rows of an empty batch (0 for anything else: they are counted from its logging output)."""
+    return 0 if has_rows(batch) or not isinstance(batch, dict) else int(batch.get("num_skipped", 0))
 
 
 def parse_class_id(value: str, num_classes: int, what: str = "label") -> int:

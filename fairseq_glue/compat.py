@@ -23,17 +23,22 @@
   keeps the length of the training epoch iterator it builds (``get_train_iterator``) and hands it to a
   scheduler that takes one (``set_epoch_length``, ``optim/lr_schedulers.py``'s ``warmup_ratio``) right
   before ``step_begin_epoch``.
+* Batches whose every row was bad (:func:`install_empty_batch_handling`): fairseq runs its dummy batch
+  (an earlier real batch) in their place and, in a single process, logged its outputs into the metrics
+  that pick ``checkpoint_best``; their skipped rows were never counted.  Such a batch now stays out of
+  the metrics in every world size and its rows are added to ``skipped_samples``.
 """
 import contextlib
 import functools
 import logging
 import os
 
-from fairseq import checkpoint_utils
+from fairseq import checkpoint_utils, metrics
 from fairseq import trainer as fairseq_trainer
 from fairseq.dataclass.utils import overwrite_args_by_name
 from omegaconf import OmegaConf
 
+from ..data_utils.dataset import has_rows, skipped_rows
 from ..models.checkpoint import load_checkpoint_file, register_safe_globals
 from ..models.deferred_init import awaiting_load, current_load_target, loading_context, memory_map_for
 
@@ -188,5 +193,107 @@ def install_epoch_length_hook():
         trainer_class.lr_step_begin_epoch = _pass_epoch_length(trainer_class.lr_step_begin_epoch)
 
 
+# ---- batches without a usable row ---------------------------------------------------------------
+# fairseq's trainer runs its dummy batch in place of an empty one, so that every worker runs the same
+# forward/backward passes and collectives.  It leaves the dummy's outputs out only when several workers
+# sum their stats, and only when the *last* pass of an update is the dummy.  With one process nothing
+# needs keeping in step: an empty batch is skipped (no pass, no update).  With several, the dummy passes
+# come first in the update (so fairseq never drops a real pass's outputs), ``BaseTask.train_step`` zeroes
+# their sample size and logs, and two counts travel with the step's summed stats: the skipped rows (every
+# worker logs the total) and the real batches (none on any worker: the step logs no metric at all).
+@contextlib.contextmanager
+def _step(trainer, real_batches: int, skipped: int):
+    outer = getattr(trainer, "one_peace_step", None)  # valid_step calls itself again after an OOM
+    trainer.one_peace_step = step = {"real": real_batches, "skipped": skipped, "rowless": False}
+    try:
+        yield
+    finally:
+        trainer.one_peace_step = outer
+        if step["skipped"]:  # still here if the stats were not summed across workers
+            metrics.log_scalar_sum("skipped_samples", step["skipped"])
+
+
+def _skipping_train_step(original):
+    @functools.wraps(original)
+    def train_step(self, samples, raise_oom=False):
+        real = [s for s in samples if has_rows(s)]
+        with _step(self, len(real), sum(skipped_rows(s) for s in samples)):
+            if len(real) == len(samples):
+                return original(self, samples, raise_oom)
+            if self.data_parallel_world_size == 1:
+                return original(self, real, raise_oom) if real else None  # None: no update, as after an OOM
+            if real and not has_rows(self._dummy_batch):  # still "DUMMY": a real batch of this step stands in
+                self.reset_dummy_batch(real[0])
+            return original(self, [{}] * (len(samples) - len(real)) + real, raise_oom)
+
+    train_step.one_peace_patched = True
+    return train_step
+
+
+def _skipping_valid_step(original):
+    @functools.wraps(original)
+    def valid_step(self, sample, raise_oom=False):
+        # in fairseq's "valid" aggregator too (fairseq's valid_step logs there), like the step's own metrics
+        with metrics.aggregate("valid"), _step(self, int(has_rows(sample)), skipped_rows(sample)):
+            if has_rows(sample):
+                return original(self, sample, raise_oom)
+            # fairseq_cli's validate() does not read the returned stats
+            return {} if self.data_parallel_world_size == 1 else original(self, {}, raise_oom)
+
+    valid_step.one_peace_patched = True
+    return valid_step
+
+
+def _counts_summed_with_stats(original):
+    @functools.wraps(original)
+    def _aggregate_logging_outputs(self, logging_outputs, *extra_stats_to_sum, ignore=False):
+        step = getattr(self, "one_peace_step", None) or {"real": 1, "skipped": 0, "rowless": False}
+        # Every worker adds both counts, so the summed stats have the same keys on all of them.
+        logging_outputs, extra = original(self, logging_outputs, *extra_stats_to_sum, step["skipped"],
+                                          step["real"], ignore=ignore)
+        skipped, real = float(extra[-2]), float(extra[-1])
+        if skipped:
+            metrics.log_scalar_sum("skipped_samples", skipped)
+        step["skipped"], step["rowless"] = 0, real == 0
+        return logging_outputs, list(extra[:-2])
+
+    _aggregate_logging_outputs.one_peace_patched = True
+    return _aggregate_logging_outputs
+
+
+def _rowless_steps_unlogged(original):
+    @functools.wraps(original)
+    def _reduce_and_log_stats(self, logging_outputs, sample_size, grad_norm=None):
+        step = getattr(self, "one_peace_step", None)
+        if step and step["rowless"]:  # every worker ran the dummy: no batch of zero rows in the averages
+            return {}
+        return original(self, logging_outputs, sample_size, grad_norm)
+
+    _reduce_and_log_stats.one_peace_patched = True
+    return _reduce_and_log_stats
+
+
+def _real_dummy_batch(original):
+    @functools.wraps(original)
+    def reset_dummy_batch(self, batch):
+        if isinstance(batch, dict) and not has_rows(batch):  # an iterator's first batch had no usable row
+            batch = self._dummy_batch if has_rows(self._dummy_batch) else "DUMMY"  # "DUMMY": the next real one
+        return original(self, batch)
+
+    reset_dummy_batch.one_peace_patched = True
+    return reset_dummy_batch
+
+
+def install_empty_batch_handling():
+    """Empty batches (``data_utils/dataset.py:empty_batch``) stay out of the metrics and are counted."""
+    trainer_class = fairseq_trainer.Trainer
+    for name, wrap in (("train_step", _skipping_train_step), ("valid_step", _skipping_valid_step),
+                       ("_aggregate_logging_outputs", _counts_summed_with_stats),
+                       ("_reduce_and_log_stats", _rowless_steps_unlogged), ("reset_dummy_batch", _real_dummy_batch)):
+        if not getattr(getattr(trainer_class, name), "one_peace_patched", False):
+            setattr(trainer_class, name, wrap(getattr(trainer_class, name)))
+
+
 install()
 install_epoch_length_hook()
+install_empty_batch_handling()

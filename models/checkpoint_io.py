@@ -110,9 +110,10 @@ def resize_image_rel_pos_table(table: torch.Tensor, new_size: int) -> torch.Tens
     if src_side == dst_side:
         return table
     if dst_side < src_side:
-        raise CheckpointMismatchError(
-            f"cannot shrink an image rel-pos table from {src_side}x{src_side} to {dst_side}x{dst_side}"
-        )
+        raise CheckpointMismatchError(  # new_size is the patch grid's side: the image size is the setting to raise
+            f"cannot shrink an image rel-pos table from {src_side}x{src_side} to {dst_side}x{dst_side}: the "
+            f"checkpoint was trained on a grid of {(src_side + 1) // 2}x{(src_side + 1) // 2} patches, this model "
+            f"cuts images into {new_size}x{new_size}; use images at least as large (patch_image_size)")
     grid, extra = table[:-3], table[-3:]
     half_src, half_dst = src_side // 2, dst_side // 2
 

@@ -18,6 +18,7 @@ from fairseq.tasks import FairseqTask, register_task
 from ..data_utils.bpe_files import resolve_bpe_dir
 from ..data_utils.feature_spec import parse_feature_encoder_spec
 from ..data_utils.tsv import TSVReader, expand_data_paths, select_epoch_file
+from ..fairseq_glue.criterion_fit import TaskFittingCriterion, require_fit
 from ..optim.layer_decay import tag_parameters
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class BaseTask(FairseqTask):
     """
 
     DEFAULT_COLS = ""
+    TARGET = None  # what a batch's targets are (classification, box, pixels); read by the criteria
 
     def __init__(self, cfg, dictionary=None, tokenizer=None):
         super().__init__(cfg)
@@ -167,6 +169,22 @@ class BaseTask(FairseqTask):
         """``(file name suffix, JSON content)`` of a benchmark server's submission, or None."""
         return None
 
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad=ignore_grad, **kwargs)
+        if ignore_grad:
+            # fairseq's dummy batch, run in place of an empty one to keep the workers in step: it adds no
+            # rows even among real passes of one update (fairseq zeroes a dummy only when it comes last).
+            sample_size = 0
+            logging_output = {k: _zero_like(v) for k, v in logging_output.items()}
+        return loss, sample_size, logging_output
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if not isinstance(criterion, TaskFittingCriterion):  # ours check the task themselves when built
+            require_fit(type(criterion), self, name=getattr(cfg, "_name", None))
+        return criterion
+
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         audio = getattr(getattr(model, "encoder_wrapper", None), "audio_adapter", None)
@@ -211,3 +229,8 @@ class BaseTask(FairseqTask):
         return self.tokenizer.encode(text, clean=clean)
 
 
+def _zero_like(value):
+    """A logging value that adds nothing when summed (keys stay, so workers' summed stats line up)."""
+    if torch.is_tensor(value):
+        return torch.zeros_like(value)
+    return type(value)(0) if isinstance(value, (int, float)) else value

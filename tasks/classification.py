@@ -8,6 +8,9 @@ the split is scored:
 * ``multi``  -- multi-hot (FSD50K): macro mAP over the whole split (``map``).
 * ``choice`` -- one logit per (row, candidate) pair, ``num_choices`` candidates per row (AVQA):
   accuracy of the arg-max candidate.
+* ``box``    -- one box per row (RefCOCO, which overrides the scoring): IoU hits (``iou_acc``).
+
+The criteria read ``TARGET`` to say whether they can train the task (``fairseq_glue/criterion_fit.py``).
 
 One forward per validation batch feeds both the criterion (``loss_from_logits``) and the
 split metrics.  The evaluation protocol (``tasks/evaluation.py``) is ``eval_step`` +
@@ -29,7 +32,7 @@ from .base_task import BaseTask, BaseTaskConfig
 
 logger = logging.getLogger(__name__)
 
-TARGET_KINDS = ("single", "soft", "multi", "choice")
+TARGET_KINDS = ("single", "soft", "multi", "choice", "box")
 
 
 @dataclass

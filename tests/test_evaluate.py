@@ -121,10 +121,125 @@ def test_zero_shot_retrieval_reproduces_fixture_embeddings(tmp_path, fixture_bpe
 
 
 def test_task_mismatch_without_zero_shot_is_explained(tmp_path, fixture_bpe_dir):
+    """A classification checkpoint on another benchmark: its own task, not --zero-shot (which needs an
+    embedding checkpoint and a retrieval task)."""
     tsv = write_fixture_clips(tmp_path)
-    with pytest.raises(ValueError, match="trained with task 'vggsound'.*--zero-shot"):
+    with pytest.raises(ValueError) as err:
         evaluate(["--path", FIXTURES / "classify_audio_checkpoint.pt", "--task", "fsd50k", "--valid-data", tsv,
                   "--bpe-dir", fixture_bpe_dir, "--cpu", "--batch-size", 3])
+    assert str(err.value).endswith("was trained with task 'vggsound': evaluate it with --task vggsound (or without "
+                                   "--task); task 'fsd50k' evaluates a checkpoint fine-tuned for it"), err.value
+
+
+def test_pretraining_checkpoint_on_a_benchmark_is_told_what_can_be_evaluated(tmp_path, fixture_bpe_dir):
+    """--task vqa on a pretraining checkpoint suggested --task image_text_pretrain, which has no evaluation."""
+    tsv = write_shape_images(tmp_path)
+    path = pretraining_checkpoint(tmp_path)
+    with pytest.raises(ValueError) as err:
+        evaluate(["--path", path, "--task", "vqa", "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir, "--cpu"])
+    assert str(err.value) == (
+        f"{path} was trained with task 'image_text_pretrain', which has no evaluation (pretraining); task 'vqa' "
+        "evaluates a checkpoint fine-tuned for it; this checkpoint can be evaluated zero-shot on a retrieval task: "
+        "--zero-shot --task audio_text_retrieval (or image_text_retrieval, video_text_retrieval)")
+    with pytest.raises(ValueError, match=r"which has no evaluation \(pretraining\): evaluate it on "
+                                         r"image_text_retrieval with --zero-shot$"):
+        evaluate(["--path", path, "--task", "image_text_retrieval", "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir,
+                  "--cpu"])
+
+
+def test_zero_shot_needs_an_embedding_checkpoint_and_a_retrieval_task(tmp_path, fixture_bpe_dir, monkeypatch):
+    """--zero-shot on a classification checkpoint ended in a CheckpointMismatchError traceback."""
+    no_weights_read(monkeypatch)
+    tsv = write_fixture_clips(tmp_path)
+    checkpoint = FIXTURES / "classify_audio_checkpoint.pt"
+    with pytest.raises(ValueError, match=r"^--zero-shot needs an embedding checkpoint \(a retrieval or pretraining "
+                                         r"model.*holds a one_peace_classify model fine-tuned for task 'vggsound': "
+                                         r"evaluate it without --zero-shot \(--task vggsound\)$"):
+        evaluate(["--path", checkpoint, "--task", "audio_text_retrieval", "--zero-shot", "--valid-data", tsv,
+                  "--bpe-dir", fixture_bpe_dir, "--cpu"])
+    with pytest.raises(ValueError, match=r"^--zero-shot evaluates an embedding checkpoint on a retrieval task "
+                                         r"\(audio_text_retrieval, image_text_retrieval, video_text_retrieval\), "
+                                         r"not on fsd50k"):
+        evaluate(["--path", write_retrieval_checkpoint(tmp_path / "r.pt"), "--task", "fsd50k", "--zero-shot",
+                  "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir, "--cpu"])
+
+
+def no_weights_read(monkeypatch):
+    """Fail the test if the evaluation gets as far as reading the checkpoint's weights."""
+    from fairseq import checkpoint_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were read before the options were checked")
+
+    monkeypatch.setattr(checkpoint_utils, "load_model_ensemble_and_task", refuse)
+
+
+@pytest.mark.parametrize("extra, error, message", [
+    (["--batch-size", "0"], ValueError, "--batch-size must be at least 1, got 0"),  # was silently 1
+    (["--batch-size", "-2"], ValueError, "--batch-size must be at least 1, got -2"),
+    (["--num-workers", "-1"], ValueError, "--num-workers must be at least 0, got -1"),
+    (["--gen-subset", "a/b"], ValueError, "--gen-subset names the split in the output files"),
+    (["--gen-subset", "train"], ValueError, "--gen-subset train evaluates the training split as it is trained on"),
+    (["--results-path", "{tmp}/clips.tsv"], NotADirectoryError, "--results-path: {tmp}/clips.tsv exists and is not"),
+    (["--valid-data", "{tmp}/nope.tsv"], FileNotFoundError, "--valid-data: TSV file not found: {tmp}/nope.tsv"),
+    (["--valid-data", "{tmp}/empty.tsv"], ValueError, "--valid-data: {tmp}/empty.tsv: has a header"),
+    (["--selected-cols", "uniq_id,nope"], ValueError, "--valid-data: {tmp}/clips.tsv: column 'nope' not in header"),
+    (["--data-root", "{tmp}/nope"], NotADirectoryError, "--data-root: not a directory: {tmp}/nope"),
+    (["--max-duration", "0"], ValueError, "--max-duration must be at least 1, got 0"),  # was a ZeroDivisionError
+    (["--max-src-length", "0"], ValueError, "--max-src-length must be at least 1, got 0"),
+    (["--feature-encoder-spec", "[(32, 10)]"], ValueError, "feature_encoder_spec"),
+])
+def test_options_are_checked_before_the_weights_are_read(tmp_path, fixture_bpe_dir, monkeypatch, extra, error,
+                                                         message):
+    tsv = write_fixture_clips(tmp_path)
+    (tmp_path / "empty.tsv").write_text("uniq_id\taudio\ttext\tduration\n")
+    no_weights_read(monkeypatch)
+    argv = ["--path", FIXTURES / "classify_audio_checkpoint.pt", "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir,
+            "--cpu", *[a.format(tmp=tmp_path) for a in extra]]
+    with pytest.raises(error) as err:
+        evaluate(argv)
+    assert message.format(tmp=tmp_path) in str(err.value) and "\n" not in str(err.value), err.value
+
+
+@pytest.mark.parametrize("extra, error, message", [
+    (["--valid-file", "{tmp}/nope.json"], FileNotFoundError, "--valid-file: not found: {tmp}/nope.json"),
+    (["--text-batch-size", "0"], ValueError, "--text-batch-size must be at least 1, got 0"),  # range() step 0
+    (["--patch-image-size", "0"], ValueError, "--patch-image-size must be at least 1, got 0"),  # a bad row each
+    (["--valid-data", ""], ValueError, "no data to evaluate: give the test split's TSV with --valid-data"),
+])
+def test_zero_shot_options_are_checked_before_the_weights_are_read(tmp_path, fixture_bpe_dir, monkeypatch, extra,
+                                                                   error, message):
+    tsv = write_shape_images(tmp_path)
+    no_weights_read(monkeypatch)
+    argv = ["--path", pretraining_checkpoint(tmp_path), "--task", "image_text_retrieval", "--zero-shot",
+            "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir, "--patch-image-size", 32, "--cpu",
+            *[a.format(tmp=tmp_path) for a in extra]]
+    with pytest.raises(error) as err:
+        evaluate(argv)
+    assert message.format(tmp=tmp_path) in str(err.value), err.value
+
+
+def test_a_saved_path_that_is_gone_is_named_as_the_checkpoints(tmp_path, fixture_bpe_dir, monkeypatch):
+    """A checkpoint trained elsewhere keeps that machine's data root: the error says where it came from."""
+    state = torch.load(FIXTURES / "classify_audio_checkpoint.pt", map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["data_root"] = str(tmp_path / "elsewhere")
+    torch.save(state, tmp_path / "moved.pt")
+    tsv = write_fixture_clips(tmp_path)
+    no_weights_read(monkeypatch)
+    common = ["--path", tmp_path / "moved.pt", "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir, "--cpu"]
+    with pytest.raises(NotADirectoryError, match=r"^--data-root \(saved in the checkpoint; give --data-root to "
+                                                 r"replace it\): not a directory: .*elsewhere$"):
+        evaluate(common)
+    with pytest.raises(NotADirectoryError, match=r"^--data-root: not a directory: .*nowhere$"):
+        evaluate(common + ["--data-root", tmp_path / "nowhere"])
+
+
+def test_images_smaller_than_the_checkpoints_are_one_error_naming_the_setting(tmp_path, fixture_bpe_dir):
+    tsv = write_shape_images(tmp_path)
+    with pytest.raises(ValueError, match=r"does not fit the one_peace_retrieval model of task image_text_retrieval: "
+                                         r"cannot shrink .*trained on a grid of 2x2 patches.*\(patch_image_size\)$"):
+        evaluate(["--path", pretraining_checkpoint(tmp_path), "--task", "image_text_retrieval", "--zero-shot",
+                  "--valid-data", tsv, "--bpe-dir", fixture_bpe_dir, "--patch-image-size", 16, "--cpu"])
 
 
 def test_missing_checkpoint_and_bad_overrides(tmp_path, fixture_bpe_dir):

@@ -144,3 +144,81 @@ def test_forked_copies_of_loader_iterators_leave_the_workers_alone(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "can only test a child process" not in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert run.stdout.split() == ["6"]
+
+
+RETRIEVAL_CRITERIA = ["audio_text_retrieval_criterion", "image_text_retrieval_criterion",
+                      "video_text_retrieval_criterion"]
+FITTING = {
+    "image_text_pretrain": ["image_text_pretrain_loss"], "audio_text_pretrain": ["audio_text_pretrain_loss"],
+    "video_text_pretrain": ["video_text_pretrain_loss"], "aqa": ["hinge_loss"], "refcoco": ["refcoco_criterion"],
+    "semantic_segmentation": ["segmentation_criterion"], "base_task": [],
+    **{name: RETRIEVAL_CRITERIA for name in ("audio_text_retrieval", "image_text_retrieval", "video_text_retrieval")},
+    **{name: ["classify_criterion"] for name in ("audio_classify", "vggsound", "vggsound_av", "fsd50k", "vqa",
+                                                 "nlvr2", "image_classify")},
+}
+
+
+def _task(name, bpe_dir):
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+    from omegaconf import OmegaConf
+
+    return TASK_REGISTRY[name].setup_task(OmegaConf.structured(TASK_DATACLASS_REGISTRY[name](bpe_dir=bpe_dir)))
+
+
+def test_every_task_is_trained_by_the_criteria_that_read_its_batches(user_dir, fixture_bpe_dir):
+    """Each of our criteria checks its task when fairseq builds it (``task.build_criterion``): the ones
+    listed train the task, every other criterion refuses it naming them."""
+    from fairseq.criterions import CRITERION_REGISTRY
+    from fairseq.tasks import TASK_REGISTRY
+    from omegaconf import OmegaConf
+
+    ours = sorted(name for name, cls in TASK_REGISTRY.items() if cls.__module__.startswith("one_peace."))
+    assert ours == sorted(FITTING)
+    criteria = sorted(name for name, cls in CRITERION_REGISTRY.items() if cls.__module__.startswith("one_peace."))
+    for task_name in ours:
+        task = _task(task_name, fixture_bpe_dir)
+        for criterion in criteria:
+            cfg = OmegaConf.create({"_name": criterion})
+            if criterion in FITTING[task_name]:
+                assert task.build_criterion(cfg).task is task
+                continue
+            with pytest.raises(ValueError) as err:
+                task.build_criterion(cfg)
+            message = str(err.value)
+            assert message.startswith(f"criterion {criterion} cannot train task {task_name}: it needs "), message
+            advice = " or ".join(FITTING[task_name]) if FITTING[task_name] else "no ONE-PEACE criterion trains it"
+            assert advice in message and "\n" not in message
+
+
+def test_pretraining_criterion_of_another_modality_fails_when_built(user_dir, fixture_bpe_dir, tmp_path):
+    """The report: --task image_text_pretrain --criterion audio_text_pretrain_loss ended in KeyError:
+    'src_audios' at the first batch; fairseq-train now stops with one line naming both and the fit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from one_peace.data_utils import synthetic
+
+    synthetic.write_image_split(str(tmp_path), "train", 2, seed=1)
+    cmd = [str(Path(sys.executable).parent / "fairseq-train"), str(tmp_path / "image_text_train.tsv"),
+           "--user-dir", user_dir, "--task", "image_text_pretrain", "--arch", "one_peace_pretrain_tiny",
+           "--criterion", "audio_text_pretrain_loss", "--bpe-dir", fixture_bpe_dir, "--batch-size", "2", "--cpu",
+           "--ignore-unused-valid-subsets", "--save-dir", str(tmp_path / "ckpt")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode != 0
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if "error:" in line]
+    assert errors == ["fairseq-train: error: criterion audio_text_pretrain_loss cannot train task "
+                      "image_text_pretrain: it needs the audio-text pretraining task (audio_text_pretrain; task "
+                      "PRETRAIN_MODALITY audio); for task image_text_pretrain use --criterion "
+                      "image_text_pretrain_loss"], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "KeyError" not in run.stderr
+
+
+def test_fairseq_criteria_are_refused_by_our_tasks(user_dir, fixture_bpe_dir):
+    from omegaconf import OmegaConf
+
+    task = _task("vggsound", fixture_bpe_dir)
+    with pytest.raises(ValueError, match=r"^criterion cross_entropy cannot train task vggsound: it is not a "
+                                         r"ONE-PEACE criterion .*; for task vggsound use --criterion "
+                                         r"classify_criterion$"):
+        task.build_criterion(OmegaConf.create({"_name": "cross_entropy", "sentence_avg": False}))

@@ -91,13 +91,37 @@ def test_any_retrieval_criterion_name_follows_the_task():
     assert model.calls[0][0] == "audio" and "a2t_ncorrect" in log and "i2t_ncorrect" not in log
 
 
-def test_retrieval_criterion_on_another_task_says_so():
+def test_retrieval_criterion_on_another_task_says_so_when_built():
     from one_peace.criterions.retrieval_loss import ImageTextRetrievalCriterion
     from one_peace.tasks.audio_tasks.vggsound import VggsoundConfig, VggsoundTask
 
-    criterion = ImageTextRetrievalCriterion(make_task(VggsoundConfig, VggsoundTask, num_classes=3))
+    task = make_task(VggsoundConfig, VggsoundTask, num_classes=3)
+    with pytest.raises(ValueError, match="^criterion image_text_retrieval_criterion cannot train task vggsound: it "
+                                         "needs a retrieval task .*; for task vggsound use --criterion "
+                                         "classify_criterion$"):
+        ImageTextRetrievalCriterion(task)
+    criterion = ImageTextRetrievalCriterion(None)  # built without a task (its loss alone): checked when used
+    criterion.task = task
     with pytest.raises(ValueError, match="needs a retrieval task .*VggsoundTask"):
         criterion(FakeModel(), batch("image"))
+
+
+def test_reduced_scale_is_the_mean_over_batches_of_any_worker_count():
+    """Logs summed over two workers (one log per step) and the zeroed log of fairseq's ignored dummy
+    batch: the logged scale is still the per-batch mean, and the zeroed log adds nothing."""
+    from fairseq import metrics
+
+    from one_peace.criterions.retrieval_loss import RetrievalCriterion
+
+    log = {"loss": 2.0, "nsentences": 3, "ntokens": 3, "sample_size": 1, "i2t_ncorrect": 1, "t2i_ncorrect": 2,
+           "logit_scale_exp": 10.0, "num_skipped": 0}
+    summed = {key: 2 * value for key, value in log.items()}
+    zeroed = {key: 0 * value for key, value in log.items()}
+    for logs in ([log], [summed], [log, zeroed], [summed, zeroed]):
+        with metrics.aggregate() as agg:
+            RetrievalCriterion.reduce_metrics(logs)
+        values = agg.get_smoothed_values()
+        assert values["logit_scale_exp"] == 10.0 and values["loss"] == 2.0 and values["i2t_acc"] == 33.333, logs
 
 
 def test_datasets_are_plain_torch_datasets_the_tasks_hand_to_fairseq(tmp_path):

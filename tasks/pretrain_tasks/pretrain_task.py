@@ -33,6 +33,8 @@ class AudioTextPretrainConfig(BaseTaskConfig):
 
 
 class _PretrainTask(BaseTask):
+    PRETRAIN_MODALITY = ""  # the modality paired with text: picks the criterion (<modality>_text_pretrain_loss)
+
     def common_kwargs(self):
         # fairseq seeds torch with --seed before datasets are built.
         return dict(seed=torch.initial_seed() % (2 ** 31), skip_bad_samples=self.cfg.skip_bad_samples)
@@ -41,6 +43,7 @@ class _PretrainTask(BaseTask):
 @register_task("image_text_pretrain", dataclass=ImageTextPretrainConfig)
 class ImageTextPretrainTask(_PretrainTask):
     DEFAULT_COLS = "image_id,image,caption"
+    PRETRAIN_MODALITY = "image"
 
     def build_dataset(self, split, reader):
         cfg = self.cfg
@@ -54,6 +57,7 @@ class ImageTextPretrainTask(_PretrainTask):
 @register_task("audio_text_pretrain", dataclass=AudioTextPretrainConfig)
 class AudioTextPretrainTask(_PretrainTask):
     DEFAULT_COLS = "uniq_id,audio,text,duration"
+    PRETRAIN_MODALITY = "audio"
 
     def build_dataset(self, split, reader):
         cfg = self.cfg

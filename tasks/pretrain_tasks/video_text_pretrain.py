@@ -27,6 +27,7 @@ class VideoTextPretrainConfig(BaseTaskConfig):
 @register_task("video_text_pretrain", dataclass=VideoTextPretrainConfig)
 class VideoTextPretrainTask(_PretrainTask):
     DEFAULT_COLS = "uniq_id,video,text"
+    PRETRAIN_MODALITY = "video"
 
     def build_dataset(self, split, reader):
         cfg = self.cfg

@@ -95,6 +95,7 @@ class SegmentationDataset(TSVDataset):
 
 @register_task("semantic_segmentation", dataclass=SemanticSegmentationConfig)
 class SemanticSegmentationTask(BaseTask):
+    TARGET = "pixels"  # a class per pixel: what segmentation_criterion trains
     DEFAULT_COLS = "image,label_map"
 
     def __init__(self, cfg, dictionary=None, tokenizer=None):

@@ -86,6 +86,7 @@ class RefCOCODataset(TSVDataset):
 @register_task("refcoco", dataclass=RefCOCOConfig)
 class RefCOCOTask(ClassificationTask):
     DEFAULT_COLS = "uniq_id,image,text,region_coord"
+    TARGET = "box"
 
     def build_dataset(self, split, reader):
         return RefCOCODataset(split, reader, self.tokenizer, self.cfg.patch_image_size,
