@@ -176,7 +176,8 @@ def training_state_bytes(precision):
     from fairseq.trainer import Trainer
 
     task, _, _ = load_benchmark(BENCHMARKS["esc50"])
-    argv = ["unused.tsv", "--task", "audio_classify", "--arch", "one_peace_classify_tiny", "--cpu", "--optimizer",
+    argv = ["unused.tsv", "--task", "audio_classify", "--criterion", "classify_criterion", "--arch",
+            "one_peace_classify_tiny", "--cpu", "--optimizer",
             "adjust_adam", "--lr", "1e-4", "--weight-decay", "0.05", "--layer-decay", "0.9", "--no-bias-decay"]
     argv += {"fp32": [], "bf16": ["--bf16", "--fp16-no-flatten-grads"],
              "memory-efficient bf16": ["--bf16", "--memory-efficient-bf16"]}[precision]
