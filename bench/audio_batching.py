@@ -50,12 +50,9 @@ def main(argv=None):
         parser.error(f"no sounds under {args.sounds} (run run_scripts/fetch_real_media.sh, or pass --sounds)")
     if args.checkpoint is None:
         sys.path.insert(0, HERE)
-        from load import make_stand_in, stand_in_path
+        from load import ensure_stand_in
 
-        os.makedirs(args.workdir, exist_ok=True)
-        args.checkpoint = stand_in_path(args.workdir, args.size)
-        if not os.path.exists(args.checkpoint):
-            make_stand_in(args.checkpoint, args.size)
+        args.checkpoint = ensure_stand_in(args.workdir, args.size)
     from one_peace import from_pretrained
 
     hubs = {mode: from_pretrained(args.checkpoint, device="cpu", dtype=args.dtype, bpe_dir=args.bpe_dir,

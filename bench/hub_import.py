@@ -70,12 +70,9 @@ def main(argv=None):
         parser.error("--repeats must be at least 1")
     if args.checkpoint is None:
         sys.path.insert(0, HERE)
-        from load import make_stand_in, stand_in_path
+        from load import ensure_stand_in
 
-        os.makedirs(args.workdir, exist_ok=True)
-        args.checkpoint = stand_in_path(args.workdir, args.size)
-        if not os.path.exists(args.checkpoint):
-            make_stand_in(args.checkpoint, args.size)
+        args.checkpoint = ensure_stand_in(args.workdir, args.size)
     trees = {"this tree": None}
     if args.baseline_tree:
         trees = {"baseline": args.baseline_tree, "this tree": None}

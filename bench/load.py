@@ -39,6 +39,15 @@ def stand_in_path(workdir, size):
     return os.path.join(workdir, f"one-peace-{size}-standin.pt")
 
 
+def ensure_stand_in(workdir, size):
+    """The stand-in of ``size`` under ``workdir``, written first if absent (other benches embed with it)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = stand_in_path(workdir, size)
+    if not os.path.exists(path):
+        make_stand_in(path, size)
+    return path
+
+
 def make_stand_in(path, size, vocab_size=50264, seed=0):
     """Write a random bf16 checkpoint in the official layout for the ``size`` preset."""
     from omegaconf import OmegaConf

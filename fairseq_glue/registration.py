@@ -58,6 +58,13 @@ def _task_value(task, name, default=None):
     return getattr(cfg, name, default) if cfg is not None else default
 
 
+def _required_num_classes(task, model_name):
+    num_classes = _task_value(task, "num_classes")
+    if not num_classes:
+        raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for {model_name}")
+    return num_classes
+
+
 def _vocab_size(task):
     dictionary = getattr(task, "source_dictionary", None)
     return len(dictionary) if dictionary is not None else None
@@ -113,9 +120,7 @@ class OnePeaceClassify(OnePeaceClassifyModel, _FairseqGlue):
     @classmethod
     def build_model(cls, cfg, task):
         head_type = _task_value(task, "head_type", "vl")
-        num_classes = _task_value(task, "num_classes")
-        if not num_classes:
-            raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for one_peace_classify")
+        num_classes = _required_num_classes(task, "one_peace_classify")
         _configure_from_task(cfg, task, encoder_type_modalities(head_type), "one_peace_classify")
         return build_for_loading(lambda: cls(cfg, head_type=head_type, num_classes=num_classes,
                                              vocab_size=_vocab_size(task),

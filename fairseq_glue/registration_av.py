@@ -13,7 +13,7 @@ from ..models.architectures import PRESETS, apply_preset
 from ..models.audio_visual import AV_MODALITIES, OnePeaceAudioVisualClassifyModel
 from ..models.config import OnePeaceClassifyConfig
 from ..models.deferred_init import build_for_loading
-from .registration import _configure_from_task, _FairseqGlue, _task_value, fairseq_config
+from .registration import _configure_from_task, _FairseqGlue, _required_num_classes, fairseq_config
 
 
 @dataclass
@@ -25,9 +25,7 @@ class OnePeaceClassifyAVConfig(OnePeaceClassifyConfig):
 class OnePeaceClassifyAV(OnePeaceAudioVisualClassifyModel, _FairseqGlue):
     @classmethod
     def build_model(cls, cfg, task):
-        num_classes = _task_value(task, "num_classes")
-        if not num_classes:
-            raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for one_peace_classify_av")
+        num_classes = _required_num_classes(task, "one_peace_classify_av")
         _configure_from_task(cfg, task, AV_MODALITIES, "one_peace_classify_av")
         return build_for_loading(lambda: cls(cfg, num_classes=num_classes), cfg)
 

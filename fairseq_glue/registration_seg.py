@@ -12,16 +12,14 @@ from ..models.architectures import PRESETS, SEGMENTATION_HEADS, apply_preset
 from ..models.config import OnePeaceSegmentationConfig
 from ..models.deferred_init import build_for_loading
 from ..models.segmentation import OnePeaceSegmentationModel
-from .registration import _configure_from_task, _FairseqGlue, _task_value, fairseq_config
+from .registration import _configure_from_task, _FairseqGlue, _required_num_classes, fairseq_config
 
 
 @register_model("one_peace_segmentation", dataclass=fairseq_config(OnePeaceSegmentationConfig))
 class OnePeaceSegmentation(OnePeaceSegmentationModel, _FairseqGlue):
     @classmethod
     def build_model(cls, cfg, task):
-        num_classes = _task_value(task, "num_classes")
-        if not num_classes:
-            raise ValueError(f"task {_task_value(task, '_name')!r} sets no num_classes for one_peace_segmentation")
+        num_classes = _required_num_classes(task, "one_peace_segmentation")
         # Rel-pos buckets from task.patch_image_size (the crop every forward sees).
         _configure_from_task(cfg, task, ("image",), "one_peace_segmentation")
         return build_for_loading(lambda: cls(cfg, num_classes=num_classes), cfg)

@@ -15,15 +15,13 @@ import torch
 from ..data_utils.processors import load_images
 from ..models.checkpoint import load_checkpoint_file
 from ..models.modalities import get_modality, modality_names
-from .loading import MODEL_CLASSES, load_model, modalities_in
+from .loading import MODEL_TYPES, load_model
 from .task_methods import TaskMethods
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-MODEL_TYPES = tuple(MODEL_CLASSES)
-_modalities_in = modalities_in  # search/embed.py reads a checkpoint's branches with it
 
 
 def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrieval", device=None,

@@ -23,8 +23,7 @@ from ..models.deferred_init import build_for_loading, loading_context
 from ..models.modalities import encoder_type_modalities, head_type_for, modalities_of, modality_names
 from ..models.one_peace import OnePeaceClassifyModel, OnePeacePretrainModel, OnePeaceRetrievalModel
 
-MODEL_CLASSES = {"one_peace_retrieval": OnePeaceRetrievalModel, "one_peace_classify": OnePeaceClassifyModel,
-                 "one_peace_pretrain": OnePeacePretrainModel}
+MODEL_TYPES = tuple(CONFIGS)  # what from_pretrained builds: retrieval, classify, pretrain
 # The official task fields the hub reads, with the official defaults (tasks/base_task.py).
 TASK_DEFAULTS = {"max_src_length": 70, "patch_image_size": 256, "max_duration": 15, "head_type": "vl",
                  "num_classes": None, "use_two_images": False, "label_file": None, "bpe_dir": None}
@@ -47,10 +46,6 @@ class CheckpointTask:
     dictionary: Dictionary
     tokenizer: TextTokenizer
     label_names: Optional[Dict[int, str]] = field(default=None)
-
-    @property
-    def source_dictionary(self) -> Dictionary:
-        return self.dictionary
 
 
 def modalities_in(state_dict) -> list:

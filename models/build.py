@@ -78,9 +78,3 @@ def pretrain_load_options(stage2_pretrain: bool, reset_logit_scale: bool, state_
         return {"reset_logit_scale": bool(reset_logit_scale), "drop_image": True} if from_stage1 else {}
     return {"reset_logit_scale": True} if reset_logit_scale else {}
 
-
-def as_plain_dict(cfg) -> dict:
-    """A config dataclass (or DictConfig) as the plain nested dict a checkpoint saves."""
-    if dataclasses.is_dataclass(cfg):
-        return OmegaConf.to_container(OmegaConf.structured(cfg))
-    return OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
