@@ -9,7 +9,7 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIRS = ["models", "data_utils", "metrics", "hub", "fairseq_glue", "tasks", "criterions", "optim", "user_src",
-               "search"]
+               "search", "mteb_eval"]
 
 
 def find_subpackages():
@@ -27,6 +27,8 @@ def find_subpackages():
 
 
 packages, package_dir = find_subpackages()
+ONNX_EXTRAS = ["onnx", "onnxruntime"]  # one-peace-export, one-peace-index --backend onnx
+MTEB_EXTRAS = ["mteb==2.26.24"]  # the MTEB wrapper (mteb_eval/); its core imports beside the CPU torch
 # Hydra scans the hydra_plugins namespace when fairseq-hydra-train starts (optim/common_config.py).
 packages.append("hydra_plugins.one_peace")
 package_dir["hydra_plugins.one_peace"] = "hydra_plugins/one_peace"
@@ -54,9 +56,16 @@ setup(
         "starlette",  # search/server.py (one-peace-serve)
         "uvicorn",
         "python-multipart",  # file uploads to one-peace-serve
+        "safetensors",  # pickle-free model directories (hub/pretrained_dir.py)
+        "huggingface_hub",  # from_pretrained("org/name") through the Hub and its cache
+        "webdataset",  # tar shards as training data
         'triton; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    extras_require={"dev": ["pytest", "scikit-learn", "ruff", "import-linter", "httpx", "playwright"]},
+    extras_require={
+        "onnx": ONNX_EXTRAS,
+        "mteb": MTEB_EXTRAS,
+        "dev": ["pytest", "scikit-learn", "ruff", "import-linter", "httpx", "playwright"] + ONNX_EXTRAS + MTEB_EXTRAS,
+    },
     entry_points={
         "console_scripts": [
             "one-peace-evaluate=one_peace.evaluate:cli_main",
@@ -64,6 +73,8 @@ setup(
             "one-peace-index=one_peace.search.indexer:cli_main",
             "one-peace-search=one_peace.search.query:cli_main",
             "one-peace-serve=one_peace.search.server:cli_main",
+            "one-peace-convert=one_peace.hub.convert:cli_main",
+            "one-peace-export=one_peace.hub.onnx_export:cli_main",
         ]
     },
 )

@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "index.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,16 +30,29 @@ CREATE TABLE IF NOT EXISTS files (
     mtime_ns INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     reason TEXT,
-    indexed_at REAL NOT NULL);
+    indexed_at REAL NOT NULL,
+    taken_at REAL,                         -- seconds since the epoch: EXIF DateTimeOriginal, a container's
+                                           -- creation time, else the mtime (what the date filter reads)
+    duration_s REAL);                      -- audio and video, else NULL
 CREATE TABLE IF NOT EXISTS vectors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the faiss id; never reused, so a stale index cannot point elsewhere
     path TEXT NOT NULL REFERENCES files(path) ON DELETE CASCADE,
     modality TEXT NOT NULL,
     row INTEGER,                           -- line of a .tsv of texts, else NULL
     text TEXT,                             -- the embedded text (texts only), for display
-    vector BLOB NOT NULL);                 -- float32, L2-normalised
+    vector BLOB NOT NULL,                  -- float32, L2-normalised
+    start_s REAL,                          -- a segment of a long video or sound: its span in seconds;
+    end_s REAL);                           -- NULL when the vector stands for the whole file
 CREATE INDEX IF NOT EXISTS vectors_by_path ON vectors(path);
 CREATE INDEX IF NOT EXISTS vectors_by_modality ON vectors(modality);
+"""
+# Version 1 -> 2: file dates and durations, segment spans (old rows date from their mtime).
+_MIGRATE_1_TO_2 = """
+ALTER TABLE files ADD COLUMN taken_at REAL;
+ALTER TABLE files ADD COLUMN duration_s REAL;
+ALTER TABLE vectors ADD COLUMN start_s REAL;
+ALTER TABLE vectors ADD COLUMN end_s REAL;
+UPDATE files SET taken_at = mtime_ns / 1e9;
 """
 
 
@@ -64,9 +77,14 @@ class IndexStore:
         self.db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA journal_mode = WAL")  # readers (search, serve) never block the indexer
+        version = self._stored_version()
+        if version == 1:
+            with self.db:
+                self.db.executescript(_MIGRATE_1_TO_2)
+            self.set("schema_version", 2)
+            version = 2
         with self.db:
             self.db.executescript(_SCHEMA)
-        version = self.get("schema_version")
         if version is None:
             self.set("schema_version", SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:
@@ -74,6 +92,13 @@ class IndexStore:
 
     def close(self):
         self.db.close()
+
+    def _stored_version(self) -> Optional[int]:
+        """The schema version recorded in an existing database (None for a new one)."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return json.loads(row[0]) if row else None
 
     # ---- meta ----------------------------------------------------------------------------
     def get(self, key: str, default=None):
@@ -135,25 +160,39 @@ class IndexStore:
             for path in paths:
                 row = self.db.execute("SELECT modality FROM files WHERE path = ?", (path,)).fetchone()
                 if row:
-                    modalities.add(row[0])
+                    modalities.add(row[0])  # and every modality of its vectors (a video's sound track)
+                    modalities.update(m for (m,) in self.db.execute(
+                        "SELECT DISTINCT modality FROM vectors WHERE path = ?", (path,)))
                     self.db.execute("DELETE FROM files WHERE path = ?", (path,))  # vectors cascade
             self._bump(modalities)
         return len(paths)
 
     def commit_batch(self, entries: Sequence[Tuple]) -> None:
-        """One transaction for a batch: ``entries`` of (source, status, reason, [(row, text, vector)]);
-        a file's earlier record and vectors are replaced."""
+        """One transaction for a batch; a file's earlier record and vectors are replaced.
+
+        An entry is ``(source, status, reason, vectors[, file_info])``.  A vector is ``(row, text,
+        vector)`` of the file's own modality, or ``(row, text, vector, modality, start_s, end_s)`` (a
+        segment, or another modality of the same file: a video's sound track is audio).  ``file_info``
+        may give ``taken_at`` (default: the mtime) and ``duration_s``."""
         now = time.time()
+        touched = set()
         with self.db:
-            for source, status, reason, vectors in entries:
+            for source, status, reason, vectors, *more in entries:
+                info = more[0] if more else {}
+                taken_at = info.get("taken_at")
                 self.db.execute("DELETE FROM files WHERE path = ?", (source.path,))
-                self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (source.path, source.modality, source.size, source.mtime_ns, status, reason, now))
+                self.db.execute(
+                    "INSERT INTO files (path, modality, size, mtime_ns, status, reason, indexed_at, taken_at, "
+                    "duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (source.path, source.modality, source.size, source.mtime_ns, status, reason, now,
+                     source.mtime_ns / 1e9 if taken_at is None else float(taken_at), info.get("duration_s")))
+                rows = [_vector_row(source, v) for v in vectors]
                 self.db.executemany(
-                    "INSERT INTO vectors (path, modality, row, text, vector) VALUES (?, ?, ?, ?, ?)",
-                    [(source.path, source.modality, row, text, np.asarray(vec, np.float32).tobytes())
-                     for row, text, vec in vectors])
-            self._bump(source.modality for source, *_ in entries)
+                    "INSERT INTO vectors (path, modality, row, text, vector, start_s, end_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                touched.add(source.modality)
+                touched.update(r[1] for r in rows)
+            self._bump(touched)
 
     # ---- vectors -------------------------------------------------------------------------
     def counts(self) -> Dict[str, int]:
@@ -190,19 +229,30 @@ class IndexStore:
         return np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), dim)
 
     def lookup(self, ids: Sequence[int]) -> Dict[int, Dict]:
-        """vector id -> its record (path, modality, row, text, size, mtime_ns)."""
+        """vector id -> its record (path, modality, row, text, size, mtime_ns, taken_at, duration_s,
+        start_s, end_s, file_modality)."""
         if not len(ids):
             return {}
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
-            f"SELECT v.id, v.path, v.modality, v.row, v.text, f.size, f.mtime_ns FROM vectors v "
-            f"JOIN files f ON f.path = v.path WHERE v.id IN ({marks})", [int(i) for i in ids])
-        return {r[0]: dict(id=r[0], path=r[1], modality=r[2], row=r[3], text=r[4], size=r[5], mtime_ns=r[6])
-                for r in rows}
+            f"SELECT v.id, v.path, v.modality, v.row, v.text, f.size, f.mtime_ns, f.taken_at, f.duration_s, "
+            f"v.start_s, v.end_s, f.modality FROM vectors v JOIN files f ON f.path = v.path "
+            f"WHERE v.id IN ({marks})", [int(i) for i in ids])
+        keys = ("id", "path", "modality", "row", "text", "size", "mtime_ns", "taken_at", "duration_s", "start_s",
+                "end_s", "file_modality")
+        return {r[0]: dict(zip(keys, r)) for r in rows}
 
     def vector_of(self, vid: int, dim: int) -> Optional[np.ndarray]:
         row = self.db.execute("SELECT vector FROM vectors WHERE id = ?", (int(vid),)).fetchone()
         return np.frombuffer(row[0], np.float32).reshape(dim) if row else None
+
+
+def _vector_row(source, vector: Tuple) -> Tuple:
+    if len(vector) == 3:
+        (row, text, vec), modality, start, end = vector, source.modality, None, None
+    else:
+        row, text, vec, modality, start, end = vector
+    return (source.path, modality, row, text, np.asarray(vec, np.float32).tobytes(), start, end)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,1 @@
+"""ONE-PEACE on MTEB's boards (MIEB, MAEB, MVEB): the model wrapper and its ModelMeta (docs/EVALUATION.md)."""
