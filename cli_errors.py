@@ -11,7 +11,7 @@ import traceback
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 TOOLS = ("fairseq-train", "fairseq-hydra-train", "one-peace-hydra-train", "one-peace-evaluate",
-         "one-peace-index", "one-peace-search", "one-peace-serve")
+         "one-peace-index", "one-peace-search", "one-peace-serve", "one-peace-convert", "one-peace-export")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, TypeError)
 
 

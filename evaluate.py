@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .metrics.gather import world_info
+from .models.model_dir import CONFIG_FILE, is_model_dir
 from .user_src import registry  # noqa: F401 - first of our imports: registers everything; keeps fairseq's import off logging
 
 logger = logging.getLogger("one_peace.evaluate")
@@ -66,7 +67,7 @@ def _checkpoint_task_name(argv: List[str]) -> Optional[str]:
             path = arg.split("=", 1)[1]
     if path is None:
         return None
-    if not os.path.isfile(path):
+    if not (os.path.isfile(path) or is_model_dir(path)):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return _peek_saved_cfg(path).task._name
 
@@ -158,9 +159,10 @@ def check_options(cfg) -> None:
     from .tasks.evaluation import zero_shot_tasks
 
     path = cfg.common_eval.path
-    if not os.path.isfile(path):
+    if not (os.path.isfile(path) or is_model_dir(path)):  # a .pt, or a directory of one-peace-convert
         raise FileNotFoundError(f"--path: checkpoint not found: {path}" if not os.path.isdir(path)
-                                else f"--path: {path} is a directory; name the checkpoint file in it")
+                                else f"--path: {path} is a directory without {CONFIG_FILE} (not a model "
+                                     "directory of one-peace-convert); name the checkpoint file in it")
     for option, value, least in (("--batch-size", cfg.dataset.batch_size, 1),
                                  ("--num-workers", cfg.dataset.num_workers, 0)):
         if value is not None and value < least:

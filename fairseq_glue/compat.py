@@ -41,6 +41,7 @@ from omegaconf import OmegaConf
 from ..data_utils.dataset import has_rows, skipped_rows
 from ..models.checkpoint import load_checkpoint_file, register_safe_globals
 from ..models.deferred_init import awaiting_load, current_load_target, loading_context, memory_map_for
+from ..models.model_dir import is_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def _deferred_loading(original):
 def _mapped_loading(original):
     @functools.wraps(original)
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
-        if not memory_map_for(path):  # nothing built to receive it lazily: fairseq's own loading
+        # nothing built to receive it lazily: fairseq's own loading (a model directory has no pickle for it)
+        if not memory_map_for(path) and not is_model_dir(path):
             return original(path, arg_overrides, load_on_all_ranks)
         logger.info("reading %s memory-mapped: a model built without initialising its weights awaits it", path)
         return prepare_state(load_checkpoint_file(path, mmap=True), arg_overrides)
@@ -86,11 +88,28 @@ def _awaited_loading(original):
     @functools.wraps(original)
     def load_checkpoint(self, filename, *args, **kwargs):
         # Scoped to this call: memory-map the file only if the trainer's own model awaits it.
-        with awaiting_load(getattr(self, "_model", None), filename):
+        with awaiting_load(getattr(self, "_model", None), filename), _model_dir_as_file(filename):
             return original(self, filename, *args, **kwargs)
 
     load_checkpoint.one_peace_patched = True
     return load_checkpoint
+
+
+@contextlib.contextmanager
+def _model_dir_as_file(path):
+    """fairseq's ``Trainer.load_checkpoint`` asks ``PathManager.isfile`` and starts from scratch,
+    saying only "no existing checkpoint", when it is false: a model directory (``--finetune-from-model
+    DIR``, ``--restore-file DIR``) counts as the checkpoint file it stands for, within that call."""
+    if not (isinstance(path, str) and is_model_dir(path)):
+        yield
+        return
+    path_manager = fairseq_trainer.PathManager
+    original = path_manager.isfile
+    path_manager.isfile = staticmethod(lambda p: p == path or original(p))
+    try:
+        yield
+    finally:
+        path_manager.isfile = original
 
 
 def prepare_state(state: dict, arg_overrides=None) -> dict:

@@ -14,8 +14,9 @@ import torch
 
 from ..data_utils.processors import load_images
 from ..models.checkpoint import load_checkpoint_file
-from ..models.modalities import get_modality, modality_names
+from ..models.modalities import get_modality, modalities_of, modality_names
 from .loading import MODEL_TYPES, load_model
+from .pretrained_dir import check_preprocessor, model_type_of, resolve_pretrained, save_pretrained, task_settings
 from .task_methods import TaskMethods
 
 logger = logging.getLogger(__name__)
@@ -24,11 +25,16 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrieval", device=None,
+def from_pretrained(model_name_or_path: str, model_type: Optional[str] = None, device=None,
                     dtype: str = "float32", bpe_dir: Optional[str] = None, allow_pickle: bool = False,
                     modalities: Optional[Sequence[str]] = None, exif_transpose: bool = True,
-                    official_padding: bool = False):
+                    official_padding: bool = False, revision: Optional[str] = None):
     """Load a ONE-PEACE checkpoint (official or ours) for inference.
+
+    ``model_name_or_path``: a ``.pt`` checkpoint; a model directory (``save_pretrained`` or
+    ``one-peace-convert``: config.json + safetensors, read without pickle, its own tokenizer files); or a
+    Hub repo ``org/name`` holding one (``revision``: branch, tag or commit; the local Hugging Face cache
+    when offline).  ``model_type``: default the directory's config.json, else ``one_peace_retrieval``.
 
     ``bpe_dir`` overrides the checkpoint's BPE directory (else the saved one, then
     ``$ONE_PEACE_BPE_DIR``, then the cache filled by ``python -m one_peace.data_utils.bpe fetch``).
@@ -42,14 +48,14 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     the padding).  By default each clip's embedding is the one it gets alone (rows of equal length run
     together, trimmed to their length).
     """
-    if model_type not in MODEL_TYPES:
+    if model_type is not None and model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     device = _checked_device(device)
-    if modalities is not None:
+    if modalities is not None and model_type is not None:
         modalities = _checked_modalities(modalities, model_type)
-    path = os.path.expanduser(os.fspath(model_name_or_path))
+    path = resolve_pretrained(model_name_or_path, revision)  # a file, a directory, or a Hub snapshot
     # Memory-mapped: tensors stay on disk until used; a bf16 load keeps them mapped (no copy).
     state = load_checkpoint_file(path, allow_pickle=allow_pickle, mmap=True)
     if state.get("cfg") is None:
@@ -57,6 +63,13 @@ def from_pretrained(model_name_or_path: str, model_type: str = "one_peace_retrie
     if not state.get("model"):
         raise ValueError(f"{path} holds no model weights (its 'model' entry is "
                          f"{'empty' if 'model' in state else 'missing'}); was it saved with the weights stripped?")
+    model_type = model_type_of(state, model_type)
+    if modalities is not None:
+        modalities = _checked_modalities(modalities, model_type)
+    elif model_type == "one_peace_retrieval" and state.get("head_type"):  # a directory's config.json
+        modalities = modalities_of(state["head_type"])
+    if state.get("config_file"):
+        check_preprocessor(os.path.dirname(state["config_file"]), task_settings(state["cfg"].get("task")))
     model, task, cfg = load_model(path, state, model_type, DTYPES[dtype], device, bpe_dir=bpe_dir,
                                   modalities=modalities)
     return OnePeaceHubInterface(model, task, cfg, device=device, dtype=DTYPES[dtype], exif_transpose=exif_transpose,
@@ -196,6 +209,14 @@ class OnePeaceHubInterface(TaskMethods):
                         return lambda items: method(modality, items)
                     return lambda **net_input: self.extract_features(modality, **net_input)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def save_pretrained(self, save_directory, dtype: Optional[str] = None, max_shard_size="5GB") -> dict:
+        """Write the model as a directory ``from_pretrained`` reads without pickle: config.json,
+        model.safetensors (Hub-style shards past ``max_shard_size``), the tokenizer files and
+        preprocessor_config.json (``hub/pretrained_dir.py``); ``dtype``: cast floating weights (None: as loaded)."""
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
+        return save_pretrained(self, save_directory, DTYPES[dtype] if dtype else None, max_shard_size)
 
     # ---- preprocessing (official names) ------------------------------------------------------
     def process_text(self, texts: Sequence[str]) -> torch.LongTensor:

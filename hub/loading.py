@@ -96,15 +96,16 @@ def load_model(path: str, state: dict, model_type: str, dtype: torch.dtype, devi
     if model_type == "one_peace_retrieval":  # embed every modality the checkpoint has weights for
         head_type = head_type_for(modalities or modalities_in(state["model"]))
     task = read_task(saved.get("task"), bpe_dir, head_type)
-    model_cfg = config_from_saved(CONFIGS[model_type], saved.get("model"), source=path)
+    # A model directory's state names its config.json and weight files (models/model_dir.py).
+    model_cfg = config_from_saved(CONFIGS[model_type], saved.get("model"), source=state.get("config_file", path))
     build = _build(model_type, model_cfg, task)
     options = {}
     if model_type == "one_peace_pretrain":
         options = pretrain_load_options(model_cfg.stage2_pretrain, model_cfg.reset_logit_scale, state["model"])
     # Built without initialising what the checkpoint provides; tensors land in dtype on device.
-    with loading_context(dtype, device, files=path):
+    with loading_context(dtype, device, files=state.get("weight_files", path)):
         model = build_for_loading(build)
-        ckpt.load_into(model, state["model"], source="checkpoint", **options)
+        ckpt.load_into(model, state["model"], source=state.get("source", "checkpoint"), **options)
     cfg = OmegaConf.create({**saved, "model": {**(saved.get("model") or {}), "_name": model_type},
                             "task": dict(task.cfg)})
     return model, task, cfg

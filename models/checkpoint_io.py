@@ -43,8 +43,13 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False, mmap: bool = Fal
     """``torch.load`` a checkpoint safely; ``allow_pickle=True`` opts into arbitrary pickles.
 
     ``mmap=True`` memory-maps a zip-format file instead of reading it: tensors are paged in from
-    disk as they are used (legacy pickle files cannot be mapped and are read).
+    disk as they are used (legacy pickle files cannot be mapped and are read).  A model directory
+    (``config.json`` + safetensors, ``models/model_dir.py``) is read without pickle, always mapped.
     """
+    if os.path.isdir(path):
+        from .model_dir import load_model_dir
+
+        return load_model_dir(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     kind = _file_kind(path)

@@ -327,8 +327,13 @@ def checkpoint_to_be_loaded(model_cfg) -> Optional[str]:
         if os.path.isfile(last):
             return last
         finetune = ck.get("finetune_from_model")
-        return finetune if finetune and os.path.isfile(finetune) else None
-    return restore if os.path.isfile(restore) else None
+        return finetune if finetune and _readable_checkpoint(finetune) else None
+    return restore if _readable_checkpoint(restore) else None
+
+
+def _readable_checkpoint(path: str) -> bool:
+    """A checkpoint file, or a model directory (``config.json`` + safetensors, ``model_dir.py``)."""
+    return os.path.isfile(path) or os.path.isfile(os.path.join(path, "config.json"))
 
 
 def build_for_loading(build: Callable[[], nn.Module], model_cfg=None) -> nn.Module:

@@ -3,7 +3,7 @@
 # Environment (all optional except where a script says otherwise):
 #   NUM_GPUS             GPUs per node (default 1); > 1 launches torchrun
 #   MASTER_PORT          torchrun port (default 29500)
-#   ONE_PEACE_CHECKPOINT pretrained checkpoint to fine-tune from (one-peace.pt)
+#   ONE_PEACE_CHECKPOINT pretrained checkpoint to fine-tune from (one-peace.pt, or its one-peace-convert directory)
 #   BPE_DIR              dir with encoder.json, vocab.bpe, dict.txt (default: $ONE_PEACE_BPE_DIR / the cache)
 #   SAVE_DIR, RESULTS_DIR  outputs (defaults under ./checkpoints and ./results)
 #   PYTHON               interpreter with one_peace installed (default: the repository's .venv, else python3)
@@ -45,6 +45,11 @@ need_file() {  # need_file PATH WHAT
   [ -f "$1" ] || die "$2 not found: $1"
 }
 
+need_checkpoint() {  # need_checkpoint PATH WHAT: a .pt file, or a model directory of one-peace-convert
+  [ -n "$1" ] || die "$2 is not set"
+  [ -f "$1" ] || [ -f "$1/config.json" ] || die "$2 not found: $1 (a checkpoint file or a model directory)"
+}
+
 tsv_rows() {  # data rows of a TSV (header excluded)
   echo $(( $(wc -l < "$1") - 1 ))
 }
@@ -58,7 +63,7 @@ one_peace_train() {
               "hydra.run.dir=." "distributed_training.distributed_world_size=$NUM_GPUS")
   if [ -n "${BPE_DIR:-}" ]; then args+=("task.bpe_dir=$BPE_DIR"); fi
   if [ -n "${ONE_PEACE_CHECKPOINT:-}" ]; then
-    need_file "$ONE_PEACE_CHECKPOINT" ONE_PEACE_CHECKPOINT
+    need_checkpoint "$ONE_PEACE_CHECKPOINT" ONE_PEACE_CHECKPOINT
     # Starts from the pretrained weights on the first launch only; a restarted run resumes
     # from SAVE_DIR/checkpoint_last.pt (the official reset_* flags would restart from scratch).
     args+=("checkpoint.finetune_from_model=$ONE_PEACE_CHECKPOINT")
@@ -93,7 +98,7 @@ evaluate_on_tsv() {
   local results_name=$1 batch=$2 precision=$3
   shift 3
   need_file "$TEST_TSV" TEST_TSV
-  need_file "$CHECKPOINT" CHECKPOINT
+  need_checkpoint "$CHECKPOINT" CHECKPOINT
   one_peace_evaluate --path "$CHECKPOINT" --gen-subset test --valid-data "$TEST_TSV" \
     --batch-size "${BATCH:-$batch}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/$results_name}" \
     $(precision_flags "$precision") "$@"

@@ -82,3 +82,38 @@ def test_zero_shot_script(karpathy, tmp_path, fixture_bpe_dir):
              BPE_DIR=fixture_bpe_dir), tmp_path)
     preds, metrics = read_results(results, "coco_test")
     assert 0 <= metrics["txt_r1"] <= 100 and metrics["txt_r10"] == 100.0 and len(preds) == 3
+
+
+def test_finetune_and_evaluate_from_a_model_directory(karpathy, tmp_path, fixture_bpe_dir):
+    """A one-peace-convert directory is a checkpoint wherever a .pt is: fine-tuning starts from its
+    weights (fairseq would otherwise train from scratch, saying only "no existing checkpoint") and
+    one-peace-evaluate reads it."""
+    import torch
+    from test_evaluate import write_retrieval_checkpoint
+
+    from one_peace.hub.convert import convert_checkpoint
+    from one_peace.models.checkpoint import load_checkpoint_file
+
+    model_dir = tmp_path / "pretrained"
+    convert_checkpoint(str(write_retrieval_checkpoint(tmp_path / "pretrained.pt")), str(model_dir),
+                       bpe_dir=fixture_bpe_dir)
+    script = "image_text_retrieval/finetune.sh"
+    save_dir = tmp_path / "ckpt"
+    env = dict(RETRIEVAL_DIR=str(karpathy), BATCH="2", UPDATE_FREQ="1", EPOCHS="1", SAVE_DIR=str(save_dir),
+               ONE_PEACE_CHECKPOINT=str(model_dir), BPE_DIR=fixture_bpe_dir)
+    log = run(["bash", str(REPO / "run_scripts" / script), tiny_model(script), *TINY, "optimization.lr=[1e-20]", "lr_scheduler.min_lr=0",
+               "+model.encoder.image_adapter.bucket_size=3"], env, tmp_path)  # the fixture model's geometry
+    assert f"loading pretrained model from {model_dir}" in log, log[-3000:]
+    start = load_checkpoint_file(str(model_dir))["model"]
+    trained = load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))["model"]
+    shared = [k for k in start if k in trained]
+    # lr 1e-20: the weights stay the pretrained ones (from scratch, they would be random)
+    assert len(shared) > 20 and all(torch.allclose(start[k].float(), trained[k].float(), rtol=0, atol=1e-12)
+                                    for k in shared)
+    results = tmp_path / "results"
+    run(["bash", str(REPO / "run_scripts/image_text_retrieval/zero_shot_evaluate.sh"), "--cpu",
+         "--patch-image-size", "32"],
+        dict(RETRIEVAL_DIR=str(karpathy), ONE_PEACE_CHECKPOINT=str(model_dir), RESULTS_DIR=str(results),
+             BPE_DIR=fixture_bpe_dir), tmp_path)
+    _, metrics = read_results(results, "coco_test")
+    assert metrics["txt_r10"] == 100.0

@@ -13,7 +13,7 @@ ESC50_LABELS="${ESC50_LABELS:-${ESC50_DIR:?set ESC50_DIR or ESC50_LABELS}/esc50_
 CHECKPOINT="${CHECKPOINT:-${ONE_PEACE_CHECKPOINT:?set ONE_PEACE_CHECKPOINT or CHECKPOINT}}"
 need_file "$ESC50_TSV" ESC50_TSV
 need_file "$ESC50_LABELS" ESC50_LABELS
-need_file "$CHECKPOINT" CHECKPOINT
+need_checkpoint "$CHECKPOINT" CHECKPOINT
 
 one_peace_evaluate "$ESC50_TSV" --path "$CHECKPOINT" --gen-subset esc50 \
   --task audio_text_retrieval --zero-shot --head-type al --use-template \

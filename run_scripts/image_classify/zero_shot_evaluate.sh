@@ -13,7 +13,7 @@ CLASS_NAMES="${CLASS_NAMES:-${IMAGENET_DIR:?set IMAGENET_DIR or CLASS_NAMES}/ima
 CHECKPOINT="${CHECKPOINT:-${ONE_PEACE_CHECKPOINT:?set ONE_PEACE_CHECKPOINT or CHECKPOINT}}"
 need_file "$TEST_TSV" TEST_TSV
 need_file "$CLASS_NAMES" CLASS_NAMES
-need_file "$CHECKPOINT" CHECKPOINT
+need_checkpoint "$CHECKPOINT" CHECKPOINT
 args=()
 if [ -n "${BPE_DIR:-}" ]; then args+=(--bpe-dir "$BPE_DIR"); fi
 case "${PRECISION:-fp32}" in

@@ -13,7 +13,7 @@ TEST_FILE="${TEST_FILE:-${RETRIEVAL_DIR:?set RETRIEVAL_DIR or TEST_FILE}/${DATAS
 CHECKPOINT="${CHECKPOINT:-${ONE_PEACE_CHECKPOINT:?set ONE_PEACE_CHECKPOINT or CHECKPOINT}}"
 need_file "$TEST_TSV" TEST_TSV
 need_file "$TEST_FILE" TEST_FILE
-need_file "$CHECKPOINT" CHECKPOINT
+need_checkpoint "$CHECKPOINT" CHECKPOINT
 
 one_peace_evaluate "$TEST_TSV" --path "$CHECKPOINT" --gen-subset "${DATASET}_test" \
   --task image_text_retrieval --zero-shot --head-type vl --valid-file "$TEST_FILE" \

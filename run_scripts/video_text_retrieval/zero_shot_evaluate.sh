@@ -12,7 +12,7 @@ TEST_FILE="${TEST_FILE:-${VIDEO_DIR:?set VIDEO_DIR or TEST_FILE}/msrvtt_test_tex
 CHECKPOINT="${CHECKPOINT:-${ONE_PEACE_CHECKPOINT:?set ONE_PEACE_CHECKPOINT or CHECKPOINT}}"
 need_file "$TEST_TSV" TEST_TSV
 need_file "$TEST_FILE" TEST_FILE
-need_file "$CHECKPOINT" CHECKPOINT
+need_checkpoint "$CHECKPOINT" CHECKPOINT
 
 one_peace_evaluate "$TEST_TSV" --path "$CHECKPOINT" --gen-subset msrvtt_test \
   --task video_text_retrieval --zero-shot --head-type vt --valid-file "$TEST_FILE" \
