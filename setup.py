@@ -75,6 +75,7 @@ setup(
             "one-peace-serve=one_peace.search.server:cli_main",
             "one-peace-convert=one_peace.hub.convert:cli_main",
             "one-peace-export=one_peace.hub.onnx_export:cli_main",
+            "one-peace-mteb=one_peace.mteb_eval.run:cli_main",
         ]
     },
 )
