@@ -23,6 +23,8 @@
   keeps the length of the training epoch iterator it builds (``get_train_iterator``) and hands it to a
   scheduler that takes one (``set_epoch_length``, ``optim/lr_schedulers.py``'s ``warmup_ratio``) right
   before ``step_begin_epoch``.
+* ``--ddp-backend fully_sharded`` trains with torch's FSDP2 instead of fairscale (``fairseq_glue/fsdp2.py``,
+  installed here).
 * Batches whose every row was bad (:func:`install_empty_batch_handling`): fairseq runs its dummy batch
   (an earlier real batch) in their place and, in a single process, logged its outputs into the metrics
   that pick ``checkpoint_best``; their skipped rows were never counted.  Such a batch now stays out of
@@ -42,6 +44,8 @@ from ..data_utils.dataset import has_rows, skipped_rows
 from ..models.checkpoint import load_checkpoint_file, register_safe_globals
 from ..models.deferred_init import awaiting_load, current_load_target, loading_context, memory_map_for
 from ..models.model_dir import is_model_dir
+from ..models.sharded_checkpoint import is_sharded_checkpoint
+from . import fsdp2
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +103,9 @@ def _awaited_loading(original):
 def _model_dir_as_file(path):
     """fairseq's ``Trainer.load_checkpoint`` asks ``PathManager.isfile`` and starts from scratch,
     saying only "no existing checkpoint", when it is false: a model directory (``--finetune-from-model
-    DIR``, ``--restore-file DIR``) counts as the checkpoint file it stands for, within that call."""
-    if not (isinstance(path, str) and is_model_dir(path)):
+    DIR``, ``--restore-file DIR``) or a sharded checkpoint directory (FSDP2, ``fairseq_glue/fsdp2.py``)
+    counts as the checkpoint file it stands for, within that call."""
+    if not (isinstance(path, str) and (is_model_dir(path) or is_sharded_checkpoint(path))):
         yield
         return
     path_manager = fairseq_trainer.PathManager
@@ -316,3 +321,4 @@ def install_empty_batch_handling():
 install()
 install_epoch_length_hook()
 install_empty_batch_handling()
+fsdp2.install()  # --ddp-backend fully_sharded: FSDP2 instead of fairscale

@@ -2,8 +2,6 @@
 model: legacy key renames, image rel-pos table resizing.  Kept apart from ``checkpoint.py`` (the key
 rules built from the modality registry) so that modality hooks can read checkpoints too.
 """
-import argparse
-import collections
 import math
 import os
 import re
@@ -12,31 +10,11 @@ from typing import Dict
 import numpy as np
 import torch
 
+from .pickle_allowlist import register_safe_globals  # noqa: F401 - imported from here by other modules
+
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not fit the model; the message lists the offending keys."""
-
-
-def _safe_globals():
-    # What fairseq checkpoints (official and ours) pickle besides tensors and containers.
-    items = [argparse.Namespace, collections.OrderedDict, collections.defaultdict, np.dtype]
-    for name in ("float64", "float32", "int64", "int32", "bool_"):
-        items.append(getattr(np, name))
-        items.append(type(np.dtype(name)))
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
-    items.append(scalar)
-    return items
-
-
-def register_safe_globals():
-    """Allow-list the non-tensor types of fairseq checkpoints for ``weights_only`` loading.
-
-    fairseq's own loader calls ``torch.load`` with the default ``weights_only=True``.
-    """
-    torch.serialization.add_safe_globals(_safe_globals())
 
 
 def load_checkpoint_file(path: str, allow_pickle: bool = False, mmap: bool = False) -> dict:
@@ -44,9 +22,14 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False, mmap: bool = Fal
 
     ``mmap=True`` memory-maps a zip-format file instead of reading it: tensors are paged in from
     disk as they are used (legacy pickle files cannot be mapped and are read).  A model directory
-    (``config.json`` + safetensors, ``models/model_dir.py``) is read without pickle, always mapped.
+    (``config.json`` + safetensors, ``models/model_dir.py``) is read without pickle, always mapped; a
+    sharded checkpoint directory (FSDP2, ``models/sharded_checkpoint.py``) is read whole, not mapped.
     """
     if os.path.isdir(path):
+        from .sharded_checkpoint import consolidate, is_sharded_checkpoint
+
+        if is_sharded_checkpoint(path):  # an FSDP2 run's checkpoint directory: its shards put together
+            return consolidate(path)
         from .model_dir import load_model_dir
 
         return load_model_dir(path)

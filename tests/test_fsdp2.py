@@ -1,0 +1,174 @@
+"""FSDP2 (``--ddp-backend fully_sharded``, ``models/fsdp2.py``, ``fairseq_glue/fsdp2.py``) on 2 gloo ranks.
+
+* ``fairseq-hydra-train`` with FSDP2 gives DDP's losses and updated weights (tiny pretraining model, adjust_adam
+  with layer decay); its checkpoint is a sharded directory the hub, the export command and a DDP run read.
+* Resume across backends (FSDP2 -> FSDP2, DDP -> FSDP2, FSDP2 -> DDP) ends where DDP uninterrupted does (slow).
+* Per-rank bytes of parameters, gradients and Adam state are half of one unsharded copy; a save that dies after
+  writing shards leaves the previous checkpoint loadable.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from fsdp2_runs import free_port, losses, max_difference, pretrain_config, train, weights
+from helpers import BPE_ASSETS
+
+from one_peace.data_utils import synthetic
+
+TOL = 1e-5  # float32 sums of two ranks in another order
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    """3 updates of stage-1 pretraining on 2 ranks, with DDP (legacy_ddp, as the yamls) and with FSDP2."""
+    root = tmp_path_factory.mktemp("fsdp2")
+    synthetic.write_image_split(str(root / "data"), "train", 16, seed=5)
+    synthetic.write_image_split(str(root / "data"), "valid", 4, seed=5)
+    config = pretrain_config(root / "data", BPE_ASSETS, batch_size=2)
+    runs = {}
+    for backend in ("legacy_ddp", "fully_sharded"):
+        logs = train(root / backend, config, root / backend / "ckpt", 2, f"distributed_training.ddp_backend={backend}")
+        runs[backend] = (logs, root / backend / "ckpt" / "checkpoint_last.pt")
+    return root, config, runs
+
+
+def test_fsdp2_trains_as_ddp_and_its_checkpoint_loads_everywhere(stage1, tmp_path):
+    _, _, runs = stage1
+    (ddp_logs, ddp_ckpt), (fsdp_logs, fsdp_ckpt) = runs["legacy_ddp"], runs["fully_sharded"]
+    assert "FSDP2: FSDPOnePeacePretrain sharded over 2 ranks" in fsdp_logs[0]
+    assert "adjust_adam: 8 parameter groups" in fsdp_logs[0]  # the layer-decay tags survived the sharding
+    ddp_losses, fsdp_losses = losses(ddp_logs[0]), losses(fsdp_logs[0])
+    assert sorted(fsdp_losses) == [1, 2, 3] and len(set(fsdp_losses.values())) > 1
+    assert fsdp_losses == pytest.approx(ddp_losses, rel=TOL)
+
+    assert ddp_ckpt.is_file() and (fsdp_ckpt / ".metadata").is_file() and (fsdp_ckpt / "fairseq_state.pt").is_file()
+    assert sorted(p.name for p in fsdp_ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert max_difference(weights(fsdp_ckpt), weights(ddp_ckpt)) <= TOL
+
+    # The hub reads the directory as it reads the .pt: the same embeddings.
+    from one_peace import from_pretrained
+
+    texts = ["a red square", "two circles"]
+    hubs = [from_pretrained(str(c), device="cpu", bpe_dir=str(BPE_ASSETS)) for c in (fsdp_ckpt, ddp_ckpt)]
+    vectors = [hub.extract_text_features(hub.process_text(texts)) for hub in hubs]
+    assert torch.allclose(vectors[0], vectors[1], atol=1e-5)
+
+    # The export command writes the official single file.
+    out = tmp_path / "exported.pt"
+    proc = subprocess.run([sys.executable, "-m", "one_peace.models.sharded_checkpoint", str(fsdp_ckpt), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = torch.load(out, map_location="cpu", weights_only=False)
+    assert exported["cfg"]["distributed_training"]["ddp_backend"] == "fully_sharded"
+    assert exported["optimizer_history"][-1]["num_updates"] == 3 and "last_optimizer_state" not in exported
+    assert max_difference(dict(exported["model"]), weights(fsdp_ckpt)) == 0.0
+    bad = subprocess.run([sys.executable, "-m", "one_peace.models.sharded_checkpoint", str(tmp_path), str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and f"{tmp_path} has no .metadata" in bad.stderr
+
+
+@pytest.mark.slow
+def test_resume_across_backends_ends_where_ddp_does(stage1):
+    root, config, runs = stage1
+    config = {**config, "optimization": {**config["optimization"], "max_update": 5}}
+    finals = {}
+    for name, (source, backend) in {"ddp_to_ddp": ("legacy_ddp", "legacy_ddp"),
+                                    "fsdp2_to_fsdp2": ("fully_sharded", "fully_sharded"),
+                                    "ddp_to_fsdp2": ("legacy_ddp", "fully_sharded"),
+                                    "fsdp2_to_ddp": ("fully_sharded", "legacy_ddp")}.items():
+        save_dir = root / "resume" / name / "ckpt"
+        save_dir.mkdir(parents=True)
+        copy = shutil.copytree if runs[source][1].is_dir() else shutil.copy
+        copy(runs[source][1], save_dir / "checkpoint_last.pt")
+        # every rank reads the file (FSDP2 always does): fairseq's broadcast from rank 0 unpickles the saved cfg
+        # with torch.load's weights_only default on the other ranks, which refuses it (fairseq 0.12, any backend)
+        logs = train(root / "resume" / name, config, save_dir, 2, f"distributed_training.ddp_backend={backend}",
+                     "checkpoint.load_checkpoint_on_all_dp_ranks=true")
+        assert "Loaded checkpoint" in logs[0] and sorted(losses(logs[0])) == [4, 5], logs[0][-3000:]
+        finals[name] = weights(save_dir / "checkpoint_last.pt")
+    for name, final in finals.items():
+        assert max_difference(final, finals["ddp_to_ddp"]) <= TOL, name
+
+
+# ---- in-process: memory per rank, atomic saves, resharding ----------------------------------------------
+def _tiny_model():
+    from omegaconf import OmegaConf
+
+    from one_peace.models import OnePeacePretrainModel
+    from one_peace.models.architectures import PRESETS, apply_preset
+    from one_peace.models.config import OnePeacePretrainConfig
+
+    cfg = OmegaConf.structured(OnePeacePretrainConfig)
+    apply_preset(cfg, PRESETS["tiny"], OnePeacePretrainConfig())
+    torch.manual_seed(0)
+    return OnePeacePretrainModel(cfg, vocab_size=64)
+
+
+def _step(model, optimizer):
+    tokens = torch.randint(4, 64, (2, 6), generator=torch.Generator().manual_seed(1))
+    emb, _ = model(src_tokens=tokens, encoder_type="text")
+    (emb.float().square().sum() + model(return_logit_scale=True).float()).backward()
+    for p in model.parameters():  # unused branches get zero gradients, as fairseq's legacy_ddp and FSDP2 here
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+
+
+def _worker(rank, port, out, fail_after_shards):
+    from one_peace.models import sharded_checkpoint as sharded
+    from one_peace.models.fsdp2 import device_mesh, shard_model, training_state_bytes
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        whole = _tiny_model()
+        optimizer = torch.optim.Adam(whole.parameters(), lr=1e-3)
+        _step(whole, optimizer)
+        unsharded = training_state_bytes(whole, optimizer)
+        model = shard_model(_tiny_model(), device_mesh("cpu"))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        _step(model, optimizer)
+        per_rank = training_state_bytes(model, optimizer)
+        directory = os.path.join(out, "checkpoint_last.pt")
+        sharded.save(directory, model, optimizer, {"cfg": None, "step": 1})
+        _step(model, optimizer)
+        if fail_after_shards:  # rank 0 dies after every shard and DCP's .metadata were written, before the swap
+            def killed(*args):
+                raise RuntimeError("killed mid-save")
+
+            saved = sharded._swap_in, sharded._barrier
+            sharded._swap_in, sharded._barrier = killed, (lambda: None)  # rank 1 does not wait for the dead rank
+            try:
+                if rank == 0:
+                    with pytest.raises(RuntimeError, match="killed mid-save"):
+                        sharded.save(directory, model, optimizer, {"cfg": None, "step": 2})
+                else:
+                    sharded.save(directory, model, optimizer, {"cfg": None, "step": 2})
+            finally:
+                sharded._swap_in, sharded._barrier = saved
+        if rank == 0:
+            torch.save({"unsharded": unsharded, "per_rank": per_rank}, os.path.join(out, "bytes.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_per_rank_state_is_half_and_an_interrupted_save_keeps_the_last(tmp_path):
+    from one_peace.models import sharded_checkpoint as sharded
+
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), True), nprocs=2, join=True)
+    measured = torch.load(tmp_path / "bytes.pt", weights_only=True)
+    for part in ("params", "grads", "optimizer"):
+        # dim-0 shards of 2 ranks, padded; the 0-d logit_scale is kept whole on both
+        assert measured["per_rank"][part] / measured["unsharded"][part] == pytest.approx(0.5, abs=0.01), part
+    directory = tmp_path / "checkpoint_last.pt"
+    assert (tmp_path / "checkpoint_last.pt.partial" / ".metadata").is_file()  # the killed save's shards
+    state = sharded.consolidate(str(directory), optimizer=True)
+    assert state["step"] == 1  # the previous checkpoint, whole
+    model = _tiny_model()
+    missing = set(model.state_dict()) - set(state["model"])
+    assert not missing, sorted(missing)[:5]
+    assert {g["lr"] for g in state["last_optimizer_state"]["param_groups"]} == {1e-3}
