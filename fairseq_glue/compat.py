@@ -32,12 +32,15 @@
 """
 import contextlib
 import functools
+import io
 import logging
 import os
 
+import torch
 from fairseq import checkpoint_utils, metrics
 from fairseq import trainer as fairseq_trainer
 from fairseq.dataclass.utils import overwrite_args_by_name
+from fairseq.distributed import utils as distributed_utils
 from omegaconf import OmegaConf
 
 from ..data_utils.dataset import has_rows, skipped_rows
@@ -97,6 +100,27 @@ def _awaited_loading(original):
 
     load_checkpoint.one_peace_patched = True
     return load_checkpoint
+
+
+def _broadcast_unpickled_freely(original):
+    """fairseq's object broadcast, with ``weights_only=False`` where the receiving ranks unpickle.
+
+    Rank 0 read the checkpoint through the safe loader (or the user allowed pickles) and sends the
+    state, its tensors split off, to the other ranks of this job; fairseq's ``torch.load`` of those
+    bytes with torch's ``weights_only`` default refuses the saved config, so every rank but 0 crashed
+    when a multi-process run resumed."""
+    @functools.wraps(original)
+    def _broadcast_object_slow(obj, src_rank, group, dist_device):
+        if distributed_utils.get_rank(group) == src_rank:
+            return original(obj, src_rank, group, dist_device)
+        length = torch.LongTensor([0]).to(dist_device)
+        distributed_utils.broadcast(length, src=src_rank, group=group)
+        buffer = torch.ByteTensor(int(length.item())).to(dist_device)
+        distributed_utils.broadcast(buffer, src=src_rank, group=group)
+        return torch.load(io.BytesIO(buffer.cpu().numpy()), map_location="cpu", weights_only=False)
+
+    _broadcast_object_slow.one_peace_patched = True
+    return _broadcast_object_slow
 
 
 @contextlib.contextmanager
@@ -180,6 +204,8 @@ def install():
         checkpoint_utils.load_checkpoint_to_cpu = _mapped_loading(checkpoint_utils.load_checkpoint_to_cpu)
     if not getattr(fairseq_trainer.Trainer.load_checkpoint, "one_peace_patched", False):
         fairseq_trainer.Trainer.load_checkpoint = _awaited_loading(fairseq_trainer.Trainer.load_checkpoint)
+    if not getattr(distributed_utils._broadcast_object_slow, "one_peace_patched", False):
+        distributed_utils._broadcast_object_slow = _broadcast_unpickled_freely(distributed_utils._broadcast_object_slow)
     register_safe_globals()
 
 
