@@ -27,9 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 class BadSampleError(ValueError):
+    """``row``: a TSV line number, or where else in ``path`` the sample is (a shard's ``"sample 'key'"``)."""
+
     def __init__(self, path, row, reason):
         self.path, self.row, self.reason = path, row, reason
-        super().__init__(f"{path}, row {row}: {reason}")
+        where = row if isinstance(row, str) else f"row {row}"
+        super().__init__(f"{path}, {where}: {reason}")
 
 
 class TSVDataset(torch.utils.data.Dataset):
@@ -71,13 +74,17 @@ class TSVDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         try:
             row = self.reader[index]
-            item = self.load_item(index, row)
         except TSVRowError as err:
-            bad = BadSampleError(err.path, err.row, err.reason)
-            return self._bad(bad, err)
+            return self._bad(BadSampleError(err.path, err.row, err.reason), err)
+        return self.guarded(index, lambda: self.load_item(index, row), self.reader.path, self.row_number(index))
+
+    def guarded(self, index: int, load, path: str, row) -> Optional[Dict[str, Any]]:
+        """``load()``'s item, or None (logged, counted) when the sample is bad: the one rule for TSV rows and
+        the samples of tar shards (``data_utils/shard_dataset.py``)."""
+        try:
+            item = load()
         except (FileNotFoundError, ValueError, OSError, KeyError) as err:
-            bad = BadSampleError(self.reader.path, self.row_number(index), str(err))
-            return self._bad(bad, err)
+            return self._bad(BadSampleError(path, row, str(err)), err)
         item.setdefault("id", index)
         return item
 

@@ -1,4 +1,6 @@
-"""Pretraining tasks: ``image_text_pretrain`` (stage 1) and ``audio_text_pretrain`` (stage 2)."""
+"""Pretraining tasks: ``image_text_pretrain`` (stage 1) and ``audio_text_pretrain`` (stage 2).
+
+``task.data`` is TSV files or tar shards (``shards/{00000..00099}.tar``: ``tasks/shard_data.py``)."""
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -7,13 +9,14 @@ import torch
 from fairseq.tasks import register_task
 
 from ...data_utils.pretrain_datasets import AudioTextPretrainDataset, ImageTextPretrainDataset
-from ..base_task import BaseTask, BaseTaskConfig
+from ..base_task import BaseTask
+from ..shard_data import ShardDataConfig, ShardTaskMixin
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ImageTextPretrainConfig(BaseTaskConfig):
+class ImageTextPretrainConfig(ShardDataConfig):
     valid_file: Optional[str] = None
     text_mask_ratio: float = 0.15
     image_mask_ratio: float = 0.75
@@ -23,7 +26,7 @@ class ImageTextPretrainConfig(BaseTaskConfig):
 
 
 @dataclass
-class AudioTextPretrainConfig(BaseTaskConfig):
+class AudioTextPretrainConfig(ShardDataConfig):
     valid_file: Optional[str] = None
     audio_mask_ratio: float = 0.55
     al_text_mask_ratio: float = 0.4
@@ -32,7 +35,7 @@ class AudioTextPretrainConfig(BaseTaskConfig):
     audio_mask_length: int = 5
 
 
-class _PretrainTask(BaseTask):
+class _PretrainTask(ShardTaskMixin, BaseTask):
     PRETRAIN_MODALITY = ""  # the modality paired with text: picks the criterion (<modality>_text_pretrain_loss)
 
     def common_kwargs(self):
@@ -43,6 +46,7 @@ class _PretrainTask(BaseTask):
 @register_task("image_text_pretrain", dataclass=ImageTextPretrainConfig)
 class ImageTextPretrainTask(_PretrainTask):
     DEFAULT_COLS = "image_id,image,caption"
+    SHARD_COLUMNS = ("image_id", "image", "caption")  # key.jpg/.png/..., key.txt
     PRETRAIN_MODALITY = "image"
 
     def build_dataset(self, split, reader):
@@ -57,6 +61,7 @@ class ImageTextPretrainTask(_PretrainTask):
 @register_task("audio_text_pretrain", dataclass=AudioTextPretrainConfig)
 class AudioTextPretrainTask(_PretrainTask):
     DEFAULT_COLS = "uniq_id,audio,text,duration"
+    SHARD_COLUMNS = ("uniq_id", "audio", "text")  # key.flac/.wav/.ogg/..., key.txt
     PRETRAIN_MODALITY = "audio"
 
     def build_dataset(self, split, reader):

@@ -11,12 +11,12 @@ from typing import Optional
 from fairseq.tasks import register_task
 
 from ...data_utils.video_datasets import VideoTextPretrainDataset
-from ..base_task import BaseTaskConfig
+from ..shard_data import ShardDataConfig
 from .pretrain_task import _PretrainTask
 
 
 @dataclass
-class VideoTextPretrainConfig(BaseTaskConfig):
+class VideoTextPretrainConfig(ShardDataConfig):
     valid_data: Optional[str] = None
     num_frames: int = field(default=8, metadata={"help": "frames sampled uniformly from every clip"})
     video_mask_ratio: float = field(default=0.75, metadata={"help": "tube mask ratio of the video-only view"})
@@ -27,6 +27,7 @@ class VideoTextPretrainConfig(BaseTaskConfig):
 @register_task("video_text_pretrain", dataclass=VideoTextPretrainConfig)
 class VideoTextPretrainTask(_PretrainTask):
     DEFAULT_COLS = "uniq_id,video,text"
+    SHARD_COLUMNS = ("uniq_id", "video", "text")  # key.mp4/.webm/..., key.txt
     PRETRAIN_MODALITY = "video"
 
     def build_dataset(self, split, reader):

@@ -1,7 +1,8 @@
 """``image_text_retrieval``: COCO / Flickr30K image-text retrieval (the retrieval family, image rows).
 
 TSV ``image_id, image, caption`` (one row per image, or per image-caption pair for training);
-evaluation captions come from ``valid_file`` (JSON ``{image_id: [captions]}``).  Recall keys:
+evaluation captions come from ``valid_file`` (JSON ``{image_id: [captions]}``).  The training split may be
+tar shards (``task.data=shards/{00000..00099}.tar``: ``tasks/shard_data.py``); evaluation reads TSVs.  Recall keys:
 ``txt_r1/5/10`` (image -> text), ``img_r1/5/10`` (text -> image), their means and ``r_mean``.
 """
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ from ...data_utils.captions import CaptionedRows
 from ...data_utils.dataset import TSVDataset
 from ...data_utils.image import image_to_tensor, load_image
 from ..retrieval import RetrievalConfig, RetrievalTask
+from ..shard_data import ShardDataConfig, ShardTaskMixin
 
 
 @dataclass
-class ImageTextRetrievalConfig(RetrievalConfig):
+class ImageTextRetrievalConfig(ShardDataConfig, RetrievalConfig):
     head_type: str = "vl"
 
 
@@ -44,8 +46,11 @@ class ImageTextDataset(CaptionedRows, TSVDataset):
 
 
 @register_task("image_text_retrieval", dataclass=ImageTextRetrievalConfig)
-class ImageTextRetrievalTask(RetrievalTask):
+class ImageTextRetrievalTask(ShardTaskMixin, RetrievalTask):
     DEFAULT_COLS = "image_id,image,caption"
+    SHARD_COLUMNS = ("image_id", "image", "caption")
+    SHARD_MODALITY = "image"
+    SHARD_VALIDATION = False  # the caption bank and the recall metrics read the evaluation TSV's rows
     QUERY_MODALITY = "image"
     METRIC_PREFIX = "img"
     ID_COLUMN = "image_id"
