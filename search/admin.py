@@ -31,7 +31,8 @@ def stats(store: IndexStore) -> Dict:
     return {
         "index": store.dir,
         "roots": [{"path": r, "exists": os.path.exists(r)} for r in store.roots()],
-        "options": {"scan": scan_options(store), "faiss": store.get("index_options")},
+        "options": {"scan": scan_options(store), "faiss": store.get("index_options"),
+                    "media": store.get("media_options")},
         "checkpoint": model,
         "files": store.file_counts(),
         "vectors": store.counts(),
@@ -48,6 +49,9 @@ def stats_lines(out: Dict) -> List[str]:
     lines.append(f"options: modality {','.join(scan['modality']) if scan['modality'] else 'all'}; "
                  f"tsv column {scan['tsv_column'] or 'default (text, else caption)'}; "
                  + ", ".join(f"{k} {v}" for k, v in faiss.items() if v is not None))
+    media = out["options"].get("media") or {}
+    if media:  # the limits and segmenting of one-peace-index (--max-pixels, --max-duration, --exclude ...)
+        lines.append("media limits: " + ", ".join(f"{k} {v}" for k, v in media.items()))
     model = out["checkpoint"]
     if model:
         lines.append(f"checkpoint: {describe(model)}")

@@ -110,7 +110,7 @@ def embed(hub, modality: str, items: Sequence) -> Tuple[np.ndarray, List[int], L
                 hub.process(modality, [item])
                 good.append(i)
             except Exception as exc:  # noqa: BLE001 - recorded with its reason, never fatal
-                failed.append((i, _reason(exc)))
+                failed.append((i, failure_reason(exc)))
         if not good:
             return np.zeros((0, 0), np.float32), [], failed
         net_input = hub.process(modality, [items[i] for i in good])
@@ -122,6 +122,13 @@ def embed(hub, modality: str, items: Sequence) -> Tuple[np.ndarray, List[int], L
     return vectors, good, sorted(failed)
 
 
-def _reason(exc: Exception) -> str:
+def embed_inputs(hub, modality: str, net_input) -> Tuple[np.ndarray, np.ndarray]:
+    """Embed prepared ``net_input`` tensors (segments of a long file, a video's sound track): (vectors (N, D)
+    float32 L2-normalised, a boolean (N,) of the finite ones)."""
+    vectors = _normalised(hub.extract_features(modality, **net_input))
+    return vectors, np.isfinite(vectors).all(axis=1)
+
+
+def failure_reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:500]

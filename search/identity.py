@@ -16,6 +16,8 @@ import tempfile
 from typing import Dict, Optional
 
 from ..data_utils.bpe_files import ENV_CACHE
+from ..hub.onnx_runtime import checkpoint_identity as directory_identity
+from ..models.model_dir import is_model_dir
 
 logger = logging.getLogger("one_peace.search")
 
@@ -90,18 +92,33 @@ def whole_file_sha256(path: str) -> str:
     return digest
 
 
+def checkpoint_exists(path: str) -> bool:
+    """A checkpoint file, or a model directory of ``one-peace-convert`` (config.json + safetensors)."""
+    path = os.path.expanduser(path)
+    return os.path.isfile(path) or is_model_dir(path)
+
+
 def _checkpoint_path(path: str) -> str:
     path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
+    if not checkpoint_exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
 
 
+def _size_and_digest(path: str):
+    """(bytes, SHA-256) of a file (cached), or of a model directory by the rule the ONNX export records
+    (``hub/onnx_runtime.py:checkpoint_identity``: its files' sizes summed, the digest of their digests)."""
+    if os.path.isdir(path):
+        identity = directory_identity(path)
+        return identity["size"], identity["sha256"]
+    return os.path.getsize(path), whole_file_sha256(path)
+
+
 def checkpoint_identity(path: str) -> Dict:
-    """{checkpoint, size, hashed_bytes (= size), sha256} of the whole file."""
+    """{checkpoint, size, hashed_bytes (= size), sha256} of the whole file (or model directory)."""
     path = _checkpoint_path(path)
-    size = os.path.getsize(path)
-    return {"checkpoint": path, "size": size, "hashed_bytes": size, "sha256": whole_file_sha256(path)}
+    size, digest = _size_and_digest(path)
+    return {"checkpoint": path, "size": size, "hashed_bytes": size, "sha256": digest}
 
 
 def is_partial(recorded: Dict) -> bool:
@@ -119,6 +136,15 @@ def verify_checkpoint(recorded: Dict, path: str, index_dir: str) -> Dict:
     that prefix, with a warning; the identity returned keeps the index's record (never upgraded: a
     prefix match does not prove the rest of the file is the same)."""
     path = _checkpoint_path(path)
+    if os.path.isdir(path):  # a model directory: no partial records exist for these
+        size, digest = _size_and_digest(path)
+        given = {"checkpoint": path, "size": size, "hashed_bytes": size, "sha256": digest}
+        if any(recorded.get(k) != given.get(k) for k in IDENTITY_KEYS):
+            raise CheckpointMismatch(
+                f"index {index_dir} was built with checkpoint {describe(recorded)}; refusing checkpoint "
+                f"{describe(given)}: its embeddings live in another space. Use the original checkpoint or build "
+                "a new index directory.")
+        return given
     size = os.path.getsize(path)
     if is_partial(recorded):
         given = {"checkpoint": path, "size": size, "hashed_bytes": min(size, recorded["hashed_bytes"]),

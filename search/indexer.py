@@ -7,165 +7,29 @@ Incremental rules (``docs/SEARCH.md``): a file is embedded again when its size o
 file gone from the roots is removed, a file that failed is retried only when it changed (or with
 ``--retry-failed``).  Batches are committed as they finish, so an interrupted run keeps its work.
 """
-import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import asdict
+from typing import Dict, List
 
 from . import vector_index
 from .admin import run_admin, scan_options
-from .cli_checks import at_least, check_index_arguments
+from .cli_checks import check_index_arguments
 from .embed import bpe_dir_for, branches_for, checkpoint_modalities, embed, embedding_dim, load_hub
+from .embed_sources import MAX_PIXELS_REASON, MediaOptions, embed_sources, pil_pixel_limit
 from .health import collapsed_modalities
-from .identity import checkpoint_identity, verify_checkpoint
-from .scan import (
-    TSV_EXTENSION,
-    Source,
-    check_modalities,
-    extensions,
-    normalise_root,
-    read_text_file,
-    read_tsv_texts,
-    scan,
-    tsv_text_column,
-    under_root,
-)
+from .identity import checkpoint_exists, checkpoint_identity, verify_checkpoint
+from .index_cli import build_parser, check_arguments
+from .index_report import Progress, Summary
+from .scan import TSV_EXTENSION, Source, check_modalities, normalise_root, scan, tsv_text_column, under_root
 from .searcher import build_faiss
 from .store import IndexStore, exclusive
 
 logger = logging.getLogger("one_peace.search")
-TEXT_KEPT = 2000  # characters of an embedded text kept for display
-
-
-@dataclass
-class Summary:
-    index: str
-    found: Dict[str, int] = field(default_factory=dict)
-    unchanged: int = 0
-    new: int = 0
-    changed: int = 0
-    removed: int = 0
-    skipped_failed: int = 0  # failed before and unchanged since
-    embedded: int = 0
-    vectors: int = 0
-    failed: List[Dict[str, str]] = field(default_factory=list)
-    missing_roots: List[str] = field(default_factory=list)
-    seconds: float = 0.0  # the whole run
-    load_seconds: float = 0.0  # loading the checkpoint
-    embed_seconds: float = 0.0  # decoding + embedding + committing
-    files_per_s: float = 0.0  # embedded (or failed) files per second of embed_seconds
-    index_types: Dict[str, str] = field(default_factory=dict)
-    counts: Dict[str, int] = field(default_factory=dict)
-    options: Dict = field(default_factory=dict)  # --modality / --tsv-column in force (recorded in the index)
-    degenerate: List[Dict] = field(default_factory=list)  # collapsed modalities (health.py)
-    interrupted: bool = False
-
-    def lines(self) -> List[str]:
-        found = ", ".join(f"{m} {n}" for m, n in sorted(self.found.items())) or "none"
-        out = [f"one-peace-index: {self.index}",
-               f"  found {sum(self.found.values())} files ({found}): {self.unchanged} unchanged, {self.new} new, "
-               f"{self.changed} changed, {self.removed} removed",
-               f"  embedded {self.embedded} files ({self.vectors} vectors) in {self.embed_seconds:.1f} s "
-               f"({self.files_per_s:.2f} files/s; checkpoint loaded in {self.load_seconds:.1f} s, "
-               f"{self.seconds:.1f} s in all)"]
-        if self.skipped_failed:
-            out.append(f"  {self.skipped_failed} files that failed before are unchanged and were not retried "
-                       "(--retry-failed)")
-        out.append(f"  failed: {len(self.failed)}")
-        out += [f"    {f['path']}: {f['reason']}" for f in self.failed]
-        out += [f"  missing root (its files were kept): {r}" for r in self.missing_roots]
-        out.append("  index: " + (", ".join(f"{m} {n} vectors ({self.index_types.get(m, '?')})"
-                                            for m, n in sorted(self.counts.items())) or "empty"))
-        if self.options.get("modality") or self.options.get("tsv_column"):
-            out.append(f"  remembered for the next runs: --modality {','.join(self.options['modality'] or ['all'])}"
-                       f" --tsv-column {self.options['tsv_column'] or '(default: text, else caption)'}")
-        if self.interrupted:
-            out.append("  interrupted: what was committed is kept; run again to continue")
-        return out
-
-
-class Progress:
-    """tqdm on a terminal, else a line to stderr every ``every`` seconds (files, files/s, ETA)."""
-
-    def __init__(self, total: int, mode: str = "auto", every: float = 10.0):
-        self.total, self.done, self.start, self.every, self.last = total, 0, time.perf_counter(), every, 0.0
-        self.mode = ("bar" if sys.stderr.isatty() else "lines") if mode == "auto" else mode
-        self.bar = None
-        if self.mode == "bar" and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="file", desc="embedding", file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.perf_counter()
-        if self.mode == "lines" and (now - self.last >= self.every or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else math.inf
-            eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if math.isfinite(eta) else "?"
-            print(f"embedding: {self.done}/{self.total} files ({100 * self.done / max(self.total, 1):.0f}%), "
-                  f"{rate:.2f} files/s, ETA {eta_text}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _chunks(items: Sequence, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _embed_sources(hub, modality: str, sources: List[Source], batch_size: int, tsv_column: Optional[str], commit):
-    """Embed ``sources`` in batches; ``commit(entries)`` after each batch (a TSV is one batch).
-
-    Every modality but text hands its file paths to its registry processor; texts are read here
-    (a .txt is one text, each row of a .tsv another)."""
-    if modality != "text":
-        for chunk in _chunks(sources, batch_size):
-            vectors, good, failed = embed(hub, modality, [s.path for s in chunk])
-            commit([(chunk[i], "ok", None, [(None, None, vectors[j])]) for j, i in enumerate(good)]
-                   + [(chunk[i], "failed", reason, []) for i, reason in failed])
-        return
-    plain = [s for s in sources if not s.path.lower().endswith(TSV_EXTENSION)]
-    for chunk in _chunks(plain, batch_size):
-        entries, texts, owners = [], [], []
-        for source in chunk:
-            try:
-                texts.append(read_text_file(source.path))
-                owners.append(source)
-            except (OSError, ValueError) as exc:
-                entries.append((source, "failed", f"{type(exc).__name__}: {exc}", []))
-        if texts:
-            vectors, good, failed = embed(hub, "text", texts)
-            entries += [(owners[i], "ok", None, [(None, texts[i][:TEXT_KEPT], vectors[j])]) for j, i in enumerate(good)]
-            entries += [(owners[i], "failed", reason, []) for i, reason in failed]
-        commit(entries)
-    for source in (s for s in sources if s.path.lower().endswith(TSV_EXTENSION)):
-        try:
-            rows = read_tsv_texts(source.path, tsv_column)
-        except (OSError, ValueError) as exc:
-            commit([(source, "failed", f"{type(exc).__name__}: {exc}", [])])
-            continue
-        kept, bad = [], []
-        for chunk in _chunks(rows, batch_size):
-            vectors, good, failed = embed(hub, "text", [text for _, text in chunk])
-            kept += [(chunk[i][0], chunk[i][1][:TEXT_KEPT], vectors[j]) for j, i in enumerate(good)]
-            bad += [f"line {chunk[i][0]}: {reason}" for i, reason in failed]
-        for reason in bad:
-            logger.warning("%s, %s", source.path, reason)
-        reason = f"{len(bad)} of {len(rows)} rows failed (first: {bad[0]})" if bad else None
-        commit([(source, "ok" if kept else "failed", reason, kept)])
 
 
 def _identity(store: IndexStore, args) -> Dict:
@@ -174,7 +38,7 @@ def _identity(store: IndexStore, args) -> Dict:
     if args.checkpoint is None:
         if recorded is None:
             raise ValueError(f"{store.dir} is a new index: --checkpoint is required")
-        if not os.path.isfile(recorded["checkpoint"]):
+        if not checkpoint_exists(recorded["checkpoint"]):
             raise FileNotFoundError(f"the checkpoint that built {store.dir} is not at {recorded['checkpoint']} "
                                     "any more: pass --checkpoint with its new location")
         identity = verify_checkpoint(recorded, recorded["checkpoint"], store.dir)
@@ -227,6 +91,38 @@ def _scan_options(store: IndexStore, args, known: Dict) -> Dict:
     return new
 
 
+def _media_options(store: IndexStore, args, known: Dict) -> MediaOptions:
+    """``--exclude`` and the limits of this run, else those recorded by the last; recorded for the next.
+    A changed ``--max-pixels`` retries the files it refused; a changed ``--max-duration`` or
+    ``--segment-seconds`` marks the sounds and videos it changes (longer than the smaller value) to be
+    embedded again."""
+    recorded = store.get("media_options")
+    old = MediaOptions.from_dict(recorded)
+    new = MediaOptions.from_dict(old.to_dict())
+    if args.exclude is not None:
+        new.exclude = tuple(p.strip() for p in args.exclude if p.strip())  # --exclude '' clears them
+    for name in ("max_pixels", "max_duration", "segment_seconds"):
+        if getattr(args, name) is not None:
+            setattr(new, name, getattr(args, name))
+    if new == old and recorded is not None:
+        return new
+    stale = []
+    if new.max_pixels != old.max_pixels:
+        stale += [p for p, _, reason in store.failures() if MAX_PIXELS_REASON in (reason or "")]
+    longer = [min(a, b) for a, b in ((old.max_duration, new.max_duration), (old.segment_seconds, new.segment_seconds))
+              if a != b]
+    if longer:
+        stale += [p for (p,) in store.db.execute(
+            "SELECT path FROM files WHERE modality IN ('audio', 'video') AND status = 'ok' AND duration_s > ?",
+            (min(longer),))]
+    store.mark_stale(stale)
+    store.set("media_options", new.to_dict())
+    for path in stale:
+        if path in known:
+            known[path] = known[path][:2] + (-1,) + known[path][3:]
+    return new
+
+
 def run_index(args) -> Summary:
     store = IndexStore(args.index, create=True)
     summary = Summary(index=store.dir)
@@ -236,16 +132,18 @@ def run_index(args) -> Summary:
     known = store.files()
     options = _scan_options(store, args, known)
     summary.options = dict(options)
+    media = _media_options(store, args, known)
+    summary.media_options = media.to_dict()
     wanted = options["modality"]
-    sources, summary.missing_roots = scan(roots, wanted)
+    sources, summary.missing_roots = scan(roots, wanted, media.exclude)
     for root in summary.missing_roots:
         logger.warning("root %s does not exist (unmounted?): its files are kept; --forget-root drops them", root)
     store.set_roots(roots)
     summary.found = dict(Counter(s.modality for s in sources))
     seen = {s.path for s in sources}
     present = [r for r in roots if r not in summary.missing_roots]
-    # Removed: no longer under any root (--forget-root), or gone from a root that exists; files of a
-    # modality outside --modality are kept (as they were) while they exist.
+    # Removed: no longer under any root (--forget-root), or gone from a root that exists (or --exclude'd);
+    # files of a modality outside --modality are kept (as they were) while they exist.
     gone = [p for p, (m, *_) in known.items() if p not in seen and (not under_root(p, roots) or (
         under_root(p, present) and (wanted is None or m in wanted or not os.path.exists(p))))]
     summary.removed = store.delete_files(gone)
@@ -266,7 +164,7 @@ def run_index(args) -> Summary:
             continue
         todo.append(source)
     if todo:
-        _embed_all(store, identity, todo, args, summary)
+        _embed_all(store, identity, todo, args, summary, media)
     processed = summary.embedded + len(summary.failed)
     summary.files_per_s = processed / summary.embed_seconds if summary.embed_seconds > 0 else 0.0
     _finish_faiss(store, args, summary)
@@ -278,7 +176,8 @@ def run_index(args) -> Summary:
     return summary
 
 
-def _embed_all(store: IndexStore, identity: Dict, todo: List[Source], args, summary: Summary) -> None:
+def _embed_all(store: IndexStore, identity: Dict, todo: List[Source], args, summary: Summary,
+               media: MediaOptions) -> None:
     recorded = store.get("model") or {}
     has = checkpoint_modalities(identity["checkpoint"])
     needed = sorted({s.modality for s in todo})
@@ -288,6 +187,10 @@ def _embed_all(store: IndexStore, identity: Dict, todo: List[Source], args, summ
     # $ONE_PEACE_BPE_DIR for a recorded folder that lost its files is used, not recorded).
     bpe_dir = bpe_dir_for(args.bpe_dir, recorded.get("bpe_dir"), store.dir)
     hub = load_hub(identity["checkpoint"], identity["model_type"], identity["dtype"], args.device, bpe_dir, branches)
+    if getattr(args, "backend", "torch") == "onnx":  # texts and sounds through onnxruntime (search/onnx_backend.py)
+        from .onnx_backend import onnx_hub
+
+        hub = onnx_hub(hub, identity, store.dir, needed)
     summary.load_seconds = time.perf_counter() - start
     built = tuple(hub.model.modalities)
     model = dict(identity, dim=embedding_dim(hub), modalities=list(built),
@@ -300,22 +203,32 @@ def _embed_all(store: IndexStore, identity: Dict, todo: List[Source], args, summ
 
     def commit(entries):
         store.commit_batch(entries)
-        for source, status, reason, vectors in entries:
+        for source, status, reason, vectors, *info in entries:
+            limit = (info[0] if info else {}).get("limit")
+            record = {"path": source.path, "modality": source.modality, "reason": reason}
             if status == "ok":
                 summary.embedded += 1
                 summary.vectors += len(vectors)
+                summary.segments += sum(1 for v in vectors if len(v) > 3 and v[4] is not None)
+                if limit == "max_duration":
+                    logger.warning("%s: %s", source.path, reason)
+                    summary.truncated.append(record)
             else:
                 logger.warning("cannot index %s: %s", source.path, reason)
-                summary.failed.append({"path": source.path, "modality": source.modality, "reason": reason})
+                summary.failed.append(record)
+                summary.over_max_pixels += limit == "max_pixels"
         progress.update(len(entries))
 
     try:
-        for modality in sorted(needed):
-            group = [s for s in todo if s.modality == modality]
-            if modality not in built:
-                commit([(s, "failed", f"the checkpoint has no {modality} branch", []) for s in group])
-                continue
-            _embed_sources(hub, modality, group, args.batch_size, summary.options["tsv_column"], commit)
+        with pil_pixel_limit(media.max_pixels):
+            for modality in sorted(needed):
+                group = [s for s in todo if s.modality == modality]
+                if modality not in built:
+                    commit([(s, "failed", f"the checkpoint has no {modality} branch", []) for s in group])
+                    continue
+                # ``embed`` looked up here, at call time: a test may replace this module's ``embed``
+                embed_sources(hub, modality, group, args.batch_size, summary.options["tsv_column"], media, commit,
+                              embed_fn=embed)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -342,58 +255,6 @@ def _finish_faiss(store: IndexStore, args, summary: Summary) -> None:
                                  f"{str(exc).strip().splitlines()[-1]}; run again with other --index-type / --nlist "
                                  "(they replace the recorded ones)") from None
         summary.index_types[modality] = (store.get(f"faiss:{modality}") or {}).get("type", "stale")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    # the registry's modalities and extensions (``Modality.extensions``), read when the parser is built
-    exts = "; ".join(f"{m}: {' '.join(e)}" for m, e in extensions().items())
-    parser = argparse.ArgumentParser(prog="one-peace-index", description=__doc__.split("\n\n")[0],
-                                     epilog=f"Extensions: {exts}. A .tsv is a table of texts (a 'text' or "
-                                            "'caption' column, header row required).")
-    parser.add_argument("index", help="index directory (created if absent)")
-    parser.add_argument("roots", nargs="*", help="folders or files to index (added to the index's recorded ones)")
-    parser.add_argument("--checkpoint", help="checkpoint to embed with (required for a new index; any other "
-                                             "checkpoint than the one that built the index is refused)")
-    parser.add_argument("--model-type", choices=["one_peace_retrieval", "one_peace_pretrain"], default=None,
-                        help="default one_peace_retrieval")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default float32")
-    parser.add_argument("--batch-size", type=int, default=16, help="files embedded together (default 16)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
-    parser.add_argument("--bpe-dir", default=None, help="BPE files (default: the checkpoint's, $ONE_PEACE_BPE_DIR, "
-                                                        "the cache)")
-    parser.add_argument("--modality", help=f"only these modalities, comma-separated ({','.join(extensions())}); "
-                                           "remembered by the index until changed ('all': every one)")
-    parser.add_argument("--tsv-column", help="text column of .tsv files (default: text, else caption); remembered "
-                                             "by the index until changed ('' for the default)")
-    parser.add_argument("--forget-root", action="append", help="drop a recorded root and its files (repeatable)")
-    parser.add_argument("--retry-failed", action="store_true", help="retry files that failed, even unchanged")
-    parser.add_argument("--index-type", choices=vector_index.INDEX_TYPES, default=None,
-                        help="faiss index per modality (default auto: flat below --approx-threshold vectors)")
-    parser.add_argument("--approx-threshold", type=int, default=None,
-                        help=f"vectors from which auto uses --approx-type (default "
-                             f"{vector_index.DEFAULT_APPROX_THRESHOLD}, measured: docs/BENCHMARKS.md)")
-    parser.add_argument("--approx-type", choices=["hnsw", "ivf"], default=None, help="default ivf")
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 2 sqrt(N))")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default 32)")
-    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default 64)")
-    parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
-                        help="auto: a bar on a terminal, else a line every 10 s")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--stats", action="store_true", help="describe the index (roots, remembered options, "
-                                                             "counts, failures, checkpoint) and exit; no model")
-    action.add_argument("--list", action="store_true", help="list the indexed files (--modality to filter) and exit")
-    action.add_argument("--clear-failures", action="store_true",
-                        help="forget the files that failed (the next run tries them again) and exit")
-    return parser
-
-
-def check_arguments(args) -> None:
-    """Numbers that cannot work, refused before anything is read or created."""
-    at_least("--batch-size", args.batch_size)
-    at_least("--approx-threshold", args.approx_threshold, 0)
-    for option in ("nlist", "nprobe", "ef_search"):
-        at_least(f"--{option.replace('_', '-')}", getattr(args, option))
 
 
 def main(argv=None) -> int:

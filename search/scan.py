@@ -4,6 +4,7 @@ Which modalities exist, their file extensions and how the page shows them come f
 registry (``Modality.extensions``, ``Modality.search_view``; built-ins in
 ``models/builtin_modalities.py``), read at call time so that a modality registered later is searchable.
 """
+import fnmatch
 import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -80,11 +81,20 @@ def under_root(path: str, roots: Sequence[str]) -> bool:
     return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
-def scan(roots: Sequence[str], modalities: Optional[Sequence[str]] = None) -> Tuple[List[Source], List[str]]:
+def excluded(relative: str, patterns: Sequence[str]) -> bool:
+    """``relative`` (a path under a root, ``/``-separated) matches one of ``patterns`` (``fnmatch``, case
+    sensitive: ``*`` also crosses ``/``), whole or by its last component."""
+    name = relative.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(relative, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def scan(roots: Sequence[str], modalities: Optional[Sequence[str]] = None,
+         exclude: Sequence[str] = ()) -> Tuple[List[Source], List[str]]:
     """Every indexable file under ``roots`` (folders or single files), sorted by path, and the roots
-    that do not exist.  Hidden files and folders are skipped.  Symlinked files are indexed under their
-    own name; symlinked folders are not followed (``os.walk``'s default: no loops, and the server
-    would not serve files outside the roots anyway): add the target as a root instead."""
+    that do not exist.  Hidden files and folders are skipped, and so is what ``exclude`` matches (a
+    folder that matches is not walked).  Symlinked files are indexed under their own name; symlinked
+    folders are not followed (``os.walk``'s default: no loops, and the server would not serve files
+    outside the roots anyway): add the target as a root instead."""
     found: Dict[str, Source] = {}
     missing = []
     table = _by_extension()
@@ -92,7 +102,7 @@ def scan(roots: Sequence[str], modalities: Optional[Sequence[str]] = None) -> Tu
         if not os.path.exists(root):
             missing.append(root)
             continue
-        for path in _walk(root):
+        for path in _walk(root, tuple(exclude)):
             modality = modality_of(path, table)
             if modality is None or (modalities and modality not in modalities):
                 continue
@@ -104,14 +114,18 @@ def scan(roots: Sequence[str], modalities: Optional[Sequence[str]] = None) -> Tu
     return [found[p] for p in sorted(found)], missing
 
 
-def _walk(root: str) -> Iterator[str]:
+def _walk(root: str, exclude: Tuple[str, ...] = ()) -> Iterator[str]:
     if os.path.isfile(root):
-        yield root
+        if not excluded(os.path.basename(root), exclude):
+            yield root
         return
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        rel = "" if rel == "." else rel + "/"
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not excluded(rel + d, exclude))
         for name in sorted(filenames):
-            if not name.startswith(".") and os.path.isfile(os.path.join(dirpath, name)):
+            if not name.startswith(".") and not excluded(rel + name, exclude) \
+                    and os.path.isfile(os.path.join(dirpath, name)):
                 yield os.path.join(dirpath, name)
 
 

@@ -3,13 +3,16 @@ it (loaded on first query, identity checked), and nearest-neighbour search per m
 import logging
 import os
 import threading
-from typing import Dict, List, Optional, Sequence
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import vector_index
 from .embed import bpe_dir_for, embed, load_hub
-from .identity import verify_checkpoint
+from .filters import Filters, allowed_ids
+from .identity import checkpoint_exists, verify_checkpoint
+from .ranking import Allowed, rank_page
 from .scan import TSV_EXTENSION, check_modalities, modality_of, query_extensions, read_text_file
 from .store import IndexStore
 
@@ -42,7 +45,7 @@ def build_faiss(store: IndexStore, modality: str, dim: int, options: vector_inde
 class SearchIndex:
     def __init__(self, index_dir: str, checkpoint: Optional[str] = None, device: Optional[str] = None,
                  dtype: Optional[str] = None, bpe_dir: Optional[str] = None,
-                 options: Optional[vector_index.IndexOptions] = None):
+                 options: Optional[vector_index.IndexOptions] = None, needs_model: bool = True):
         self.store = IndexStore(index_dir)
         self.dir = self.store.dir
         self.model = self.store.get("model")
@@ -53,19 +56,24 @@ class SearchIndex:
         self.options = options or vector_index.IndexOptions.from_dict(self.store.get("index_options"))
         self.checkpoint, self.device, self.dtype = checkpoint, device, dtype
         # --bpe-dir, else the recorded folder (else $ONE_PEACE_BPE_DIR if it lost its files): checked now
-        self.bpe_dir = bpe_dir_for(bpe_dir, self.model.get("bpe_dir"), self.dir)
+        self.needs_model = needs_model  # False: stored vectors only (near-duplicates), no BPE check, no model
+        self.bpe_dir = bpe_dir_for(bpe_dir, self.model.get("bpe_dir"), self.dir) if needs_model else None
         if checkpoint is not None:  # refuse a wrong checkpoint before any query
             verify_checkpoint(self.model, checkpoint, self.dir)
         self._hub = None
         self._faiss: Dict[str, tuple] = {}
+        self._allowed: OrderedDict[tuple, Allowed] = OrderedDict()  # filter -> allowed ids, per index version
+        self._ids: Dict[str, tuple] = {}  # modality -> (version, its vector ids)
         self._lock = threading.Lock()  # one model call / faiss rebuild at a time
 
     # ---- the model -------------------------------------------------------------------------
     @property
     def hub(self):
         if self._hub is None:
+            if not self.needs_model:
+                raise RuntimeError("this SearchIndex was opened without its model (needs_model=False)")
             path = self.checkpoint or self.model["checkpoint"]
-            if not os.path.isfile(path):
+            if not checkpoint_exists(path):
                 raise FileNotFoundError(f"the checkpoint that built {self.dir} is not at {path} any more: pass "
                                         "--checkpoint with its new location")
             if self.checkpoint is None:  # the recorded path may now hold another file
@@ -100,7 +108,7 @@ class SearchIndex:
 
     # ---- faiss -------------------------------------------------------------------------------
     def modalities(self) -> List[str]:
-        return sorted(self.store.counts())
+        return self.store.modalities()
 
     def faiss_index(self, modality: str):
         """The current faiss index of ``modality``: the saved one if it matches the stored vectors'
@@ -121,8 +129,33 @@ class SearchIndex:
             self._faiss[modality] = (version, index)
         return index
 
+    def allowed(self, modality: str, filters: Filters) -> Allowed:
+        """The vector ids of ``modality`` that pass ``filters`` (SQLite), kept while the index does not
+        change: the next page of a query, or another query with the same filters, reuses them."""
+        key = (modality, self.store.version(modality), filters.key())
+        with self._lock:
+            if key in self._allowed:
+                self._allowed.move_to_end(key)
+                return self._allowed[key]
+        cached = self._ids.get(modality)
+        if cached is None or cached[0] != key[1]:  # the modality's ids: read once per version
+            cached = self._ids[modality] = (key[1], self.store.vector_ids(modality))
+        found = Allowed(allowed_ids(self.store.db, filters, cached[1]))
+        with self._lock:
+            self._allowed[key] = found
+            while len(self._allowed) > 8:  # each holds ids (and, if few, their vectors)
+                self._allowed.popitem(last=False)
+        return found
+
     def search(self, vector: np.ndarray, modalities: Optional[Sequence[str]] = None, k: int = 10) -> Dict[str, List]:
-        """Top ``k`` of each modality: ``{modality: [{rank, score, id, path, row, text, ...}]}``.
+        """Top ``k`` of each modality: ``{modality: [{rank, score, id, path, row, text, ...}]}``."""
+        return self.search_pages(vector, modalities, k)[0]
+
+    def search_pages(self, vector: np.ndarray, modalities: Optional[Sequence[str]] = None, limit: int = 10,
+                     offset: int = 0, filters: Optional[Filters] = None,
+                     min_score: Optional[float] = None) -> Tuple[Dict[str, List], Dict[str, Dict]]:
+        """(``{modality: [hits of ranks offset+1 .. offset+limit]}``, ``{modality: {offset, limit, has_more,
+        total}}``); each hit is its vector's record (``IndexStore.lookup``) with ``score`` and ``rank``.
 
         Scores of different modalities are not comparable (the modality gap: a text query scores other
         texts far higher than any image), so each modality keeps its own ranking."""
@@ -130,17 +163,19 @@ class SearchIndex:
         wanted = list(modalities) if modalities else present
         # a modality indexed then unregistered still searches (its vectors are stored)
         check_modalities(m for m in wanted if m not in present)
-        results = {}
-        query = np.asarray(vector, np.float32).reshape(1, -1)
+        filtered = filters is not None and filters.active()
+        results, pages = {}, {}
         for modality in wanted:
             if modality not in present:
-                results[modality] = []
+                results[modality], pages[modality] = [], {"offset": offset, "limit": limit, "has_more": False,
+                                                          "total": 0}
                 continue
-            scores, ids = vector_index.search(self.faiss_index(modality), query, k)
-            records = self.store.lookup([i for i in ids[0] if i >= 0])
-            hits = [dict(records[i], score=float(s)) for s, i in zip(scores[0], ids[0]) if i in records]
-            for rank, hit in enumerate(hits, start=1):
+            page = rank_page(self.faiss_index(modality), vector, offset, limit,
+                             allowed=self.allowed(modality, filters) if filtered else None, min_score=min_score,
+                             options=self.options, vectors_of=lambda ids: self.store.vectors_by_id(ids, self.dim))
+            records = self.store.lookup([i for i, _ in page.hits])
+            hits = [dict(records[i], score=s) for i, s in page.hits if i in records]
+            for rank, hit in enumerate(hits, start=offset + 1):
                 hit["rank"] = rank
-            results[modality] = hits
-        return results
-
+            results[modality], pages[modality] = hits, page.info()
+        return results, pages

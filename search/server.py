@@ -3,8 +3,9 @@
     one-peace-serve INDEX_DIR [--port 8765] [--host 127.0.0.1] [--max-upload-mb 50]
 
 Routes: ``GET /`` the page; ``GET /api/info`` (counts, the modalities with their search views);
-``POST /api/search`` (JSON ``{"text", "modalities", "k"}`` or a multipart form with ``file``,
-``modalities``, ``k``); ``GET /media/{id}`` and ``GET /thumb/{id}`` (modalities with an image or video view).
+``POST /api/search`` (JSON ``{"text", "terms", "like", "modalities", "k", "offset", filters...}`` or a
+multipart form with ``file`` and the same fields) and ``GET /api/duplicates`` (``api_query.py``);
+``GET /media/{id}`` and ``GET /thumb/{id}`` (modalities with an image or video view).
 
 Security: bound to loopback unless ``--host`` says otherwise; requests must name an allowed Host
 (the loopback names, ``--host`` and any ``--allowed-host``: a DNS-rebinding page cannot reach the server); files are addressed by
@@ -15,63 +16,26 @@ is removed after the query.
 import argparse
 import asyncio
 import io
-import json
 import logging
 import mimetypes
 import os
 import sys
-import tempfile
 import threading
 from collections import OrderedDict
-from typing import Optional
 
 from ..models.modalities import modality_names
+from .api_query import MAX_K, THUMB_VIEWS, QueryService, make_routes, parse_k  # noqa: F401 - parse_k: the API's
 from .cli_checks import check_port, check_upload_mb
-from .query import parse_modalities
-from .scan import TSV_EXTENSION, display_order, modality_of, query_extensions, under_root, view_of
+from .duplicates import DEFAULT_THRESHOLD
+from .scan import display_order, query_extensions, under_root, view_of
 from .searcher import SearchIndex
 
 logger = logging.getLogger("one_peace.search.server")
 DEFAULT_MAX_UPLOAD_MB = 50.0
 THUMB_SIZE = 256
-THUMB_VIEWS = ("image", "video")  # search views (``Modality.search_view``) shown with a thumbnail / poster
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
-MAX_K = 1000
 MAX_ID = 2 ** 63 - 1  # SQLite's integers: a larger id is no vector (and would overflow the query)
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"}
-
-
-class UploadTooLarge(Exception):
-    pass
-
-
-async def _read_limited(request, limit: int) -> bytes:
-    """The request body, refused (UploadTooLarge) as soon as it passes ``limit`` bytes: a declared
-    Content-Length is checked first, a chunked body while it arrives."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadTooLarge()
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise UploadTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_k(value, default: int) -> int:
-    """The API's ``k``: a whole number in 1..MAX_K (a JSON number or a form's string), else ValueError."""
-    if value is None or value == "":
-        return default
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
-        raise ValueError(f"k must be a whole number between 1 and {MAX_K}, got {value!r}")
-    return value
 
 
 def host_names(host: str, extra=None) -> list:
@@ -83,22 +47,6 @@ def host_names(host: str, extra=None) -> list:
     return names
 
 
-def _replayed(request, body: bytes):
-    """A Request over an already read body (so the form parser never reads past the limit)."""
-    from starlette.requests import Request
-
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request(request.scope, receive)
-
-
 class Service:
     """What the routes share: the index, one lock for the model and SQLite, the thumbnail cache."""
 
@@ -107,6 +55,7 @@ class Service:
         self.lock = threading.Lock()
         self.roots = [os.path.realpath(r) for r in index.store.roots()]
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
+        self.query = QueryService(index, self.lock, default_k)
 
     def info(self):
         with self.lock:
@@ -121,33 +70,7 @@ class Service:
                 "model": {"checkpoint": os.path.basename(model["checkpoint"]), "model_type": model["model_type"],
                           "dtype": model["dtype"], "dim": model["dim"]},
                 "max_upload_bytes": self.max_upload_bytes,
-                "accept": query_extensions()}
-
-    def search(self, text: Optional[str], upload: Optional[tuple], modalities, k: int):
-        with self.lock:
-            if upload is None:
-                vector, query = self.index.embed_text(text), {"text": text}
-            else:
-                name, data = upload
-                ext = os.path.splitext(name)[1].lower()
-                if modality_of(name) is None or ext == TSV_EXTENSION:
-                    raise ValueError(f"cannot tell the modality of {name!r} from its extension "
-                                     f"({' '.join(query_extensions())})")
-                with tempfile.TemporaryDirectory(prefix="one-peace-query-") as tmp:
-                    path = os.path.join(tmp, "query" + ext)  # the client's name is never a path here
-                    with open(path, "wb") as fh:
-                        fh.write(data)
-                    vector, modality = self.index.embed_file(path)
-                query = {"file": os.path.basename(name), "modality": modality}
-            results = self.index.search(vector, modalities, k)
-        for hits in results.values():
-            for hit in hits:
-                hit["url"] = f"/media/{hit['id']}"
-                hit["view"] = view_of(hit["modality"])  # the page renders a hit by its view, not its name
-                if hit["view"] in THUMB_VIEWS:
-                    hit["thumb_url"] = f"/thumb/{hit['id']}"
-                hit["name"] = os.path.basename(hit["path"]) + (f":{hit['row']}" if hit.get("row") else "")
-        return {"query": query, "results": results}
+                "accept": query_extensions(), "duplicate_threshold": DEFAULT_THRESHOLD}
 
     def servable(self, vid: int):
         """The record of vector ``vid`` if its file may be served, else None (-> 404) or "outside" (-> 403)."""
@@ -167,7 +90,7 @@ class Service:
         if key in self._thumbs:
             self._thumbs.move_to_end(key)
             return self._thumbs[key]
-        if view_of(record["modality"]) == "video":  # the poster: the first frame
+        if view_of(record.get("file_modality") or record["modality"]) == "video":  # the poster: the first frame
             from ..data_utils.video import load_video
 
             image = load_video(record["path"], 1)[0]
@@ -208,47 +131,6 @@ def create_app(index: SearchIndex, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
     async def info(request):
         return JSONResponse(await run_in_threadpool(service.info))
 
-    async def search(request):
-        try:
-            body = await _read_limited(request, max_upload_bytes)
-        except UploadTooLarge:
-            return error(413, f"upload larger than the limit of {max_upload_bytes} bytes (--max-upload-mb)")
-        ctype = request.headers.get("content-type", "")
-        upload, text = None, None
-        try:
-            if ctype.startswith(FORM_TYPES):  # the page's file queries; a plain form of fields works too
-                form = await _replayed(request, body).form()
-                fields = {k: v for k, v in form.items() if isinstance(v, str)}
-                file = form.get("file")
-                if file is not None and not isinstance(file, str):
-                    upload = (file.filename or "upload", await file.read())
-                text = fields.get("text") or None
-                modalities, k = fields.get("modalities"), fields.get("k")
-            else:
-                try:
-                    payload = json.loads(body or b"{}")
-                except ValueError:
-                    raise ValueError(f"expected a JSON body ({{\"text\", \"modalities\", \"k\"}}) or a "
-                                     f"multipart form (file, modalities, k); got {ctype or 'no Content-Type'} "
-                                     "that is not JSON") from None
-                if not isinstance(payload, dict):
-                    raise ValueError("the JSON body must be an object")
-                text, modalities, k = payload.get("text"), payload.get("modalities"), payload.get("k")
-            if isinstance(modalities, list):
-                modalities = ",".join(str(m) for m in modalities)
-            if modalities is not None and not isinstance(modalities, str):
-                raise ValueError(f"modalities must be a list of names or a comma-separated string, got {modalities!r}")
-            modalities = parse_modalities(modalities)
-            k = parse_k(k, service.default_k)
-            if (upload is None) == (not text):
-                raise ValueError("give either a query text or a file")
-            if text is not None and not isinstance(text, str):
-                raise ValueError("text must be a string")
-            result = await run_in_threadpool(service.search, text, upload, modalities, k)
-        except (ValueError, FileNotFoundError) as exc:
-            return error(400, str(exc))
-        return JSONResponse(result)
-
     async def media(request):
         record = await run_in_threadpool(service.servable, request.path_params["vid"])
         if record is None:
@@ -271,7 +153,8 @@ def create_app(index: SearchIndex, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
             return error(404, f"cannot make a thumbnail: {exc}")
         return Response(data, media_type="image/jpeg", headers=_SAFE_HEADERS)
 
-    routes = [Route("/", page), Route("/api/info", info), Route("/api/search", search, methods=["POST"]),
+    routes = [Route("/", page), Route("/api/info", info),
+              *make_routes(service.query, service.roots, max_upload_bytes, error),
               Route("/media/{vid:int}", media), Route("/thumb/{vid:int}", thumb)]
     hosts = allowed_hosts or LOOPBACK_NAMES
     return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     end_s REAL);                           -- NULL when the vector stands for the whole file
 CREATE INDEX IF NOT EXISTS vectors_by_path ON vectors(path);
 CREATE INDEX IF NOT EXISTS vectors_by_modality ON vectors(modality);
+CREATE INDEX IF NOT EXISTS files_by_date ON files(taken_at);  -- date filters read a range, not the table
 """
 # Version 1 -> 2: file dates and durations, segment spans (old rows date from their mtime).
 _MIGRATE_1_TO_2 = """
@@ -197,6 +198,15 @@ class IndexStore:
     # ---- vectors -------------------------------------------------------------------------
     def counts(self) -> Dict[str, int]:
         return dict(self.db.execute("SELECT modality, COUNT(*) FROM vectors GROUP BY modality ORDER BY modality"))
+
+    def modalities(self) -> List[str]:
+        """The modalities with vectors, sorted: one index lookup per modality ever stored (``counts`` reads
+        the whole modality index, too slow for every query of a large index)."""
+        seen = [k[len("version:"):] for (k,) in self.db.execute("SELECT key FROM meta WHERE key LIKE 'version:%'")]
+        if not seen:  # every commit records its modalities' versions; read the vectors if none is recorded
+            return sorted(self.counts())
+        return sorted(m for m in seen if self.db.execute("SELECT 1 FROM vectors WHERE modality = ? LIMIT 1",
+                                                          (m,)).fetchone())
 
     def file_counts(self) -> Dict[str, Dict[str, int]]:
         out: Dict[str, Dict[str, int]] = {}

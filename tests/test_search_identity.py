@@ -107,3 +107,22 @@ def test_an_index_with_a_16_mib_record_is_accepted_with_a_warning(tmp_path, phot
     c = padded_checkpoint(tmp_path / "c" / "model.pt", first=1.0)  # differs within the first 16 MiB
     code, _, err = index_main([index, "--checkpoint", c], capsys)
     assert code == 2 and "refusing checkpoint" in err and "of the first 16777216 bytes" in err
+
+
+def test_a_model_directory_builds_and_queries_an_index_and_another_is_refused(tmp_path, photos, capsys,
+                                                                             fixture_bpe_dir):
+    from one_peace.hub.convert import convert_checkpoint
+
+    model_dir, other_dir = tmp_path / "model", tmp_path / "other"
+    convert_checkpoint(write_checkpoint(tmp_path / "model.pt"), str(model_dir), bpe_dir=fixture_bpe_dir)
+    convert_checkpoint(write_checkpoint(tmp_path / "other.pt", perturb=True), str(other_dir), bpe_dir=fixture_bpe_dir)
+    index = tmp_path / "index"
+    code, summary, err = index_main([index, photos, "--checkpoint", model_dir], capsys)
+    assert code == 0 and summary["embedded"] == 2, err
+    record = model_record(index)
+    assert record["checkpoint"] == str(model_dir) and record["size"] > 0
+    assert search_main([str(index), "--text", "red", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert {h["path"] for h in hits["results"]["image"]} == {str(photos / "red.png"), str(photos / "blue.png")}
+    assert search_main([str(index), "--text", "red", "--checkpoint", str(other_dir)]) == 2
+    assert "refusing checkpoint" in capsys.readouterr().err
