@@ -17,7 +17,19 @@ Three measurements, printed as the markdown tables of docs/SCALING.md:
    ``checkpoint_activations`` a layer keeps only its input (B x N x 1536) and one layer's
    activations are live again while it is recomputed in backward (computed from the same figures).
 
+4. ``--fsdp2-plan`` (alone, a few minutes): the FSDP2 plan (``--ddp-backend fully_sharded``).  Per-rank
+   bytes of parameters, gradients and Adam state *measured* on the tiny model sharded over two gloo
+   processes (bf16 compute on fp32 shards, as ``common.bf16`` trains) and scaled to N ranks (dim-0 shards:
+   the share is 1/N); the whole bf16 units FSDP2 gathers (the root unit for the step, two fusion layers)
+   and one layer's fp32 gradients before the reduce-scatter are *computed* from the models' parameters.
+   Activations with ``checkpoint_activations``: the per-token bytes of one layer and of the rest *measured*
+   at the real width on coco/flickr30k (image models) and AVQA (audio models), as 3., times the tokens each sample sends through the encoder
+   with gradients (the criterion's views, from the tasks' mask ratios).  Models: the largest fine-tuning
+   model (AVQA's yaml), pretraining stage 1 (text + image), stage 2 (+ audio; all but audio frozen) and
+   video pretraining (all four branches; all but video frozen), built on the meta device.
+
     ONE_PEACE_BPE_DIR=../shared/assets/bpe python bench/memory_plan.py [--only vqa,esc50]
+    ONE_PEACE_BPE_DIR=../shared/assets/bpe python bench/memory_plan.py --fsdp2-plan
 """
 import argparse
 import datetime
@@ -233,11 +245,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default=None, help="comma-separated benchmark names (default: all)")
     parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--fsdp2-plan", action="store_true",
+                        help="only the FSDP2 plan (--ddp-backend fully_sharded): 1, 8, 64 GPUs of 40 and 80 GB")
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
           f"{datetime.date.today()}; command: python bench/memory_plan.py {' '.join(argv or sys.argv[1:])}\n")
+    if args.fsdp2_plan:
+        from fsdp2_plan import report
+
+        return report(load_benchmark, activation_row, BENCHMARKS)
 
     per_param = {p: training_state_bytes(p) for p in ("fp32", "bf16", "memory-efficient bf16")}
     share2 = sharded_state_fraction(2)

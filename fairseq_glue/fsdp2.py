@@ -15,8 +15,10 @@ fairseq 0.12 implements that backend with fairscale (unmaintained, not installed
   by every rank; fairseq's copies to the other names and its removal of old checkpoints handle
   directories (rank 0) within ``checkpoint_utils.save_checkpoint``.
 * Loading: every rank reads the checkpoint (no broadcast).  A sharded directory is loaded shard by shard
-  into an FSDP2 run and whole (consolidated) into any other; a ``.pt`` (a DDP run, a released model)
-  goes through the usual key checks and each rank keeps its slice of the weights and the Adam state.
+  into an FSDP2 run of the same model and whole (consolidated) into any other, or into another model (stage 2
+  from stage 1: the model's upgrade drops the image branch and resets the logit scale); a ``.pt`` (a DDP
+  run, a released model) goes through the usual key checks and each rank keeps its slice of the weights and
+  the Adam state.
 """
 import contextlib
 import contextvars
@@ -69,7 +71,6 @@ def check_options(cfg) -> None:
         "distributed_training.cpu_offload": cfg.distributed_training.cpu_offload,
         "optimization.use_bmuf": cfg.optimization.use_bmuf,
         "ema.store_ema": cfg.ema.store_ema,
-        "optimizer.use_distributed_fused_adam": bool(cfg.optimizer.get("use_distributed_fused_adam", False)),
     }
     bad = [name for name, value in refused.items() if value]
     if bad:
@@ -84,6 +85,10 @@ def _trainer_view(cfg):
         view.common.bf16 = False
         view.common.memory_efficient_bf16 = False
         view.checkpoint.load_checkpoint_on_all_dp_ranks = True
+        if view.optimizer.get("use_distributed_fused_adam", False):
+            # the yamls' ZeRO-1 flag: FSDP2 already shards the Adam state (with the parameters)
+            logger.info("FSDP2: optimizer.use_distributed_fused_adam is implied (the state is sharded)")
+            view.optimizer.use_distributed_fused_adam = False
     return view
 
 
@@ -126,7 +131,11 @@ def _load_sharded_or_full(model) -> None:
 
     def load_state_dict(state_dict, strict=True, model_cfg=None, args=None, **torch_options):
         if isinstance(state_dict, ShardedSource):
-            return sharded.load(state_dict.path, model)
+            if sharded.model_keys(state_dict.path) == set(model.state_dict()):
+                return sharded.load(state_dict.path, model)
+            # Another model's checkpoint (stage 2 from stage 1 drops the image branch and may reset the logit
+            # scale): read whole, through the model's own upgrade and key checks; each rank keeps its slice.
+            state_dict = sharded.consolidate(state_dict.path)["model"]
         if torch_options:  # torch's set_model_state_dict (assign=...): sharded tensors, nn.Module's load
             return torch.nn.Module.load_state_dict(model, state_dict, strict=strict, **torch_options)
         return original(state_dict, strict=strict, model_cfg=model_cfg, args=args)

@@ -156,6 +156,14 @@ def has_optimizer_state(directory: str) -> bool:
     return any(key.startswith("optim.") for key in metadata.state_dict_metadata)
 
 
+def model_keys(directory: str) -> set:
+    """The names of the model's tensors in the checkpoint (``model.<name>`` in DCP's index, prefix removed)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata = FileSystemReader(directory).read_metadata()
+    return {key[len("model."):] for key in metadata.state_dict_metadata if key.startswith("model.")}
+
+
 def read_meta(directory: str) -> dict:
     from .pickle_allowlist import register_safe_globals
 

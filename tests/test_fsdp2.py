@@ -2,10 +2,17 @@
 
 * ``fairseq-hydra-train`` with FSDP2 gives DDP's losses and updated weights (tiny pretraining model, adjust_adam
   with layer decay); its checkpoint is a sharded directory the hub, the export command and a DDP run read.
+* Stage-2 pretraining from the stage-1 checkpoint (image branch dropped, all but the audio branch frozen) and
+  fine-tuning (the VGGSound run script, slow) give DDP's losses and weights under FSDP2 too.
+* Activation checkpointing under FSDP2 changes nothing; ``--bf16`` under FSDP2 trains (slow).
+* ``bench/fsdp2_plan.py`` (the FSDP2 tables of ``docs/SCALING.md``) counts as FSDP2 shards.
+* The torchrun command lines of ``docs/SCALING.md`` (the run scripts' ``NUM_GPUS``; one node and two
+  nodes, slow) train as the gloo ranks do.
 * Resume across backends (FSDP2 -> FSDP2, DDP -> FSDP2, FSDP2 -> DDP) ends where DDP uninterrupted does (slow).
 * Per-rank bytes of parameters, gradients and Adam state are half of one unsharded copy; a save that dies after
   writing shards leaves the previous checkpoint loadable.
 """
+import math
 import os
 import shutil
 import subprocess
@@ -15,12 +22,26 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from fsdp2_runs import free_port, losses, max_difference, pretrain_config, train, weights
+from fsdp2_runs import (
+    finetune,
+    free_port,
+    losses,
+    max_abs_difference,
+    max_difference,
+    pretrain_config,
+    torchrun,
+    train,
+    weights,
+)
 from helpers import BPE_ASSETS
 
 from one_peace.data_utils import synthetic
 
 TOL = 1e-5  # float32 sums of two ranks in another order
+# Stage 2: after one update only the audio conv stack differs, by ~1e-7 (its CPU weight gradients come out in
+# another float order when the weight is FSDP2's gathered copy); Adam's lr * m / (sqrt(v) + eps) turns such noise
+# in gradient elements near 0 into up to ~1% of a step within 3 updates: weights compared to 2% of one step (lr 1e-3).
+STEP_TOL = 0.02 * 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +91,105 @@ def test_fsdp2_trains_as_ddp_and_its_checkpoint_loads_everywhere(stage1, tmp_pat
     bad = subprocess.run([sys.executable, "-m", "one_peace.models.sharded_checkpoint", str(tmp_path), str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and f"{tmp_path} has no .metadata" in bad.stderr
+
+
+def test_stage2_from_stage1_trains_as_ddp_with_the_freezing(stage1):
+    root, _, runs = stage1
+    synthetic.write_audio_split(str(root / "audio"), "train", 8, seed=5)
+    finals, run_losses = {}, {}
+    for backend in ("legacy_ddp", "fully_sharded"):
+        config = pretrain_config(root / "audio", BPE_ASSETS, stage2=runs[backend][1], batch_size=2, max_update=2)
+        save_dir = root / "stage2" / backend / "ckpt"
+        logs = train(root / "stage2" / backend, config, save_dir, 2, f"distributed_training.ddp_backend={backend}")
+        run_losses[backend] = losses(logs[0])
+        finals[backend] = weights(save_dir / "checkpoint_last.pt")
+    assert sorted(run_losses["fully_sharded"]) == [1, 2]
+    assert run_losses["fully_sharded"] == pytest.approx(run_losses["legacy_ddp"], rel=TOL)
+    assert max_abs_difference(finals["fully_sharded"], finals["legacy_ddp"]) <= STEP_TOL
+    stage1_weights = weights(runs["fully_sharded"][1])
+    final = finals["fully_sharded"]
+    assert not any("image_adapter" in k for k in final)  # the image branch was dropped
+    trained = [k for k in final if ".audio_" in k or "audio_adapter" in k]
+    frozen = [k for k in final if k.startswith("encoder_wrapper.") and k not in trained and k in stage1_weights]
+    assert trained and frozen
+    assert all(torch.equal(final[k], stage1_weights[k]) for k in frozen)  # the stage-2 freezing held
+    assert any(not torch.equal(final[k], stage1_weights.get(k, torch.zeros(()))) for k in trained)
+
+
+def _finetune_data(tmp_path):
+    from audio_bench_data import make_audio_data
+
+    (tmp_path / "data").mkdir()
+    return make_audio_data(tmp_path / "data")
+
+
+def _finetune_with_torchrun(tmp_path, data):
+    """The run script's NUM_GPUS=2 path (torchrun --nproc_per_node=2, docs/SCALING.md) with FSDP2."""
+    save_dir = tmp_path / "torchrun" / "ckpt"
+    logs = finetune(tmp_path / "torchrun", data["vgg"], save_dir, 1, "distributed_training.ddp_backend=fully_sharded",
+                    "common.log_format=json", num_gpus=2)
+    assert "sharded over 2 ranks" in logs[0]
+    assert sorted(p.name for p in (save_dir / "checkpoint_last.pt").glob("*.distcp")) == ["__0_0.distcp",
+                                                                                         "__1_0.distcp"]
+    return losses(logs[0]), weights(save_dir / "checkpoint_last.pt")
+
+
+def test_run_scripts_num_gpus_launch_fine_tunes_with_fsdp2(tmp_path):
+    run_losses, _ = _finetune_with_torchrun(tmp_path, _finetune_data(tmp_path))
+    assert sorted(run_losses) == [1, 2] and all(map(math.isfinite, run_losses.values()))
+
+
+@pytest.mark.slow
+def test_finetuning_trains_as_ddp(tmp_path):
+    data = _finetune_data(tmp_path)
+    finals, run_losses = {}, {}
+    for backend in ("legacy_ddp", "fully_sharded"):
+        save_dir = tmp_path / backend / "ckpt"
+        logs = finetune(tmp_path / backend, data["vgg"], save_dir, 2, f"distributed_training.ddp_backend={backend}",
+                        "common.log_format=json")
+        assert ("sharded over 2 ranks" in logs[0]) == (backend == "fully_sharded")
+        run_losses[backend] = losses(logs[0])
+        finals[backend] = weights(save_dir / "checkpoint_last.pt")
+    assert sorted(run_losses["fully_sharded"]) == [1, 2]
+    assert run_losses["fully_sharded"] == pytest.approx(run_losses["legacy_ddp"], rel=TOL)
+    assert max_difference(finals["fully_sharded"], finals["legacy_ddp"]) <= TOL
+    # torchrun (the run script's NUM_GPUS=2) trains as the two processes with fairseq's flags
+    torchrun_losses, torchrun_weights = _finetune_with_torchrun(tmp_path, data)
+    assert torchrun_losses == pytest.approx(run_losses["fully_sharded"], rel=TOL)
+    assert max_difference(torchrun_weights, finals["fully_sharded"]) <= TOL
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_changes_nothing_and_bf16_trains(stage1):
+    root, config, runs = stage1
+    save_dir = root / "checkpointed" / "ckpt"
+    checkpointed = pretrain_config(root / "data", BPE_ASSETS, batch_size=2, checkpoint_activations=True)
+    logs = train(root / "checkpointed", checkpointed, save_dir, 2, "distributed_training.ddp_backend=fully_sharded")
+    assert losses(logs[0]) == pytest.approx(losses(runs["fully_sharded"][0][0]), rel=TOL)
+    assert max_difference(weights(save_dir / "checkpoint_last.pt"), weights(runs["fully_sharded"][1])) <= TOL
+
+    bf16 = {**config, "common": {**config["common"], "bf16": True}}
+    logs = train(root / "bf16", bf16, root / "bf16" / "ckpt", 2, "distributed_training.ddp_backend=fully_sharded")
+    assert "compute in bf16" in logs[0]
+    bf16_losses = losses(logs[0])
+    assert sorted(bf16_losses) == [1, 2, 3] and all(map(math.isfinite, bf16_losses.values()))
+    # close to the fp32 run: bf16 rounding, not another computation
+    assert bf16_losses[1] == pytest.approx(losses(runs["fully_sharded"][0][0])[1], rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_documented_torchrun_lines_train_as_the_gloo_ranks(stage1, nodes):
+    """docs/SCALING.md's torchrun lines at 2 processes: one node, and two nodes (--nnodes=2 --node_rank=0/1)."""
+    root, config, runs = stage1
+    save_dir = root / f"torchrun{nodes}" / "ckpt"
+    logs = torchrun(root / f"torchrun{nodes}", config, save_dir, nodes, "distributed_training.ddp_backend=fully_sharded")
+    log = "".join(logs)
+    assert "sharded over 2 ranks" in log
+    assert sorted(p.name for p in (save_dir / "checkpoint_last.pt").glob("*.distcp")) == ["__0_0.distcp",
+                                                                                         "__1_0.distcp"]
+    assert losses(log) == pytest.approx(losses(runs["fully_sharded"][0][0]), rel=TOL)
+    assert max_difference(weights(save_dir / "checkpoint_last.pt"), weights(runs["fully_sharded"][1])) <= TOL
 
 
 @pytest.mark.slow
@@ -172,3 +292,24 @@ def test_per_rank_state_is_half_and_an_interrupted_save_keeps_the_last(tmp_path)
     missing = set(model.state_dict()) - set(state["model"])
     assert not missing, sorted(missing)[:5]
     assert {g["lr"] for g in state["last_optimizer_state"]["param_groups"]} == {1e-3}
+
+
+def test_fsdp2_plan_counts_frozen_parameters_without_gradients_or_adam_state():
+    """bench/fsdp2_plan.py (docs/SCALING.md's FSDP2 tables): shards scale as 1/N; frozen weights have no state."""
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("fsdp2_plan", REPO / "bench" / "fsdp2_plan.py")
+    plan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plan)
+    stage1 = plan.unit_sizes(plan.pretrain_model(("image",), ()))
+    stage2 = plan.unit_sizes(plan.pretrain_model(("audio",), ("audio",)))
+    assert stage1[1] == stage1[0] and 0 < stage2[1] < stage2[0] / 2  # stage 2 trains the audio branch only
+    per_param = {"params": 2.0, "grads": 2.0, "optimizer": 4.0}  # per rank over 2 (the measured figures)
+    assert plan.per_gpu_state(stage1, per_param, 1) == 16 * stage1[0]
+    eight = plan.per_gpu_state(stage1, per_param, 8)
+    gathered = 2 * (stage1[3] + 2 * stage1[2]) + 4 * (stage1[3] + stage1[2])
+    assert eight == pytest.approx(2 * stage1[0] + gathered)
+    assert plan.per_gpu_state(stage2, per_param, 8) < eight
+    assert plan.pretrain_tokens("video") > plan.pretrain_tokens("stage2") > plan.pretrain_tokens("stage1")
