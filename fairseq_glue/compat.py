@@ -173,15 +173,16 @@ def _parameter_at(module, path: str):
 
 def _owner_only_iterator_cleanup(iterator_class):
     original_init, original_del = iterator_class.__init__, iterator_class.__del__
+    getpid = os.getpid  # held here: at interpreter exit this module's globals may already be None
 
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
-        self._one_peace_owner_pid = os.getpid()
+        self._one_peace_owner_pid = getpid()
         original_init(self, *args, **kwargs)
 
     @functools.wraps(original_del)
     def __del__(self):
-        if getattr(self, "_one_peace_owner_pid", os.getpid()) == os.getpid():
+        if getattr(self, "_one_peace_owner_pid", getpid()) == getpid():
             original_del(self)
 
     __del__.one_peace_patched = True
