@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from one_peace.data_utils import synthetic_video
 from one_peace.data_utils.video import load_video
@@ -64,6 +65,7 @@ def test_generated_split_layout(tmp_path):
     assert len(load_video(str(tmp_path / valid[0]["video"]), 8)) == 8
 
 
+@pytest.mark.slow  # 4.5 min on 2 cores (it runs the quickstart first): keeps the default suite under 20 min
 def test_video_quickstart_fast_variant_learns(tmp_path):
     """``video_quickstart.sh --fast`` (quickstart --fast first, fewer clips and updates) learns above chance."""
     work = tmp_path / "work"
