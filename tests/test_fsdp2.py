@@ -79,6 +79,15 @@ def test_fsdp2_trains_as_ddp_and_its_checkpoint_loads_everywhere(stage1, tmp_pat
     vectors = [hub.extract_text_features(hub.process_text(texts)) for hub in hubs]
     assert torch.allclose(vectors[0], vectors[1], atol=1e-5)
 
+    # one-peace-evaluate takes the directory as --path and reads its saved config: a pretraining
+    # checkpoint is then refused for what it is (not as a missing file)
+    from one_peace.evaluate import run_cli
+
+    root = stage1[0]
+    with pytest.raises(ValueError, match=r"'image_text_pretrain' cannot be evaluated"):
+        run_cli(["--path", str(fsdp_ckpt), "--gen-subset", "valid", "--valid-data",
+                 str(root / "data" / "image_text_valid.tsv"), "--bpe-dir", str(BPE_ASSETS), "--cpu"])
+
     # The export command writes the official single file.
     out = tmp_path / "exported.pt"
     proc = subprocess.run([sys.executable, "-m", "one_peace.models.sharded_checkpoint", str(fsdp_ckpt), str(out)],
