@@ -35,6 +35,7 @@ import functools
 import io
 import logging
 import os
+import sys
 
 import torch
 from fairseq import checkpoint_utils, metrics
@@ -207,7 +208,24 @@ def install():
         fairseq_trainer.Trainer.load_checkpoint = _awaited_loading(fairseq_trainer.Trainer.load_checkpoint)
     if not getattr(distributed_utils._broadcast_object_slow, "one_peace_patched", False):
         distributed_utils._broadcast_object_slow = _broadcast_unpickled_freely(distributed_utils._broadcast_object_slow)
+    train_cli = sys.modules.get("fairseq_cli.train")  # fairseq-train is running: its flags were just parsed
+    if train_cli is not None and not getattr(train_cli.convert_namespace_to_omegaconf, "one_peace_patched", False):
+        train_cli.convert_namespace_to_omegaconf = _bf16_is_not_tpu(train_cli.convert_namespace_to_omegaconf)
     register_safe_globals()
+
+
+def _bf16_is_not_tpu(original):
+    """fairseq 0.12's argparse sets ``tpu`` whenever ``--bf16`` (or ``--memory-efficient-bf16``) is given,
+    so ``fairseq-train --bf16`` on a CPU or GPU crashed looking for an XLA device: TPU mode only when
+    ``--tpu`` is on the command line.  (The yaml front end never coupled them.)"""
+    @functools.wraps(original)
+    def convert_namespace_to_omegaconf(args):
+        if getattr(args, "tpu", False) and getattr(args, "bf16", False) and "--tpu" not in sys.argv:
+            args.tpu = False
+        return original(args)
+
+    convert_namespace_to_omegaconf.one_peace_patched = True
+    return convert_namespace_to_omegaconf
 
 
 def _remember_epoch_length(original):

@@ -1,0 +1,35 @@
+"""``fairseq-train --cpu --bf16``, the flag a user tries first: fairseq 0.12's argparse turned it into TPU
+mode (``'NoneType' object has no attribute 'xla_device'``); it now trains in bf16 on the CPU."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import BPE_ASSETS
+
+from one_peace.data_utils import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("flag", ["--bf16", "--memory-efficient-bf16"])
+def test_fairseq_train_bf16_on_cpu_trains(tmp_path, flag):
+    synthetic.write_image_split(str(tmp_path / "data"), "train", 8, seed=1)
+    synthetic.write_image_split(str(tmp_path / "data"), "valid", 4, seed=1)
+    save_dir = tmp_path / "ckpt"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), str(tmp_path / "data/image_text_train.tsv"),
+           "--valid-data", str(tmp_path / "data/image_text_valid.tsv"), "--user-dir", str(REPO / "user_src"),
+           "--task", "image_text_pretrain", "--arch", "one_peace_pretrain_tiny", "--criterion",
+           "image_text_pretrain_loss", "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "4", "--max-update", "2",
+           "--cpu", flag, "--data-buffer-size", "0", "--ignore-unused-valid-subsets", "--patch-image-size", "32",
+           "--bpe-dir", str(BPE_ASSETS), "--save-dir", str(save_dir), "--disable-validation"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (save_dir / "checkpoint_last.pt").is_file(), proc.stderr[-3000:]
+    state = torch.load(save_dir / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert state["cfg"]["common"]["bf16"] and not state["cfg"]["common"]["tpu"]
+    assert state["optimizer_history"][-1]["num_updates"] == 2
+    weights = [v for v in state["model"].values() if v.is_floating_point()]
+    assert weights and all(torch.isfinite(v.float()).all() for v in weights)
