@@ -29,8 +29,9 @@ from typing import Dict, List, Optional
 import torch
 
 from .metrics.gather import world_info
-from .models.model_dir import CONFIG_FILE, is_model_dir
-from .models.sharded_checkpoint import DCP_METADATA, is_sharded_checkpoint
+from .models.checkpoint_io import is_checkpoint
+from .models.model_dir import CONFIG_FILE
+from .models.sharded_checkpoint import DCP_METADATA
 from .user_src import registry  # noqa: F401 - first of our imports: registers everything; keeps fairseq's import off logging
 
 logger = logging.getLogger("one_peace.evaluate")
@@ -56,11 +57,6 @@ def _saved_cfg(state: dict, path: str):
     raise ValueError(f"{path} holds no saved configuration ('cfg' or 'args'); cannot rebuild its task and model")
 
 
-def _is_checkpoint(path: str) -> bool:
-    """A .pt, a model directory of one-peace-convert, or a sharded checkpoint of an FSDP2 run."""
-    return os.path.isfile(path) or is_model_dir(path) or is_sharded_checkpoint(path)
-
-
 def _checkpoint_task_name(argv: List[str]) -> Optional[str]:
     """Task name saved in the ``--path`` checkpoint, used when ``--task`` is not given."""
     if any(a == "--task" or a.startswith("--task=") for a in argv):
@@ -73,7 +69,7 @@ def _checkpoint_task_name(argv: List[str]) -> Optional[str]:
             path = arg.split("=", 1)[1]
     if path is None:
         return None
-    if not _is_checkpoint(path):
+    if not is_checkpoint(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return _peek_saved_cfg(path).task._name
 
@@ -165,7 +161,7 @@ def check_options(cfg) -> None:
     from .tasks.evaluation import zero_shot_tasks
 
     path = cfg.common_eval.path
-    if not _is_checkpoint(path):
+    if not is_checkpoint(path):
         raise FileNotFoundError(f"--path: checkpoint not found: {path}" if not os.path.isdir(path)
                                 else f"--path: {path} is a directory without {CONFIG_FILE} or {DCP_METADATA} (neither "
                                      "a model directory of one-peace-convert nor a sharded FSDP2 checkpoint); name "

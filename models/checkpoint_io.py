@@ -17,6 +17,16 @@ class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not fit the model; the message lists the offending keys."""
 
 
+def is_checkpoint(path: str) -> bool:
+    """What :func:`load_checkpoint_file` reads: a file, a model directory of ``one-peace-convert`` or an
+    FSDP2 run's sharded checkpoint directory."""
+    from .model_dir import is_model_dir
+    from .sharded_checkpoint import is_sharded_checkpoint
+
+    path = os.path.expanduser(os.fspath(path))
+    return os.path.isfile(path) or is_model_dir(path) or is_sharded_checkpoint(path)
+
+
 def load_checkpoint_file(path: str, allow_pickle: bool = False, mmap: bool = False) -> dict:
     """``torch.load`` a checkpoint safely; ``allow_pickle=True`` opts into arbitrary pickles.
 

@@ -27,6 +27,7 @@ from mteb.abstasks.classification import AbsTaskClassification
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.task_metadata import TaskMetadata
 
+from ..data_utils.stamps import square_on_white
 from .tuxpaint import (
     DEBIAN_VERSION,
     Concept,
@@ -35,7 +36,6 @@ from .tuxpaint import (
     read_concepts,
     sound_arrays,
     split_by_label,
-    stamp_image,
     stamps_folder,
 )
 
@@ -105,7 +105,7 @@ class _TuxPaintData:
             for j, rel in enumerate(concept.images):
                 path = os.path.join(folder, rel)
                 try:
-                    images.append(stamp_image(path, self.image_size))
+                    images.append(square_on_white(path, self.image_size))
                 except OSError as exc:
                     raise ValueError(f"stamp {path} cannot be read: {exc}") from None
                 ids.append(f"i{n:04d}_{j}")

@@ -12,14 +12,13 @@ import collections
 import csv
 import os
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import soundfile as sf
-from PIL import Image
 
 from ..data_utils.audio import load_audio
+from ..data_utils.stamps import concept_key
 
 ENV_MEDIA = "ONE_PEACE_REAL_MEDIA"
 DEBIAN_VERSION = "2022.06.04-1"  # tuxpaint-stamps-default, as fetch_real_media.sh records it in .fetched
@@ -65,7 +64,7 @@ def read_concepts(folder: str) -> List[Concept]:
     concepts: Dict[str, Concept] = collections.OrderedDict()
     for line, row in enumerate(rows, start=2):
         caption = " ".join((row["caption"] or "").split())
-        key = re.sub(r"[^a-z0-9]+", " ", caption.lower()).strip()
+        key = concept_key(caption)
         if not key or not row["image"]:
             raise ValueError(f"{path} line {line}: a stamp needs an image and a caption, got {row!r}")
         concept = concepts.setdefault(key, Concept(key, caption, category_of(row["image"])))
@@ -79,17 +78,6 @@ def category_of(image: str) -> str:
     """``stamps/animals/birds/x.png`` -> ``animals``."""
     parts = image.split("/")
     return parts[1] if len(parts) > 2 and parts[0] == "stamps" else "uncategorised"
-
-
-def stamp_image(path: str, size: int) -> Image.Image:
-    """The stamp composited on white, centred on a square, resized to ``size`` (bicubic)."""
-    with Image.open(path) as img:
-        img.load()
-        rgba = img.convert("RGBA")
-    side = max(rgba.size)
-    canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))
-    canvas.alpha_composite(rgba, ((side - rgba.width) // 2, (side - rgba.height) // 2))
-    return canvas.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
 
 
 def stamp_sound(path: str) -> dict:

@@ -30,16 +30,12 @@ import csv
 import json
 import os
 import random
-import re
 import sys
 
 import numpy as np
 import soundfile as sf
-from PIL import Image
 
-
-def concept_key(caption: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", caption.lower()).strip()
+from one_peace.data_utils.stamps import concept_key, square_on_white
 
 
 def category_of(image_path: str) -> str:
@@ -48,16 +44,6 @@ def category_of(image_path: str) -> str:
     if not parts:
         return ""
     return parts[0].capitalize() + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "")
-
-
-def square_on_white(path: str, size: int) -> Image.Image:
-    with Image.open(path) as img:
-        img.load()
-        rgba = img.convert("RGBA")
-    side = max(rgba.size)
-    canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))
-    canvas.alpha_composite(rgba, ((side - rgba.width) // 2, (side - rgba.height) // 2))
-    return canvas.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
 
 
 def read_stamps(media: str):

@@ -4,7 +4,7 @@ import math
 import os
 from typing import Optional, Sequence
 
-from .identity import checkpoint_exists
+from ..models.checkpoint_io import is_checkpoint
 from .scan import normalise_root
 from .store import DB_NAME, IndexStore
 
@@ -57,7 +57,7 @@ def check_index_arguments(index: str, roots: Sequence[str], checkpoint: Optional
     _check_exist(roots, " (nothing was created)")
     if checkpoint is None:
         raise ValueError(f"{index} is a new index: --checkpoint is required {usage}")
-    if not checkpoint_exists(checkpoint):
+    if not is_checkpoint(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {os.path.abspath(os.path.expanduser(checkpoint))}")
 
 

@@ -17,7 +17,7 @@ from typing import Dict, Optional
 
 from ..data_utils.bpe_files import ENV_CACHE
 from ..hub.onnx_runtime import checkpoint_identity as directory_identity
-from ..models.model_dir import is_model_dir
+from ..models.checkpoint_io import is_checkpoint
 
 logger = logging.getLogger("one_peace.search")
 
@@ -92,15 +92,9 @@ def whole_file_sha256(path: str) -> str:
     return digest
 
 
-def checkpoint_exists(path: str) -> bool:
-    """A checkpoint file, or a model directory of ``one-peace-convert`` (config.json + safetensors)."""
-    path = os.path.expanduser(path)
-    return os.path.isfile(path) or is_model_dir(path)
-
-
 def _checkpoint_path(path: str) -> str:
     path = os.path.abspath(os.path.expanduser(path))
-    if not checkpoint_exists(path):
+    if not is_checkpoint(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
 

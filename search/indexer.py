@@ -16,13 +16,14 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Dict, List
 
+from ..models.checkpoint_io import is_checkpoint
 from . import vector_index
 from .admin import run_admin, scan_options
 from .cli_checks import check_index_arguments
 from .embed import bpe_dir_for, branches_for, checkpoint_modalities, embed, embedding_dim, load_hub
 from .embed_sources import MAX_PIXELS_REASON, MediaOptions, embed_sources, pil_pixel_limit
 from .health import collapsed_modalities
-from .identity import checkpoint_exists, checkpoint_identity, verify_checkpoint
+from .identity import checkpoint_identity, verify_checkpoint
 from .index_cli import build_parser, check_arguments
 from .index_report import Progress, Summary
 from .scan import TSV_EXTENSION, Source, check_modalities, normalise_root, scan, tsv_text_column, under_root
@@ -38,7 +39,7 @@ def _identity(store: IndexStore, args) -> Dict:
     if args.checkpoint is None:
         if recorded is None:
             raise ValueError(f"{store.dir} is a new index: --checkpoint is required")
-        if not checkpoint_exists(recorded["checkpoint"]):
+        if not is_checkpoint(recorded["checkpoint"]):
             raise FileNotFoundError(f"the checkpoint that built {store.dir} is not at {recorded['checkpoint']} "
                                     "any more: pass --checkpoint with its new location")
         identity = verify_checkpoint(recorded, recorded["checkpoint"], store.dir)

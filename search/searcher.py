@@ -8,10 +8,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..models.checkpoint_io import is_checkpoint
 from . import vector_index
 from .embed import bpe_dir_for, embed, load_hub
 from .filters import Filters, allowed_ids
-from .identity import checkpoint_exists, verify_checkpoint
+from .identity import verify_checkpoint
 from .ranking import Allowed, rank_page
 from .scan import TSV_EXTENSION, check_modalities, modality_of, query_extensions, read_text_file
 from .store import IndexStore
@@ -73,7 +74,7 @@ class SearchIndex:
             if not self.needs_model:
                 raise RuntimeError("this SearchIndex was opened without its model (needs_model=False)")
             path = self.checkpoint or self.model["checkpoint"]
-            if not checkpoint_exists(path):
+            if not is_checkpoint(path):
                 raise FileNotFoundError(f"the checkpoint that built {self.dir} is not at {path} any more: pass "
                                         "--checkpoint with its new location")
             if self.checkpoint is None:  # the recorded path may now hold another file
