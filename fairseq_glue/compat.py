@@ -40,9 +40,7 @@ import sys
 import torch
 from fairseq import checkpoint_utils, metrics
 from fairseq import trainer as fairseq_trainer
-from fairseq.dataclass.utils import overwrite_args_by_name
 from fairseq.distributed import utils as distributed_utils
-from omegaconf import OmegaConf
 
 from ..data_utils.dataset import has_rows, skipped_rows
 from ..models.checkpoint import load_checkpoint_file, register_safe_globals
@@ -50,6 +48,7 @@ from ..models.deferred_init import awaiting_load, current_load_target, loading_c
 from ..models.model_dir import is_model_dir
 from ..models.sharded_checkpoint import is_sharded_checkpoint
 from . import fsdp2
+from .checkpoint_state import prepare_state
 
 logger = logging.getLogger(__name__)
 
@@ -140,19 +139,6 @@ def _model_dir_as_file(path):
         yield
     finally:
         path_manager.isfile = original
-
-
-def prepare_state(state: dict, arg_overrides=None) -> dict:
-    """What fairseq's ``load_checkpoint_to_cpu`` does after reading the file: apply overrides to
-    the saved args/cfg (cfg as an OmegaConf object) and run the state upgrades."""
-    if state.get("args") is not None and arg_overrides is not None:
-        for name, value in arg_overrides.items():
-            setattr(state["args"], name, value)
-    if state.get("cfg") is not None:
-        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
-        if arg_overrides is not None:
-            overwrite_args_by_name(state["cfg"], arg_overrides)
-    return checkpoint_utils._upgrade_state_dict(state)
 
 
 def _real_shared_params(original):

@@ -36,12 +36,13 @@ from fairseq import checkpoint_utils
 from fairseq import distributed as fairseq_distributed
 from fairseq import models as fairseq_models
 from fairseq import trainer as fairseq_trainer
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf, overwrite_args_by_name
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import OmegaConf, open_dict
 
 from ..models import sharded_checkpoint as sharded
 from ..models.deferred_init import finish_loading
 from ..models.fsdp2 import device_mesh, is_sharded, shard_model
+from .checkpoint_state import prepare_state
 
 logger = logging.getLogger(__name__)
 
@@ -262,11 +263,7 @@ def _state_of(path, arg_overrides, entries):
     """What fairseq's ``load_checkpoint_to_cpu`` returns, for a sharded directory: ``entries`` over its meta."""
     state = dict(sharded.read_meta(path))
     state.update(entries)
-    if state.get("cfg") is not None:
-        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
-        if arg_overrides is not None:
-            overwrite_args_by_name(state["cfg"], arg_overrides)
-    return checkpoint_utils._upgrade_state_dict(state)
+    return prepare_state(state, arg_overrides)
 
 
 def _directory_reading(original):
