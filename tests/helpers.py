@@ -65,3 +65,20 @@ def assert_logging_output(log: dict, want: dict, rel: float = 1e-5, abs_: float 
     for key, value in want.items():
         value = float(value)
         assert abs(float(log[key]) - value) <= max(abs_, rel * abs(value)), (key, float(log[key]), value)
+
+
+def write_fixture_media(folder):
+    """The parity fixture's raw images (PNG) and 16 kHz clips (float WAV) as files in ``folder``:
+    (image paths, audio paths)."""
+    import soundfile as sf
+    from PIL import Image
+
+    inputs = load_fixture("inputs.pt")
+    images, audios = [], []
+    for i, array in enumerate(inputs["raw_images_uint8_HWC"]):
+        images.append(str(pathlib.Path(folder) / f"image{i}.png"))
+        Image.fromarray(array.numpy()).save(images[-1])
+    for i, wav in enumerate(inputs["raw_audios_16k_float32"]):
+        audios.append(str(pathlib.Path(folder) / f"audio{i}.wav"))
+        sf.write(audios[-1], wav.numpy(), 16000, subtype="FLOAT")
+    return images, audios

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import FIXTURES, assert_scaled_close, load_fixture
+from helpers import FIXTURES, assert_scaled_close, load_fixture, write_fixture_media
 from PIL import Image
 
 from one_peace import from_pretrained
@@ -12,16 +12,7 @@ from one_peace import from_pretrained
 
 @pytest.fixture(scope="module")
 def media_files(tmp_path_factory):
-    inputs = load_fixture("inputs.pt")
-    out = tmp_path_factory.mktemp("media")
-    images, audios = [], []
-    for i, array in enumerate(inputs["raw_images_uint8_HWC"]):
-        images.append(str(out / f"image{i}.png"))
-        Image.fromarray(array.numpy()).save(images[-1])
-    for i, wav in enumerate(inputs["raw_audios_16k_float32"]):
-        audios.append(str(out / f"audio{i}.wav"))
-        sf.write(audios[-1], wav.numpy(), 16000, subtype="FLOAT")
-    return images, audios
+    return write_fixture_media(tmp_path_factory.mktemp("media"))
 
 
 @pytest.fixture(scope="module")

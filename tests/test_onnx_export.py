@@ -10,10 +10,8 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import soundfile as sf
 import torch
-from helpers import REPO, load_fixture
-from PIL import Image
+from helpers import REPO, write_fixture_media
 from search_helpers import index_main, write_checkpoint, write_png, write_wav
 
 from one_peace import from_pretrained
@@ -39,15 +37,7 @@ def hub(retrieval_checkpoint, fixture_bpe_dir):
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     """The fixture's three images and three clips of unequal length, as files."""
-    inputs = load_fixture("inputs.pt")
-    out = tmp_path_factory.mktemp("media")
-    images, audios = [], []
-    for i, array in enumerate(inputs["raw_images_uint8_HWC"]):
-        images.append(str(out / f"image{i}.png"))
-        Image.fromarray(array.numpy()).save(images[-1])
-    for i, wav in enumerate(inputs["raw_audios_16k_float32"]):
-        audios.append(str(out / f"audio{i}.wav"))
-        sf.write(audios[-1], wav.numpy(), 16000, subtype="FLOAT")
+    images, audios = write_fixture_media(tmp_path_factory.mktemp("media"))
     return {"text": TEXTS, "image": images, "audio": audios}
 
 
