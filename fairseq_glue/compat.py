@@ -23,6 +23,10 @@
   keeps the length of the training epoch iterator it builds (``get_train_iterator``) and hands it to a
   scheduler that takes one (``set_epoch_length``, ``optim/lr_schedulers.py``'s ``warmup_ratio``) right
   before ``step_begin_epoch``.
+* fairseq's ``Adam.step`` (``--optimizer adam``, ``adjust_adam``) runs torch's fused AdamW kernel with
+  fairseq's formula and state (``optim/fused_adam.py``): one pass over the weights instead of ten.
+  ``--bf16``'s float32 master copies are no longer zeroed before being overwritten, and are synced
+  with one foreach copy each way (``optim/master_weights.py``).
 * ``--ddp-backend fully_sharded`` trains with torch's FSDP2 instead of fairscale (``fairseq_glue/fsdp2.py``,
   installed here).
 * Batches whose every row was bad (:func:`install_empty_batch_handling`): fairseq runs its dummy batch
@@ -47,6 +51,7 @@ from ..models.checkpoint import load_checkpoint_file, register_safe_globals
 from ..models.deferred_init import awaiting_load, current_load_target, loading_context, memory_map_for
 from ..models.model_dir import is_model_dir
 from ..models.sharded_checkpoint import is_sharded_checkpoint
+from ..optim import fused_adam, master_weights
 from . import fsdp2
 from .checkpoint_state import prepare_state
 
@@ -353,3 +358,5 @@ install()
 install_epoch_length_hook()
 install_empty_batch_handling()
 fsdp2.install()  # --ddp-backend fully_sharded: FSDP2 instead of fairscale
+fused_adam.install()  # fairseq's Adam update in one fused kernel (optim/fused_adam.py)
+master_weights.install()  # --bf16's float32 master copies without redundant passes (optim/master_weights.py)

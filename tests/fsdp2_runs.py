@@ -174,3 +174,10 @@ def max_abs_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:10]
     return max((value.float() - b[key].float()).abs().max().item() for key, value in a.items()
                if value.is_floating_point())
+
+
+def share_differing(a: dict, b: dict, atol: float) -> float:
+    """The share of all floating elements where |a - b| > atol."""
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:10]
+    pairs = [(value.float(), b[key].float()) for key, value in a.items() if value.is_floating_point()]
+    return sum(int(((x - y).abs() > atol).sum()) for x, y in pairs) / sum(x.numel() for x, _ in pairs)

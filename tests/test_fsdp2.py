@@ -29,6 +29,7 @@ from fsdp2_runs import (
     max_abs_difference,
     max_difference,
     pretrain_config,
+    share_differing,
     torchrun,
     train,
     weights,
@@ -38,10 +39,19 @@ from helpers import BPE_ASSETS
 from one_peace.data_utils import synthetic
 
 TOL = 1e-5  # float32 sums of two ranks in another order
-# Stage 2: after one update only the audio conv stack differs, by ~1e-7 (its CPU weight gradients come out in
-# another float order when the weight is FSDP2's gathered copy); Adam's lr * m / (sqrt(v) + eps) turns such noise
-# in gradient elements near 0 into up to ~1% of a step within 3 updates: weights compared to 2% of one step (lr 1e-3).
-STEP_TOL = 0.02 * 1e-3
+LR = 1e-3  # pretrain_config's
+
+
+def assert_trained_alike(a: dict, b: dict):
+    """Weights of two runs that differ only in float order.  The fused Adam kernel (optim/fused_adam.py)
+    rounds per element as its own code does, so float sums of the two ranks in another order (and, in stage 2,
+    the audio conv stack's CPU weight gradients, which come out in another order when the weight is FSDP2's
+    gathered copy) reach the weights; Adam's lr * m / (sqrt(v) + eps) then turns the sign of a gradient element
+    that cancels to ~0 into a whole step either way.  Measured in stage 1: 997 of 3.6 M elements beyond 1e-6,
+    the largest 4.7e-5, the mean 1e-9; after 5 updates from the two backends' checkpoints, 0.13%.  So: under 1%
+    of the elements, each within one step (a wrong update -- a missed group, another lr -- moves them all)."""
+    assert max_abs_difference(a, b) <= LR
+    assert share_differing(a, b, 1e-6) <= 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +79,20 @@ def test_fsdp2_trains_as_ddp_and_its_checkpoint_loads_everywhere(stage1, tmp_pat
 
     assert ddp_ckpt.is_file() and (fsdp_ckpt / ".metadata").is_file() and (fsdp_ckpt / "fairseq_state.pt").is_file()
     assert sorted(p.name for p in fsdp_ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    assert max_difference(weights(fsdp_ckpt), weights(ddp_ckpt)) <= TOL
+    ddp_weights, fsdp_weights = weights(ddp_ckpt), weights(fsdp_ckpt)
+    assert_trained_alike(fsdp_weights, ddp_weights)
 
-    # The hub reads the directory as it reads the .pt: the same embeddings.
+    # The hub reads the directory as it reads the .pt: the same embeddings (up to the weights' differences
+    # above) -- and exactly the directory's weights.
     from one_peace import from_pretrained
 
     texts = ["a red square", "two circles"]
     hubs = [from_pretrained(str(c), device="cpu", bpe_dir=str(BPE_ASSETS)) for c in (fsdp_ckpt, ddp_ckpt)]
     vectors = [hub.extract_text_features(hub.process_text(texts)) for hub in hubs]
-    assert torch.allclose(vectors[0], vectors[1], atol=1e-5)
+    assert torch.allclose(vectors[0], vectors[1], atol=1e-3)
+    hub_weights = hubs[0].model.state_dict()
+    shared = [k for k in fsdp_weights if k in hub_weights]
+    assert len(shared) > 10 and all(torch.equal(hub_weights[k], fsdp_weights[k]) for k in shared)
 
     # one-peace-evaluate takes the directory as --path and reads its saved config: a pretraining
     # checkpoint is then refused for what it is (not as a missing file)
@@ -114,7 +129,7 @@ def test_stage2_from_stage1_trains_as_ddp_with_the_freezing(stage1):
         finals[backend] = weights(save_dir / "checkpoint_last.pt")
     assert sorted(run_losses["fully_sharded"]) == [1, 2]
     assert run_losses["fully_sharded"] == pytest.approx(run_losses["legacy_ddp"], rel=TOL)
-    assert max_abs_difference(finals["fully_sharded"], finals["legacy_ddp"]) <= STEP_TOL
+    assert_trained_alike(finals["fully_sharded"], finals["legacy_ddp"])
     stage1_weights = weights(runs["fully_sharded"][1])
     final = finals["fully_sharded"]
     assert not any("image_adapter" in k for k in final)  # the image branch was dropped
@@ -161,7 +176,7 @@ def test_finetuning_trains_as_ddp(tmp_path):
         finals[backend] = weights(save_dir / "checkpoint_last.pt")
     assert sorted(run_losses["fully_sharded"]) == [1, 2]
     assert run_losses["fully_sharded"] == pytest.approx(run_losses["legacy_ddp"], rel=TOL)
-    assert max_difference(finals["fully_sharded"], finals["legacy_ddp"]) <= TOL
+    assert_trained_alike(finals["fully_sharded"], finals["legacy_ddp"])
     # torchrun (the run script's NUM_GPUS=2) trains as the two processes with fairseq's flags
     torchrun_losses, torchrun_weights = _finetune_with_torchrun(tmp_path, data)
     assert torchrun_losses == pytest.approx(run_losses["fully_sharded"], rel=TOL)
@@ -220,8 +235,8 @@ def test_resume_across_backends_ends_where_ddp_does(stage1):
                      "checkpoint.load_checkpoint_on_all_dp_ranks=true")
         assert "Loaded checkpoint" in logs[0] and sorted(losses(logs[0])) == [4, 5], logs[0][-3000:]
         finals[name] = weights(save_dir / "checkpoint_last.pt")
-    for name, final in finals.items():
-        assert max_difference(final, finals["ddp_to_ddp"]) <= TOL, name
+    for name, final in finals.items():  # from the DDP or the FSDP2 stage-1 checkpoint: trained alike
+        assert_trained_alike(final, finals["ddp_to_ddp"])
 
 
 # ---- in-process: memory per rank, atomic saves, resharding ----------------------------------------------

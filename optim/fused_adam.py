@@ -1,0 +1,118 @@
+"""fairseq's Adam update in one fused kernel per step instead of ten elementwise passes per parameter.
+
+fairseq's ``Adam`` (behind ``--optimizer adam`` and our ``adjust_adam`` wherever apex's CUDA
+FusedAdam is absent: always on a CPU) loops over the parameters in Python and runs each update as
+about ten separate tensor operations.  On a CPU those passes over the weights and both moments cost
+as much as the forward pass of a small model (bench/pretrain.py: a third of the tiny model's step).
+torch's own fused AdamW kernel (``torch._fused_adamw_``, what ``torch.optim.AdamW(fused=True)``
+runs, on CPU and CUDA) does the whole update in one pass over all parameters.
+
+Its formula differs from fairseq's only in where ``eps`` sits:
+fairseq divides by ``sqrt(v) + eps`` and scales the step by ``sqrt(1 - beta2^t)``, torch divides by
+``sqrt(v) / sqrt(1 - beta2^t) + eps``.  Passing ``eps / sqrt(1 - beta2^t)`` makes them the same
+update (equal up to float rounding; tests/test_fused_adam.py).  Weight decay is the same decoupled
+``p -= lr * wd * p`` before the step in both.  The optimizer state keeps fairseq's layout (an int
+``step``, float32 ``exp_avg`` / ``exp_avg_sq``), so checkpoints move freely between the two.
+bf16/fp16 parameters (``--memory-efficient-bf16``) are updated through float32 copies, as fairseq does.
+"""
+import functools
+import math
+from collections import defaultdict
+
+import torch
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def fused_adam_step(self, closure=None, *, _original=None):
+    """``fairseq.optim.adam.Adam.step`` computed with ``torch._fused_adamw_`` (same update and state)."""
+    loss = closure() if closure is not None else None
+    for group in self.param_groups:
+        if group.get("amsgrad", False):  # not fused here; fairseq's loop handles it
+            _original(_OneGroup(self, group))
+            continue
+        beta1, beta2 = group["betas"]
+        buckets = defaultdict(list)  # (device, step) -> [(param, grad)]: one kernel call each
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = p.grad.data
+            if grad.is_sparse:
+                raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = 0
+                # contiguous whatever the parameter's strides: the kernel needs it (see _update)
+                state["exp_avg"] = torch.zeros_like(p.data, dtype=torch.float32, memory_format=torch.contiguous_format)
+                state["exp_avg_sq"] = torch.zeros_like(p.data, dtype=torch.float32,
+                                                       memory_format=torch.contiguous_format)
+            else:  # a loaded state may sit on another device or in another dtype
+                state["exp_avg"] = state["exp_avg"].to(device=p.device, dtype=torch.float32)
+                state["exp_avg_sq"] = state["exp_avg_sq"].to(device=p.device, dtype=torch.float32)
+            state["step"] += 1
+            buckets[(p.device, state["step"])].append(p)
+        for (device, step), params in buckets.items():
+            _update(self, params, group, beta1, beta2, step, device)
+    return loss
+
+
+def _local(tensor):
+    """A sharded (FSDP2) tensor's own shard, which the update changes in place; Adam is elementwise, so
+    updating each shard is updating the whole."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _fp32_contiguous(tensor):
+    if tensor.dtype == torch.float32 and tensor.is_contiguous():
+        return tensor
+    return tensor.float().contiguous()
+
+
+def _update(optimizer, params, group, beta1, beta2, step, device):
+    # The CPU kernel (torch 2.13) walks every tensor as contiguous memory whatever its strides: a
+    # transposed weight or gradient got a wrong update (tests/test_fused_adam.py).  Such tensors go
+    # through contiguous float32 copies, as bf16 ones do.
+    weights = [_local(p.data) for p in params]
+    masters = [_fp32_contiguous(w) for w in weights]
+    grads = [_fp32_contiguous(_local(p.grad.data)) for p in params]
+    exp_avgs = [_fp32_contiguous(_local(optimizer.state[p]["exp_avg"])) for p in params]
+    exp_avg_sqs = [_fp32_contiguous(_local(optimizer.state[p]["exp_avg_sq"])) for p in params]
+    step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
+    torch._fused_adamw_(
+        masters, grads, exp_avgs, exp_avg_sqs, [], [step_tensor] * len(params),
+        lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+        weight_decay=float(group["weight_decay"]),
+        eps=float(group["eps"]) / math.sqrt(1 - beta2 ** step),  # fairseq's eps placement (module doc)
+        amsgrad=False, maximize=False)
+    for p, weight, master, exp_avg, exp_avg_sq in zip(params, weights, masters, exp_avgs, exp_avg_sqs):
+        if master is not weight:
+            weight.copy_(master)
+        for key, value in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+            stored = _local(optimizer.state[p][key])
+            if value is not stored:
+                stored.copy_(value)
+
+
+class _OneGroup:
+    """A view of an optimizer with one parameter group, for fairseq's own loop."""
+
+    def __init__(self, optimizer, group):
+        self.param_groups = [group]
+        self.state = optimizer.state
+
+
+def install():
+    """Makes fairseq's ``Adam.step`` the fused one (idempotent)."""
+    from fairseq.optim import adam
+
+    if getattr(adam.Adam.step, "one_peace_patched", False):
+        return
+    original = adam.Adam.step
+
+    @functools.wraps(original)
+    def step(self, closure=None):
+        return fused_adam_step(self, closure, _original=original)
+
+    step.one_peace_patched = True
+    step.fairseq_step = original
+    adam.Adam.step = step
