@@ -14,7 +14,8 @@ build the dense bias from it).  Implementations:
   validated on a GPU by default -- run ``python -m one_peace.models.kernels_self_check``
   on yours first.
 
-``auto`` (default) = ``sdpa``, or ``reference`` for float64 and active dropout; it never
+``auto`` (default) = ``sdpa``, or ``reference`` for float64, active dropout, and bf16 training
+on a CPU where the explicit path measures faster (:func:`explicit_trains_faster`); it never
 picks ``fused``.  Choose with the environment variable ``ONE_PEACE_ATTENTION`` (auto,
 reference, sdpa, fused) or :func:`set_attention_impl`; an explicit ``fused`` raises when
 the kernel cannot run on the inputs.  ``MultiheadSelfAttention`` resolves the
@@ -62,13 +63,30 @@ def _fused_unsupported_reason(q: torch.Tensor) -> Optional[str]:
     return fused_attention_unsupported_reason(q)
 
 
-def select_attention_impl(q: torch.Tensor, dropout_p: float = 0.0) -> str:
-    """The implementation (reference, sdpa or fused) for inputs like ``q``."""
+# bf16 training on a CPU: below this many tokens the explicit path is faster than SDPA even without a
+# bias to train (``bench/attention_cpu.py``; docs/BENCHMARKS.md).
+EXPLICIT_BF16_TRAINING_MAX_LENGTH = 320
+
+
+def explicit_trains_faster(q: torch.Tensor, bias=None) -> bool:
+    """bf16 on a CPU with autograd on: SDPA's CPU kernels compute bf16 in float32 (its math fallback,
+    taken whenever the bias needs a gradient, casts q, k, v and the bias up and back), so the explicit
+    path -- bf16 matmuls, the official float32 softmax -- trains faster: 0.5-0.8x SDPA's time with a
+    trained relative-position bias at 65-577 tokens, and without one up to ~320 tokens."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or not torch.is_grad_enabled():
+        return False
+    if torch.is_tensor(bias) and bias.requires_grad:
+        return True
+    return q.requires_grad and q.size(-2) <= EXPLICIT_BF16_TRAINING_MAX_LENGTH
+
+
+def select_attention_impl(q: torch.Tensor, dropout_p: float = 0.0, bias=None) -> str:
+    """The implementation (reference, sdpa or fused) for inputs like ``q`` (and ``bias``)."""
     impl = requested_attention_impl()
     if dropout_p > 0.0:
         return "reference"  # only the explicit path has the official attention dropout
     if impl == "auto":
-        return "reference" if q.dtype == torch.float64 else "sdpa"
+        return "reference" if q.dtype == torch.float64 or explicit_trains_faster(q, bias) else "sdpa"
     if impl == "fused":
         reason = _fused_unsupported_reason(q)
         if reason is not None:
@@ -136,16 +154,16 @@ _IMPL_FNS = {"reference": _reference_impl, "sdpa": _sdpa_impl, "fused": _fused_i
 AttentionFn = Callable[..., torch.Tensor]
 
 
-def resolve_attention(q: torch.Tensor, dropout_p: float = 0.0) -> AttentionFn:
+def resolve_attention(q: torch.Tensor, dropout_p: float = 0.0, bias=None) -> AttentionFn:
     """``fn(q, k, v, bias, key_padding_mask, dropout_p)`` of the implementation for inputs like ``q``."""
-    return _IMPL_FNS[select_attention_impl(q, dropout_p)]
+    return _IMPL_FNS[select_attention_impl(q, dropout_p, bias)]
 
 
 def attention_core(q, k, v, bias=None, key_padding_mask=None, dropout_p: float = 0.0):
     """q, k, v: (B, H, S, Dh), q pre-scaled; bias: None, (B|1, H, S, S) or a :class:`BucketedBias`;
     key_padding_mask: (B, S), True = pad.  Resolves the implementation on every call
     (``MultiheadSelfAttention`` caches it instead)."""
-    return resolve_attention(q, dropout_p)(q, k, v, bias, key_padding_mask, dropout_p)
+    return resolve_attention(q, dropout_p, bias)(q, k, v, bias, key_padding_mask, dropout_p)
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -170,15 +188,16 @@ class MultiheadSelfAttention(nn.Module):
         self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
         self.ln = make_layer_norm(embed_dim) if magneto_scale_attn else None
         self.out_proj = nn.Linear(embed_dim, embed_dim)
-        self._attn_cache = None  # (switch version, device type, dtype, dropout active, implementation)
+        # (switch version, device type, dtype, dropout active, explicit_trains_faster, implementation)
+        self._attn_cache = None
 
-    def _attention_fn(self, q: torch.Tensor, dropout_p: float) -> AttentionFn:
-        cached, dropout_on = self._attn_cache, dropout_p > 0.0
+    def _attention_fn(self, q: torch.Tensor, dropout_p: float, bias) -> AttentionFn:
+        cached, dropout_on, explicit = self._attn_cache, dropout_p > 0.0, explicit_trains_faster(q, bias)
         if cached is not None and cached[0] == _switches.version and cached[1] == q.device.type \
-                and cached[2] is q.dtype and cached[3] == dropout_on:
-            return cached[4]
-        fn = resolve_attention(q, dropout_p)
-        self._attn_cache = (_switches.version, q.device.type, q.dtype, dropout_on, fn)
+                and cached[2] is q.dtype and cached[3] == dropout_on and cached[4] == explicit:
+            return cached[5]
+        fn = resolve_attention(q, dropout_p, bias)
+        self._attn_cache = (_switches.version, q.device.type, q.dtype, dropout_on, explicit, fn)
         return fn
 
     def forward(self, x, attn_bias=None, key_padding_mask=None):
@@ -189,7 +208,7 @@ class MultiheadSelfAttention(nn.Module):
         k = self.k_proj(x).view(shape).transpose(1, 2)
         v = self.v_proj(x).view(shape).transpose(1, 2)
         dropout_p = self.dropout if self.training else 0.0
-        out = self._attention_fn(q, dropout_p)(q, k, v, attn_bias, key_padding_mask, dropout_p)  # B, H, S, Dh
+        out = self._attention_fn(q, dropout_p, attn_bias)(q, k, v, attn_bias, key_padding_mask, dropout_p)  # B,H,S,Dh
         if self.c_attn is not None:
             out = out * self.c_attn.view(1, -1, 1, 1)
         out = out.transpose(1, 2).reshape(bsz, seq_len, self.embed_dim)

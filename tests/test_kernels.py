@@ -537,7 +537,8 @@ def test_modules_resolve_once_until_a_switch_changes(monkeypatch, kernel_switche
     set_attention_impl, _ = kernel_switches
     resolved, requested_ln = [], []
     real_select, real_ln = A.select_attention_impl, S.requested_layer_norm_impl
-    monkeypatch.setattr(A, "select_attention_impl", lambda q, p=0.0: resolved.append(q.dtype) or real_select(q, p))
+    monkeypatch.setattr(A, "select_attention_impl",
+                        lambda q, p=0.0, bias=None: resolved.append(q.dtype) or real_select(q, p, bias))
     monkeypatch.setattr(S, "requested_layer_norm_impl", lambda: requested_ln.append(1) or real_ln())
     attn, ln = A.MultiheadSelfAttention(32, 2, dropout=0.1).eval(), FusedLayerNorm(32)
     x = torch.randn(2, 5, 32)
