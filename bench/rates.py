@@ -1,0 +1,82 @@
+"""What a step costs against what the machine can do: FLOPs, the GEMM rate, and the profile's split.
+
+Shared by ``bench/pretrain.py`` and ``bench/load.py``.  Every number a bench reports as a share is
+measured in the same process as the step it describes, because the machines are shared: a ratio
+within one process means something, an absolute rate between runs does not.
+"""
+import time
+from typing import Callable, Dict
+
+import torch
+
+# Ops that are matrix multiplies (or are built of them: attention cores, convolutions); the rest of
+# a profile's self time is elementwise work, reductions, copies and framework overhead.
+GEMM_OPS = frozenset({
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_flash_attention_backward",
+    "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_efficient_attention_backward",
+    "aten::_scaled_dot_product_cudnn_attention", "aten::_scaled_dot_product_cudnn_attention_backward",
+    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution",
+    "aten::_mkldnn_linear", "mkldnn::_linear_pointwise",
+})
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_rate(dtype: torch.dtype, device="cpu", n: int = 2048, seconds: float = 1.0) -> float:
+    """GFLOP/s of an ``n``-cubed ``torch.mm`` in ``dtype`` on ``device``, here and now (median of repeats)."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    synchronize(device)
+    times, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 3:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / sorted(times)[len(times) // 2] / 1e9
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (forward and backward), from ``torch.utils.flop_counter``: matrix
+    multiplies, convolutions and the attention cores (the fused SDPA kernels included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def profile_split(fn: Callable[[], object], device="cpu", regions=("optimizer",)) -> Dict[str, float]:
+    """Seconds of one call of ``fn`` by kind, from the profiler's self times.
+
+    ``gemm_s``: the ops of :data:`GEMM_OPS`; ``other_s``: every other op; ``total_s``: their sum; for
+    each name in ``regions`` (``record_function`` labels, such as fairseq's ``optimizer``), the
+    region's own total in ``<name>_s``.  CPU self times on the CPU, device times on a GPU.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    gemm = other = 0.0
+    region_s = {f"{name}_s": 0.0 for name in regions}
+    for event in prof.key_averages():
+        if event.key in regions:
+            region_s[f"{event.key}_s"] += event.cpu_time_total / 1e6
+            continue
+        own = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
+        if event.key in GEMM_OPS:
+            gemm += own
+        else:
+            other += own
+    return dict(gemm_s=gemm, other_s=other, total_s=gemm + other, **region_s)
