@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ...data_utils.feature_spec import OFFICIAL_FEATURE_ENCODER_SPEC as DEFAULT_FEATURE_ENCODER_SPEC
 from ...data_utils.feature_spec import conv_output_frames, parse_feature_encoder_spec, samples_for_frames
@@ -57,9 +58,28 @@ class ConvFeatureExtractor(nn.Module):
         self.conv_layers = nn.ModuleList(layers)
 
     def forward(self, waveform):  # (B, N) -> (B, C, T)
+        # (not while traced: ONNX export has no strided windows over a dynamic length; its runtime fuses convs)
+        if not torch.is_grad_enabled() and not torch.jit.is_tracing() and \
+                not (self.training and self.conv_layers[0][1].p > 0):
+            return self.frames_channels_last(waveform).transpose(1, 2)
         x = waveform.unsqueeze(1)
         for layer in self.conv_layers:
             x = layer(x)
+        return x
+
+    def frames_channels_last(self, waveform):  # (B, N) -> (B, T, C)
+        """Inference: each conv as one matrix multiply over its windows, in (B, T, C) throughout, so the
+        LayerNorms run over contiguous channels and no layer transposes (the conv layout spent ~60% of a
+        bf16 clip's time in the front end at 40 GFLOP/s).  Same sums as the convs, in another order."""
+        x = waveform.unsqueeze(-1)
+        for conv, _, norm, act in self.conv_layers:
+            kernel, stride = conv.kernel_size[0], conv.stride[0]
+            # (B, T', kernel, C_in): each window's frames whole, a copy of contiguous rows (in the weight's
+            # (in, kernel) order it gathers single values: that copy took 1.5x the multiply's time)
+            windows = x.unfold(1, kernel, stride).transpose(-1, -2)
+            windows = windows.reshape(*windows.shape[:2], -1).contiguous()  # overlapping: a view until here
+            weight = conv.weight.transpose(1, 2).reshape(conv.out_channels, -1)
+            x = act(norm[1](F.linear(windows, weight, conv.bias)))
         return x
 
 

@@ -29,7 +29,7 @@ def build_patch_embedding(kind: str, embed_dim: int):
     if kind == "hmlp":
         # Non-overlapping convs with total stride 16: 4 -> 2 -> 2 (indices are state-dict keys).
         hidden = embed_dim // 4
-        return nn.Sequential(
+        return HierarchicalMLP(
             nn.Conv2d(3, hidden, kernel_size=4, stride=4),
             LayerNorm2D(hidden),
             nn.GELU(),
@@ -43,6 +43,34 @@ def build_patch_embedding(kind: str, embed_dim: int):
     if kind == "none":
         return None
     raise ValueError(f"unknown vision_encoder_type {kind!r} (expected hmlp, mlp or none)")
+
+
+class HierarchicalMLP(nn.Sequential):
+    """The hmlp patch embedding: non-overlapping convs 4 -> 2 -> 2, each followed (but the last) by a
+    channel LayerNorm and GELU; (B, 3, P, P) -> (B, D, P/16, P/16).
+
+    Without autograd the convs run as matrix multiplies: they do not overlap (kernel = stride), so each
+    is one multiply over the groups of pixels (then of 2x2 cells) it covers.  The pixels are put in that
+    nested order once, and the LayerNorms run over contiguous channels, with none of the permutes around
+    each of them that the (B, C, H, W) layout needs.  Same sums as the convs, in another order."""
+
+    def forward(self, images):
+        if torch.is_grad_enabled() or torch.jit.is_tracing():  # traced for ONNX: the convs, which its runtime fuses
+            return super().forward(images)
+        conv1, norm1, act1, conv2, norm2, act2, conv3 = self
+        bsz, channels, side = images.shape[:3]
+        grid = side // PATCH_SIZE
+        # (B, C, y, x) with y = 16 a + 8 b + 4 c + d -> (B, a_y, a_x, b_y, b_x, c_y, c_x, C, d_y, d_x)
+        x = images.reshape(bsz, channels, grid, 2, 2, 4, grid, 2, 2, 4).permute(0, 2, 6, 3, 7, 4, 8, 1, 5, 9)
+        x = x.reshape(bsz, grid, grid, 2, 2, 2, 2, channels * 16)
+        x = act1(norm1.layer_norm(F.linear(x, conv1.weight.reshape(conv1.out_channels, -1), conv1.bias)))
+        for conv, norm, act in ((conv2, norm2, act2), (conv3, None, None)):
+            # the (c_y, c_x, C) cells of each 2x2 group against the weight in (out, ky, kx, in) order
+            x = x.reshape(*x.shape[:-3], -1)
+            x = F.linear(x, conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1), conv.bias)
+            if norm is not None:
+                x = act(norm.layer_norm(x))
+        return x.permute(0, 3, 1, 2)  # (B, D, g, g), a view: flatten(2).transpose(1, 2) copies nothing
 
 
 def resize_grid_pos_embed(pos_embed: torch.Tensor, window: int) -> torch.Tensor:
