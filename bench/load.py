@@ -11,10 +11,19 @@ it survives ``exec`` and would report the parent's size at ``fork``.)
     python bench/load.py                                   # base and 4b, bfloat16 and float32 loads
     python bench/load.py --size base --dtype bfloat16
     python bench/load.py --throughput --size base          # embeddings/s, fp32 vs bf16 (CPU)
+    python bench/load.py --throughput --size base 4b --precision fp32 bf16 amp --layers 4b=8
+
+``--throughput`` rows give, per precision (``amp``: fp32 weights under ``torch.autocast`` in bf16),
+images/s (256 px) and 5 s clips/s of the hub's ``extract_*_features``, the FLOPs of one batch
+(``torch.utils.flop_counter``), the achieved GFLOP/s as a share of a 2048-cubed ``torch.mm`` in that
+precision timed in the same process, and the profiler's split of one batch into matrix multiplies and
+the rest (``bench/rates.py``).  ``--layers SIZE=N`` builds that size's stand-in with N encoder layers
+(every matrix keeps the size's shape; the 4B model's fp32 weights, 16 GB, do not fit beside other jobs).
 
 Prints markdown tables with the machine, torch version and date.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -35,21 +44,22 @@ def bpe_dir():
     return resolve_bpe_dir(os.environ.get("ONE_PEACE_BPE_DIR") or (shared if os.path.isdir(shared) else None))
 
 
-def stand_in_path(workdir, size):
-    return os.path.join(workdir, f"one-peace-{size}-standin.pt")
+def stand_in_path(workdir, size, layers=None):
+    return os.path.join(workdir, f"one-peace-{size}{f'-{layers}layers' if layers else ''}-standin.pt")
 
 
-def ensure_stand_in(workdir, size):
+def ensure_stand_in(workdir, size, layers=None):
     """The stand-in of ``size`` under ``workdir``, written first if absent (other benches embed with it)."""
     os.makedirs(workdir, exist_ok=True)
-    path = stand_in_path(workdir, size)
+    path = stand_in_path(workdir, size, layers)
     if not os.path.exists(path):
-        make_stand_in(path, size)
+        make_stand_in(path, size, layers=layers)
     return path
 
 
-def make_stand_in(path, size, vocab_size=50264, seed=0):
-    """Write a random bf16 checkpoint in the official layout for the ``size`` preset."""
+def make_stand_in(path, size, vocab_size=50264, seed=0, layers=None):
+    """Write a random bf16 checkpoint in the official layout for the ``size`` preset (``layers``: that many
+    encoder layers instead of the preset's, every weight of its shape)."""
     from omegaconf import OmegaConf
 
     from one_peace.models import OnePeaceRetrievalModel
@@ -57,6 +67,8 @@ def make_stand_in(path, size, vocab_size=50264, seed=0):
     from one_peace.models.config import OnePeaceRetrievalConfig
 
     cfg = preset_config(OnePeaceRetrievalConfig, size)
+    if layers:
+        cfg.encoder.layers = layers
     with torch.device("meta"):
         model = OnePeaceRetrievalModel(cfg, head_type="val", vocab_size=vocab_size)
     buffers = {name for name, _ in model.named_buffers()}
@@ -96,34 +108,96 @@ def measure_load(path, dtype):
             "params": sum(p.numel() for p in hub.model.parameters())}
 
 
-def measure_throughput(path, dtype, seconds_audio=5.0, iters=2):
-    """Embeddings per second of texts (batch 8), images (batch 2, 256 px) and clips (batch 2)."""
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "amp": "float32"}  # --precision -> the hub's dtype
+
+
+@contextlib.contextmanager
+def conv_adapter_paths():
+    """The image patch embedding and the audio front end as they ran before issue #28 -- their convolutions,
+    in (B, C, ...) layout -- instead of their inference paths (matrix multiplies over windows, channels last),
+    so both can be timed in one process."""
+    from unittest import mock
+
+    from one_peace.models.adapters.audio import ConvFeatureExtractor
+    from one_peace.models.adapters.image import HierarchicalMLP
+
+    def conv_stack(self, waveform):
+        x = waveform.unsqueeze(1)
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+    with mock.patch.object(HierarchicalMLP, "forward", torch.nn.Sequential.forward), \
+            mock.patch.object(ConvFeatureExtractor, "forward", conv_stack):
+        yield
+
+
+def throughput_inputs(hub, images, clips, seconds_audio):
+    """Random 256 px images and ``seconds_audio`` clips as the processors give them (float32)."""
     import numpy as np
+
+    generator = torch.Generator().manual_seed(0)
+    samples = int(16000 * seconds_audio)
+    frames = hub.model.encoder_wrapper.audio_adapter.num_frames(samples)
+    audios = torch.from_numpy(np.random.default_rng(0).standard_normal((clips, samples)).astype("float32"))
+    return {"images": dict(src_images=torch.randn(images, 3, 256, 256, generator=generator)),
+            "clips": dict(src_audios=audios, audio_padding_masks=torch.zeros(clips, frames + 1, dtype=torch.bool))}
+
+
+def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, clips=2, conv_paths=False):
+    """Per modality: items/s of ``extract_*_features``, FLOPs of a batch, GFLOP/s as a share of the GEMM rate
+    in the precision, and the profiler's split.  Each timed batch is followed by a short GEMM timing; the
+    fastest batch is set against the fastest GEMM timing: on a machine shared with other jobs, bursts of their
+    work slow single timings many times over, and the fastest of each is the least disturbed.  ``conv_paths``:
+    each batch is also run through the adapters' convolutions (:func:`conv_adapter_paths`), alternately."""
+    import rates
 
     from one_peace import from_pretrained
 
     torch.manual_seed(0)
-    hub = from_pretrained(path, model_type="one_peace_retrieval", device="cpu", dtype=dtype, bpe_dir=bpe_dir())
-    tokens = hub.process_text(["a dog barks at the mailman on a sunny afternoon"] * 8)
-    images = torch.randn(2, 3, 256, 256).to(hub.dtype)
-    samples = int(16000 * seconds_audio)
-    frames = hub.model.encoder_wrapper.audio_adapter.num_frames(samples)
-    audios = torch.from_numpy(np.random.default_rng(0).standard_normal((2, samples)).astype("float32")).to(hub.dtype)
-    masks = torch.zeros(2, frames + 1, dtype=torch.bool)
-    out = {}
-    for name, run, count in (("texts", lambda: hub.extract_text_features(tokens), 8),
-                             ("images", lambda: hub.extract_image_features(images), 2),
-                             ("clips", lambda: hub.extract_audio_features(audios, masks), 2)):
+    hub = from_pretrained(path, model_type="one_peace_retrieval", device="cpu", dtype=PRECISIONS[precision],
+                          bpe_dir=bpe_dir(), modalities=("text", "image", "audio"))
+    inputs = throughput_inputs(hub, images, clips, seconds_audio)
+    modality = {"images": "image", "clips": "audio"}
+    gemm_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    out = {"params": sum(p.numel() for p in hub.model.parameters()),
+           "layers": len(hub.model.encoder_wrapper.fusion_model.layers)}
+    gemms = []
+    for name, net_input in inputs.items():
+        count = next(iter(net_input.values())).size(0)
+
+        def run(which=modality[name], net_input=net_input):
+            context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp" else contextlib.nullcontext()
+            with context:
+                return hub.extract_features(which, **net_input)
+
         run()  # warm-up
-        start = time.perf_counter()
+        flops = rates.count_flops(run)
+        times, conv_times = [], []
         for _ in range(iters):
+            start = time.perf_counter()
             run()
-        out[f"{name}_per_s"] = count * iters / (time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
+            gemms.append(rates.gemm_rate(gemm_dtype, seconds=0.25))
+            if conv_paths:
+                with conv_adapter_paths():
+                    start = time.perf_counter()
+                    run()
+                    conv_times.append(time.perf_counter() - start)
+        seconds = min(times)
+        if conv_paths:
+            out[f"{name}_conv_paths"] = dict(per_s=count / min(conv_times), speedup=min(conv_times) / seconds)
+        split = rates.profile_split(run, regions=())
+        out[name] = dict(per_s=count / seconds, batch=count, batch_s=seconds, gflop=flops / 1e9,
+                         gflops=flops / 1e9 / seconds, gemm_share_of_profile=split["gemm_s"] / split["total_s"])
+    out["gemm_gflops"] = max(gemms)
+    for name in inputs:
+        out[name]["share"] = out[name]["gflops"] / out["gemm_gflops"]
     return out
 
 
-def run_child(mode, path, dtype):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--path", path, "--dtype", dtype]
+def run_child(mode, path, options):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--path", path, *options]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -144,43 +218,83 @@ def machine():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", action="append", choices=["tiny", "base", "4b"])
+    parser.add_argument("--size", action="extend", nargs="+", choices=["tiny", "base", "4b"])
     parser.add_argument("--dtype", action="append", choices=["bfloat16", "float32"])
     parser.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "one_peace_load"))
     parser.add_argument("--throughput", action="store_true", help="measure embeddings/s instead of loading")
+    parser.add_argument("--precision", nargs="+", choices=sorted(PRECISIONS), default=["fp32", "bf16"],
+                        help="--throughput: fp32, bf16 weights, amp (fp32 weights under autocast in bf16)")
+    parser.add_argument("--layers", action="append", default=[], metavar="SIZE=N",
+                        help="--throughput: that size's stand-in with N encoder layers (e.g. 4b=8)")
+    parser.add_argument("--images", type=int, default=2, help="--throughput: images per batch (256 px)")
+    parser.add_argument("--clips", type=int, default=2, help="--throughput: 5 s clips per batch")
+    parser.add_argument("--iters", type=int, default=3, help="--throughput: timed batches (the fastest counts)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="--throughput: torch threads (default torch's: one per core); 1 keeps the ratios "
+                             "steady on a machine shared with other jobs, whose bursts stall multi-thread barriers")
+    parser.add_argument("--conv-paths", action="store_true",
+                        help="--throughput: also time each batch through the adapters' convolutions (the paths "
+                             "before issue #28), alternately in the same process")
     parser.add_argument("--keep", action="store_true", help="keep the stand-in checkpoints")
     parser.add_argument("--child", choices=["load", "throughput"], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        result = (measure_load if args.child == "load" else measure_throughput)(args.path, args.dtype[0])
+        if args.child == "load":
+            result = measure_load(args.path, args.dtype[0])
+        else:
+            sys.path.insert(0, HERE)  # bench/rates.py
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            result = measure_throughput(args.path, args.precision[0], iters=args.iters, images=args.images,
+                                        clips=args.clips, conv_paths=args.conv_paths)
         print(json.dumps(result))
         return
+    for option in ("threads", "images", "clips", "iters"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
     sizes, dtypes = args.size or ["base", "4b"], args.dtype or ["bfloat16", "float32"]
+    layers = {}
+    for item in args.layers:
+        size, _, count = item.partition("=")
+        if size not in ("tiny", "base", "4b") or not count.isdigit() or int(count) < 1:
+            parser.error(f"--layers {item!r}: expected SIZE=N with SIZE tiny, base or 4b and N >= 1")
+        layers[size] = int(count)
     os.makedirs(args.workdir, exist_ok=True)
     print(f"Machine: {machine()}\n")
     if args.throughput:
-        print("| size | dtype | texts/s (batch 8) | images/s (batch 2, 256 px) | 5 s clips/s (batch 2) |")
-        print("|---|---|---|---|---|")
+        print(f"`{' '.join(['python', 'bench/load.py'] + (argv if argv is not None else sys.argv[1:]))}`; "
+              f"{args.threads or torch.get_num_threads()} torch threads\n")
+        conv = (" images/s, conv paths | x | clips/s, conv paths | x |", "---|---|---|---|") if args.conv_paths else ("", "")
+        print("| size | layers | precision | images/s | GFLOP / batch | GFLOP/s | of GEMM | GEMM in profile | "
+              "5 s clips/s | GFLOP / batch | GFLOP/s | of GEMM | GEMM in profile | GEMM GFLOP/s |" + conv[0])
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + conv[1])
     else:
         print("| size | params (B) | file GiB | dtype | load s | first embedding s | peak RSS GiB | "
               "RSS / file | RSS / fp32 weights |")
         print("|---|---|---|---|---|---|---|---|---|")
     for size in sizes:
-        path = stand_in_path(args.workdir, size)
+        path = stand_in_path(args.workdir, size, layers.get(size) if args.throughput else None)
         if not os.path.isfile(path):
             start = time.perf_counter()
-            count = make_stand_in(path, size)
+            count = make_stand_in(path, size, layers=layers.get(size) if args.throughput else None)
             print(f"<!-- stand-in {size}: {count / 1e9:.3f} B parameters written in "
                   f"{time.perf_counter() - start:.0f} s -->", flush=True)
         file_gib = os.path.getsize(path) / 2 ** 30
-        for dtype in dtypes:
-            if args.throughput:
-                r = run_child("throughput", path, dtype)
-                print(f"| {size} | {dtype} | {r['texts_per_s']:.2f} | {r['images_per_s']:.3f} | "
-                      f"{r['clips_per_s']:.3f} |", flush=True)
-                continue
-            r = run_child("load", path, dtype)
+        if args.throughput:
+            for precision in args.precision:
+                r = run_child("throughput", path, ["--precision", precision, "--iters", str(args.iters),
+                                                   "--images", str(args.images), "--clips", str(args.clips)]
+                              + (["--conv-paths"] if args.conv_paths else [])
+                              + (["--threads", str(args.threads)] if args.threads else []))
+                cells = [f"{r[k]['per_s']:.3f} | {r[k]['gflop']:.0f} | {r[k]['gflops']:.0f} | {r[k]['share']:.0%} | "
+                         f"{r[k]['gemm_share_of_profile']:.0%}" for k in ("images", "clips")]
+                conv = [f" | {r[k + '_conv_paths']['per_s']:.3f} | {r[k + '_conv_paths']['speedup']:.2f}x"
+                        for k in ("images", "clips")] if args.conv_paths else ["", ""]
+                print(f"| {size} | {r['layers']} | {precision} | {cells[0]} | {cells[1]} | {r['gemm_gflops']:.0f}"
+                      f"{conv[0]}{conv[1]} |", flush=True)
+        for dtype in ([] if args.throughput else dtypes):
+            r = run_child("load", path, ["--dtype", dtype])
             fp32_gib = r["params"] * 4 / 2 ** 30
             print(f"| {size} | {r['params'] / 1e9:.3f} | {file_gib:.2f} | {dtype} | {r['load_s']:.1f} | "
                   f"{r['first_embedding_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['peak_rss_gib'] / file_gib:.2f} | "

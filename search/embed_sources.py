@@ -12,6 +12,8 @@
   to the cap, recorded in its ``reason`` and counted.
 * **A video's sound track** is embedded with the audio branch (when the checkpoint has one) and stored as
   ``audio`` vectors of the video file (windows for a long one), so a sound finds the video.
+* **Decoding ahead**: the headers and the decoding of batch k+1 run on a worker thread while the model
+  embeds batch k (``decode_ahead.py``); vectors, failures and commits are those of one batch after another.
 """
 import contextlib
 import logging
@@ -21,6 +23,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from .decode_ahead import PreparedHub, planned_ahead, process_outcome
 from .embed import embed, embed_inputs, failure_reason
 from .media_decode import audio_samples, frame_times, frames_at, segment_windows
 from .media_info import DEFAULT_MAX_PIXELS, file_info, pixel_refusal
@@ -86,20 +89,34 @@ def embed_sources(hub, modality: str, sources: List[Source], batch_size: int, ts
 def _embed_media(hub, modality, sources, batch_size, limits, commit, embed_fn):
     view = view_of(modality)
     track = modality == "video" and "audio" in hub.model.modalities
-    for chunk in _chunks(sources, batch_size):
-        entries, whole = [], []
+    window = _window(hub, modality, limits)
+
+    def plan(chunk):
+        """On the decoding worker: the headers of a batch's files, what each file gets, and the decoded
+        ``net_input`` of the files embedded whole (``decode_ahead.py``)."""
+        rows, whole = [], []
         for source in chunk:
             info = file_info(source.path, view)
             stored = {"taken_at": info.get("taken_at"), "duration_s": info.get("duration_s")}
             refusal = pixel_refusal(info, limits.max_pixels, "a picture" if view == "image" else "a frame")
             if refusal:
-                entries.append((source, "failed", refusal, [], dict(stored, limit="max_pixels")))
-            elif modality in ("audio", "video") and (info.get("duration_s") or 0) > _window(hub, modality, limits):
-                entries.append(_embed_long(hub, source, modality, info, stored, limits, batch_size, track))
+                rows.append(("entry", (source, "failed", refusal, [], dict(stored, limit="max_pixels"))))
+            elif modality in ("audio", "video") and (info.get("duration_s") or 0) > window:
+                rows.append(("long", (source, info, stored)))
             else:
                 whole.append((source, stored, info))
+        return rows, whole, process_outcome(hub, modality, [s.path for s, _, _ in whole])
+
+    for _, (rows, whole, outcome) in planned_ahead(list(_chunks(sources, batch_size)), plan):
+        entries = []
+        for kind, row in rows:  # refused and long files, in file order (long ones embedded here, by segment)
+            if kind == "entry":
+                entries.append(row)
+            else:
+                entries.append(_embed_long(hub, row[0], modality, row[1], row[2], limits, batch_size, track))
         if whole:
-            vectors, good, failed = embed_fn(hub, modality, [s.path for s, _, _ in whole])
+            paths = [s.path for s, _, _ in whole]
+            vectors, good, failed = embed_fn(PreparedHub(hub, modality, paths, outcome), modality, paths)
             ok = {i: [(None, None, vectors[j])] for j, i in enumerate(good)}
             notes = {}
             if track:
