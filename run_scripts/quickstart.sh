@@ -32,11 +32,13 @@
 #                               stage 1 and stage 2  [none]
 #   QUICKSTART_IMAGE_SIZE       image side in pixels      [64]
 #   QUICKSTART_MAX_DURATION     seconds of audio kept     [2]
+#   PRECISION                   auto | bf16 | fp32 [auto: bf16 where the CPU has bf16 matrix units (AMX-BF16,
+#                               AVX512-BF16) and bf16 is measured faster for the tiny model; models/precision.py]
 #   PYTHON                      python with one_peace and fairseq installed [<repo>/.venv/bin/python, else python3]
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/quickstart_setup.sh"
-quickstart_setup quickstart 35 "$@"
+quickstart_setup quickstart 37 "$@"
 
 # ---- BPE files ----------------------------------------------------------------------------------------
 has_bpe() { [ -f "$1/encoder.json" ] && [ -f "$1/vocab.bpe" ] && [ -f "$1/dict.txt" ]; }
@@ -68,6 +70,7 @@ else
 fi
 THREADS="${QUICKSTART_THREADS:-$(nproc 2>/dev/null || echo 2)}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+quickstart_precision quickstart  # PREC: bf16 or fp32 (both stages)
 
 # Stage 1 (image-text)
 LR1=1e-3; BSZ1=32; WARMUP1=50; IMAGE_SIZE="${QUICKSTART_IMAGE_SIZE:-64}"
@@ -145,6 +148,9 @@ common_block() {  # $1 stage name, $2 lr, $3 batch size, $4 updates, $5 warmup
 #   fairseq-hydra-train --config-dir $CFG --config-name $1 hydra.job.chdir=False
 common:
   cpu: true
+EOF
+  bf16_yaml
+  cat <<EOF
   seed: $SEED
   log_format: simple
   log_interval: 20
@@ -237,7 +243,8 @@ train() {  # $1 stage name
 }
 
 # ---- 2. stage 1 ---------------------------------------------------------------------------------------
-say "2/4 stage 1: image-text pretraining ($STAGE1_UPDATES updates, batch $BSZ1, ${IMAGE_SIZE}px; log $LOGS/stage1.log)"
+say "2/4 stage 1: image-text pretraining ($STAGE1_UPDATES updates, batch $BSZ1, ${IMAGE_SIZE}px, $PREC;" \
+    "log $LOGS/stage1.log)"
 train stage1
 
 # ---- 3. stage 2 ---------------------------------------------------------------------------------------

@@ -30,3 +30,15 @@ quickstart_setup() {
   fi
   export PYTHON PYTHONUNBUFFERED=1
 }
+
+# quickstart_precision JOB: sets PREC to bf16 or fp32 from $PRECISION (auto when unset; the quickstarts train
+# on the CPU, where auto is bf16 only with bf16 matrix units and for a job measured faster in bf16:
+# models/precision.py); a bad PRECISION exits with one error line
+quickstart_precision() {
+  PREC="$(resolve_precision "$1" cpu)" || exit 2
+}
+
+# bf16_yaml: the line of a yaml's common: block that trains in bf16 (none in fp32)
+bf16_yaml() {
+  if [ "$PREC" = bf16 ]; then echo "  bf16: true"; fi
+}

@@ -25,11 +25,14 @@
 #   REAL_DEMO_SPLIT_SEED       which concepts are held out  [0]
 #   QUICKSTART_SEED            training seed  [1]
 #   ONE_PEACE_REAL_MEDIA       the media cache  [~/.cache/one_peace/real_media]
+#   PRECISION                  auto | bf16 | fp32 of both stages  [auto: as in run_scripts/quickstart.sh,
+#                              measured for this job; models/precision.py]
 #   ONE_PEACE_BPE_DIR, QUICKSTART_THREADS, PYTHON  as in run_scripts/quickstart.sh
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/quickstart_setup.sh"
-DEFAULT_WORKDIR=./real_demo_work quickstart_setup real_demo 28 "$@"
+DEFAULT_WORKDIR=./real_demo_work quickstart_setup real_demo 30 "$@"
+quickstart_precision real_demo  # PREC: bf16 or fp32, handed to quickstart.sh (checked before anything runs)
 
 START=$(date +%s)
 say() { echo "[real_demo $(( $(date +%s) - START ))s] $*"; }
@@ -67,8 +70,8 @@ interval() {  # $1 updates, $2 training rows, $3 batch size (quickstart.sh's sta
 }
 E1="$(interval "$S1" $(( $(wc -l < "$DATA/image_text_train.tsv") - 1 )) 32)"
 E2="$(interval "$S2" $(( $(wc -l < "$DATA/audio_text_train.tsv") - 1 )) 16)"
-say "3/4 pretraining: stage 1 $S1 updates (images-text), stage 2 $S2 updates (sounds-text)"
-QUICKSTART_DATA="$DATA" QUICKSTART_STAGE1_UPDATES="$S1" QUICKSTART_STAGE2_UPDATES="$S2" \
+say "3/4 pretraining: stage 1 $S1 updates (images-text), stage 2 $S2 updates (sounds-text), $PREC"
+PRECISION="$PREC" QUICKSTART_DATA="$DATA" QUICKSTART_STAGE1_UPDATES="$S1" QUICKSTART_STAGE2_UPDATES="$S2" \
   QUICKSTART_SAVE_EVERY="$E1,$E2" QUICKSTART_MAX_DURATION=3 QUICKSTART_FAST=0 \
   bash "$REPO/run_scripts/quickstart.sh" "$W" | sed -u 's/^quickstart:/[real_demo] quickstart line:/'
 BPE="${ONE_PEACE_BPE_DIR:-$(sed -n 's/^  bpe_dir: //p' "$W/configs/stage1.yaml" | head -n1)}"

@@ -22,11 +22,14 @@
 # Environment knobs (defaults in brackets): QUICKSTART_FAST=1 (or --fast) the shortened CI variant;
 #   VIDEO_QUICKSTART_UPDATES  video pretraining updates [2000; fast: 500, after a quickstart --fast
 #                             whose stage 1 has 800 updates]
+#   PRECISION                 auto | bf16 | fp32 of the video pretraining, and of the quickstart when it runs
+#                             [auto: as in run_scripts/quickstart.sh, measured for this job; models/precision.py]
 #   QUICKSTART_SEED, QUICKSTART_THREADS, ONE_PEACE_BPE_DIR, PYTHON  as in run_scripts/quickstart.sh
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/quickstart_setup.sh"
-quickstart_setup video_quickstart 25 "$@"
+quickstart_setup video_quickstart 27 "$@"
+quickstart_precision video_quickstart  # PREC: bf16 or fp32 (checked before anything runs)
 
 FAST_STAGE1_UPDATES=800
 START=$(date +%s)
@@ -69,12 +72,16 @@ say "2/4 generating $N_TRAIN + $N_VALID clips in $VD (seed $SEED)"
 "$PYTHON" -m one_peace.data_utils.synthetic_video --out "$VD" --seed "$SEED" --n-train "$N_TRAIN" --n-valid "$N_VALID"
 
 # ---- 3. video-text pretraining ------------------------------------------------------------------------
-cat > "$CFG/video.yaml" <<YAML
+{
+  cat <<YAML
 # @package _group_
 # Written by run_scripts/video_quickstart.sh; run with
 #   fairseq-hydra-train --config-dir $CFG --config-name video hydra.job.chdir=False
 common:
   cpu: true
+YAML
+  bf16_yaml
+  cat <<YAML
   seed: $SEED
   log_format: simple
   log_interval: 20
@@ -133,8 +140,10 @@ model:
     use_audio_moe: false
     use_video_moe: true
 YAML
+} > "$CFG/video.yaml"
 rm -rf "$W/video" "$TB/video"
-say "3/4 video-text pretraining from stage 2 ($UPDATES updates, batch $BSZ, $FRAMES frames of ${IMAGE_SIZE}px; log $LOGS/video.log)"
+say "3/4 video-text pretraining from stage 2 ($UPDATES updates, batch $BSZ, $FRAMES frames of ${IMAGE_SIZE}px," \
+    "$PREC; log $LOGS/video.log)"
 set +e
 "$HYDRA_TRAIN" --config-dir "$CFG" --config-name video hydra.job.chdir=False hydra.run.dir="$W/hydra/video" \
   hydra.output_subdir=null 2>&1 | tee "$LOGS/video.log" \
