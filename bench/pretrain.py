@@ -106,8 +106,8 @@ def fairseq_trainer(args, data, batch_size, image_size, audio_seconds):
             cfg.model.stage2_pretrain = True
             cfg.model.encoder.use_image_moe = cfg.model.decoder.use_image_moe = False
     fs_task = tasks.setup_task(cfg.task)
+    model = fs_task.build_model(cfg.model)  # first, as fairseq-train: the audio dataset reads its front end
     fs_task.load_dataset("train")
-    model = fs_task.build_model(cfg.model)
     trainer = Trainer(cfg, fs_task, model, fs_task.build_criterion(cfg.criterion))
     dataset = fs_task.dataset("train")
     start = time.perf_counter()

@@ -176,6 +176,9 @@ class FusionEncoder(nn.Module):
         single_table = all(inp.adapter.num_tables <= 1 for inp in inputs)
         if single_table:
             shared_bias = bias_of(0)
+            if torch.is_tensor(shared_bias):
+                # the table lookup is a permuted view: laid out once here, not copied by every layer's SDPA
+                shared_bias = shared_bias.contiguous()
         for idx, layer in enumerate(self.layers):
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
                 continue
