@@ -14,16 +14,26 @@ from one_peace.data_utils import synthetic
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("flag", ["--bf16", "--memory-efficient-bf16"])
-def test_fairseq_train_bf16_on_cpu_trains(tmp_path, flag):
-    synthetic.write_image_split(str(tmp_path / "data"), "train", 8, seed=1)
-    synthetic.write_image_split(str(tmp_path / "data"), "valid", 4, seed=1)
+STAGES = {  # (data writer, task, criterion, task flags)
+    "image_text": (synthetic.write_image_split, "image_text_pretrain", "image_text_pretrain_loss",
+                   ["--patch-image-size", "32"]),
+    "audio_text": (synthetic.write_audio_split, "audio_text_pretrain", "audio_text_pretrain_loss",
+                   ["--max-duration", "1"]),
+}
+
+
+@pytest.mark.parametrize("flag,stage", [("--bf16", "image_text"), ("--memory-efficient-bf16", "image_text"),
+                                        ("--bf16", "audio_text")])
+def test_fairseq_train_bf16_on_cpu_trains(tmp_path, flag, stage):
+    write, task, criterion, task_flags = STAGES[stage]
+    write(str(tmp_path / "data"), "train", 8, seed=1)
+    write(str(tmp_path / "data"), "valid", 4, seed=1)
     save_dir = tmp_path / "ckpt"
-    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), str(tmp_path / "data/image_text_train.tsv"),
-           "--valid-data", str(tmp_path / "data/image_text_valid.tsv"), "--user-dir", str(REPO / "user_src"),
-           "--task", "image_text_pretrain", "--arch", "one_peace_pretrain_tiny", "--criterion",
-           "image_text_pretrain_loss", "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "4", "--max-update", "2",
-           "--cpu", flag, "--data-buffer-size", "0", "--ignore-unused-valid-subsets", "--patch-image-size", "32",
+    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), str(tmp_path / f"data/{stage}_train.tsv"),
+           "--valid-data", str(tmp_path / f"data/{stage}_valid.tsv"), "--user-dir", str(REPO / "user_src"),
+           "--task", task, "--arch", "one_peace_pretrain_tiny", "--criterion", criterion,
+           "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "4", "--max-update", "2",
+           "--cpu", flag, "--data-buffer-size", "0", "--ignore-unused-valid-subsets", *task_flags,
            "--bpe-dir", str(BPE_ASSETS), "--save-dir", str(save_dir), "--disable-validation"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

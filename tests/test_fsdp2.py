@@ -235,7 +235,7 @@ def test_resume_across_backends_ends_where_ddp_does(stage1):
                      "checkpoint.load_checkpoint_on_all_dp_ranks=true")
         assert "Loaded checkpoint" in logs[0] and sorted(losses(logs[0])) == [4, 5], logs[0][-3000:]
         finals[name] = weights(save_dir / "checkpoint_last.pt")
-    for name, final in finals.items():  # from the DDP or the FSDP2 stage-1 checkpoint: trained alike
+    for final in finals.values():  # from the DDP or the FSDP2 stage-1 checkpoint: trained alike
         assert_trained_alike(final, finals["ddp_to_ddp"])
 
 
