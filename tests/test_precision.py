@@ -169,6 +169,28 @@ def test_evaluate_bad_precision_stops_before_the_evaluator(tmp_path):
     assert not (tmp_path / "args").exists()
 
 
+@pytest.mark.parametrize("script,data", [
+    ("esc50/zero_shot_evaluate.sh", dict(ESC50_TSV="model.pt", ESC50_LABELS="model.pt")),
+    ("image_text_retrieval/zero_shot_evaluate.sh", dict(TEST_TSV="model.pt", TEST_FILE="model.pt")),
+    ("video_text_retrieval/zero_shot_evaluate.sh", dict(TEST_TSV="model.pt", TEST_FILE="model.pt")),
+])
+def test_zero_shot_scripts_stop_on_a_bad_precision(tmp_path, script, data):
+    """Their flags were resolved inside $(...), whose error did not stop the script: it evaluated in fp32."""
+    env = fake_tools(tmp_path, **{"one-peace-evaluate": "exit 0"})
+    (tmp_path / "model.pt").write_bytes(b"")
+    env.update({k: str(tmp_path / v) for k, v in data.items()}, CHECKPOINT=str(tmp_path / "model.pt"),
+               DATASET="flickr30k", PRECISION="double")
+    proc = subprocess.run(["bash", str(REPO / "run_scripts" / script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "error: PRECISION must be auto, bf16, fp16 or fp32, got double" in proc.stderr
+    assert not (tmp_path / "args").exists()
+    env["PRECISION"] = "auto"  # and a good value still reaches the evaluator
+    proc = subprocess.run(["bash", str(REPO / "run_scripts" / script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and (tmp_path / "args").exists(), proc.stderr[-2000:]
+
+
 def run_quickstart(tmp_path, work, requested):
     """quickstart.sh on a stand-in prepared dataset up to its first training command (a fake one that fails):
     the configs are written by then."""

@@ -14,10 +14,11 @@ CHECKPOINT="${CHECKPOINT:-${ONE_PEACE_CHECKPOINT:?set ONE_PEACE_CHECKPOINT or CH
 need_file "$ESC50_TSV" ESC50_TSV
 need_file "$ESC50_LABELS" ESC50_LABELS
 need_checkpoint "$CHECKPOINT" CHECKPOINT
+PRECISION_FLAGS="$(precision_flags bf16 "$@")" || exit 1  # a bad PRECISION stops here
 
 one_peace_evaluate "$ESC50_TSV" --path "$CHECKPOINT" --gen-subset esc50 \
   --task audio_text_retrieval --zero-shot --head-type al --use-template \
   --valid-file "$ESC50_LABELS" --selected-cols uniq_id,audio,text,duration \
   --model-overrides "{'model': {'_name': 'one_peace_retrieval'}}" \
   --batch-size "${BATCH:-16}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/esc50}" \
-  $(precision_flags bf16) "$@"
+  $PRECISION_FLAGS "$@"

@@ -18,8 +18,8 @@ args=()
 if [ -n "${BPE_DIR:-}" ]; then args+=(--bpe-dir "$BPE_DIR"); fi
 case "${PRECISION:-fp32}" in
   bf16|fp16) args+=(--dtype "$PRECISION") ;;
-  fp32) ;;
-  *) die "PRECISION must be bf16, fp16 or fp32, got $PRECISION" ;;
+  fp32|auto) ;;  # auto: this script's default, fp32
+  *) die "PRECISION must be auto, bf16, fp16 or fp32, got $PRECISION" ;;
 esac
 
 "${PYTHON:-python}" -m one_peace.zero_shot_classify --path "$CHECKPOINT" --data "$TEST_TSV" \

@@ -14,9 +14,10 @@ CHECKPOINT="${CHECKPOINT:-${ONE_PEACE_CHECKPOINT:?set ONE_PEACE_CHECKPOINT or CH
 need_file "$TEST_TSV" TEST_TSV
 need_file "$TEST_FILE" TEST_FILE
 need_checkpoint "$CHECKPOINT" CHECKPOINT
+PRECISION_FLAGS="$(precision_flags fp32 "$@")" || exit 1  # a bad PRECISION stops here
 
 one_peace_evaluate "$TEST_TSV" --path "$CHECKPOINT" --gen-subset "${DATASET}_test" \
   --task image_text_retrieval --zero-shot --head-type vl --valid-file "$TEST_FILE" \
   --selected-cols image_id,image,caption --model-overrides "{'model': {'_name': 'one_peace_retrieval'}}" \
   --batch-size "${BATCH:-16}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/zero_shot_$DATASET}" \
-  $(precision_flags fp32) "$@"
+  $PRECISION_FLAGS "$@"

@@ -13,10 +13,11 @@ CHECKPOINT="${CHECKPOINT:-${ONE_PEACE_CHECKPOINT:?set ONE_PEACE_CHECKPOINT or CH
 need_file "$TEST_TSV" TEST_TSV
 need_file "$TEST_FILE" TEST_FILE
 need_checkpoint "$CHECKPOINT" CHECKPOINT
+PRECISION_FLAGS="$(precision_flags fp32 "$@")" || exit 1  # a bad PRECISION stops here
 
 one_peace_evaluate "$TEST_TSV" --path "$CHECKPOINT" --gen-subset msrvtt_test \
   --task video_text_retrieval --zero-shot --head-type vt --valid-file "$TEST_FILE" \
   --num-frames "${FRAMES:-8}" --patch-image-size "${PATCH_IMAGE_SIZE:-256}" \
   --model-overrides "{'model': {'_name': 'one_peace_retrieval'}}" \
   --batch-size "${BATCH:-8}" --results-path "${RESULTS_DIR:-$ONE_PEACE_ROOT/results/zero_shot_msrvtt}" \
-  $(precision_flags fp32) "$@"
+  $PRECISION_FLAGS "$@"
