@@ -70,6 +70,26 @@ def index_main(argv, capsys=None):
     return code, (json.loads(out.out) if code in (0, 130) else None), out.err
 
 
+def search_json(argv, capsys):
+    """one-peace-search --json in this process: the parsed answer (exit code 0 asserted)."""
+    from one_peace.search.query import main
+
+    code = main([str(a) for a in argv] + ["--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def search_error(argv, capsys):
+    """one-peace-search expected to refuse: its one error line."""
+    from one_peace.search.query import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("one-peace-search: error: ") and err.count("\n") == 1, err
+    return err
+
+
 class LiveServer:
     """uvicorn serving ``app`` in a thread, on a loopback socket bound first (no port race)."""
 

@@ -1,7 +1,6 @@
 """Helpers of the query-side search tests (compound queries, filters, pages, near-duplicates, the page):
 a library of real photos with re-encoded, resized, cropped and byte copies, night and day scenes, sounds
 of several lengths, each folder with its own date (indexed by ``search_query_fixtures.query_index``)."""
-import json
 import os
 import shutil
 import sqlite3
@@ -95,21 +94,3 @@ def vector_id(index, path):
         return db.execute("SELECT id FROM vectors WHERE path = ?", (str(path),)).fetchone()[0]
 
 
-def search_json(argv, capsys):
-    """one-peace-search --json in this process: the parsed answer (exit code 0 asserted)."""
-    from one_peace.search.query import main
-
-    code = main([str(a) for a in argv] + ["--json"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out)
-
-
-def search_error(argv, capsys):
-    """one-peace-search expected to refuse: its one error line."""
-    from one_peace.search.query import main
-
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("one-peace-search: error: ") and err.count("\n") == 1, err
-    return err

@@ -19,6 +19,7 @@ from search_helpers import (
     UPLOAD_LIMIT,
     index_main,
     make_collection,
+    search_json,
     write_checkpoint,
     write_png,
     write_wav,
@@ -29,13 +30,6 @@ from one_peace.search.query import main as search_main
 from one_peace.search.searcher import faiss_path
 
 pytest_plugins = ["search_fixtures"]  # search_checkpoint, built_index, live_server
-
-
-def query(argv, capsys):
-    code = search_main([str(a) for a in argv] + ["--json"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out)
 
 
 def db_rows(index, sql):
@@ -77,7 +71,7 @@ def test_text_and_file_queries_rank_by_the_hub_cosine(built_index, capsys, searc
     from one_peace import from_pretrained
 
     index, collection, _ = built_index
-    out = query([index, "--text", "an elephant", "--modality", "image", "-k", "10"], capsys)
+    out = search_json([index, "--text", "an elephant", "--modality", "image", "-k", "10"], capsys)
     hits = out["results"]["image"]
     assert list(out["results"]) == ["image"] and len(hits) == 6
     hub = from_pretrained(search_checkpoint, device="cpu", bpe_dir=fixture_bpe_dir)
@@ -88,20 +82,20 @@ def test_text_and_file_queries_rank_by_the_hub_cosine(built_index, capsys, searc
     assert [h["rank"] for h in hits] == list(range(1, 7)) and np.all(np.diff(expected) <= 1e-6)
     # an indexed file finds itself first (query and index embeddings agree), in each modality
     for name, modality in (("dog.flac", "audio"), ("dog.JPEG", "image")):
-        top = query([index, "--file", MEDIA / name, "--modality", modality, "-k", "1"], capsys)
+        top = search_json([index, "--file", MEDIA / name, "--modality", modality, "-k", "1"], capsys)
         assert top["query"]["modality"] == modality
         assert top["results"][modality][0]["path"] == str(MEDIA / name)
         assert top["results"][modality][0]["score"] == pytest.approx(1.0, abs=1e-4)
-    clip = query([index, "--file", collection / "clip.mp4", "-k", "2"], capsys)
+    clip = search_json([index, "--file", collection / "clip.mp4", "-k", "2"], capsys)
     assert clip["results"]["video"][0]["score"] == pytest.approx(1.0, abs=1e-4)  # video branch: same on reload
-    text = query([index, "--text", "an elephant walking in the grass", "--modality", "text"], capsys)
+    text = search_json([index, "--text", "an elephant walking in the grass", "--modality", "text"], capsys)
     assert text["results"]["text"][0]["path"] == str(collection / "captions.tsv")
     assert text["results"]["text"][0]["row"] == 2 and text["results"]["text"][0]["score"] == pytest.approx(1, abs=1e-4)
 
 
 def test_cross_modal_query_sound_to_images(built_index, capsys):
     index, _, _ = built_index
-    out = query([index, "--file", MEDIA / "cow.flac", "--modality", "image,video", "-k", "3"], capsys)
+    out = search_json([index, "--file", MEDIA / "cow.flac", "--modality", "image,video", "-k", "3"], capsys)
     assert list(out["results"]) == ["image", "video"]
     assert len(out["results"]["image"]) == 3 and len(out["results"]["video"]) == 1
     scores = [h["score"] for h in out["results"]["image"]]
@@ -144,7 +138,7 @@ def test_other_checkpoint_is_refused_by_index_and_search(built_index, search_che
     assert code == 2 and "built with --dtype float32; refusing bfloat16" in err
     moved = tmp_path / "moved.pt"
     shutil.copy(search_checkpoint, moved)  # the same file elsewhere is accepted
-    out = query([index, "--text", "a dog", "--checkpoint", moved, "--modality", "audio", "-k", "1"], capsys)
+    out = search_json([index, "--text", "a dog", "--checkpoint", moved, "--modality", "audio", "-k", "1"], capsys)
     assert len(out["results"]["audio"]) == 1
 
 
@@ -181,7 +175,7 @@ def test_second_run_embeds_only_new_and_changed_files(small_collection, tmp_path
     for name in ("tone.wav", "note.txt"):
         assert after[str(small_collection / name)] > max(before.values())  # re-embedded: new ids
     assert second["counts"] == {"audio": 1, "image": 2, "text": 3}
-    out = query([index, "--file", small_collection / "tone.wav", "--modality", "audio", "-k", "1"], capsys)
+    out = search_json([index, "--file", small_collection / "tone.wav", "--modality", "audio", "-k", "1"], capsys)
     assert out["results"]["audio"][0]["score"] == pytest.approx(1.0, abs=1e-4)  # the new tone's vector
     code, third, _ = index_main([index], capsys)
     assert third["embedded"] == 0 and third["unchanged"] == 5 and third["load_seconds"] == 0  # no model load
@@ -212,7 +206,7 @@ def test_interrupted_run_keeps_committed_batches(small_collection, tmp_path, cap
     assert code == 130 and summary["interrupted"] and summary["embedded"] == 1 and len(summary["failed"]) == 1
     assert db_rows(index, "SELECT COUNT(*) FROM files") == [(2,)]
     # search works on what was committed (the faiss index is rebuilt from SQLite)
-    out = query([index, "--file", small_collection / "tone.wav", "-k", "1"], capsys)
+    out = search_json([index, "--file", small_collection / "tone.wav", "-k", "1"], capsys)
     assert out["results"]["audio"][0]["path"] == str(small_collection / "tone.wav")
     monkeypatch.setattr(indexer, "embed", real_embed)
     code, resumed, _ = index_main([index], capsys)
@@ -228,7 +222,7 @@ def test_approximate_indexes_past_the_threshold(small_collection, tmp_path, caps
     assert vector_index.kind_of(vector_index.load(faiss_path(str(index), "text"))) == "ivf"
     code, summary, _ = index_main([index, "--index-type", "hnsw"], capsys)  # options alone rebuild the indexes
     assert summary["embedded"] == 0 and set(summary["index_types"].values()) == {"hnsw"}
-    out = query([index, "--text", "an elephant walking in the grass", "--modality", "text", "-k", "1"], capsys)
+    out = search_json([index, "--text", "an elephant walking in the grass", "--modality", "text", "-k", "1"], capsys)
     assert out["results"]["text"][0]["row"] == 2 and out["results"]["text"][0]["score"] == pytest.approx(1, abs=1e-4)
 
 

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from search_query_helpers import SCENES, search_error, search_json, stored, vector_id
+from search_helpers import search_error, search_json
+from search_query_helpers import SCENES, stored, vector_id
 from test_search import post_file, post_json
 
 from one_peace.search.compound import Term, combine, parse_api_terms, parse_cli_terms, query_line, split_weight

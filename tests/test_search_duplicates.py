@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from search_query_helpers import COPIES, PHOTOS, search_error, search_json, stored
+from search_helpers import search_error, search_json
+from search_query_helpers import COPIES, PHOTOS, stored
 from test_search import raw
 
 from one_peace.search import vector_index

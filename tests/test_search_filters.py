@@ -6,7 +6,8 @@ from datetime import datetime
 
 import numpy as np
 import pytest
-from search_query_helpers import DATES, DURATIONS, search_error, search_json, stored, vector_id
+from search_helpers import search_error, search_json
+from search_query_helpers import DATES, DURATIONS, stored, vector_id
 from test_search import post_json
 
 from one_peace.search import ranking, vector_index

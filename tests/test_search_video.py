@@ -8,11 +8,10 @@ import sqlite3
 
 import numpy as np
 import pytest
-from search_helpers import index_main, write_png
+from search_helpers import index_main, search_json, write_png
 
 from one_peace.data_utils.video import sample_indices
 from one_peace.search.media_decode import frame_times, segment_windows
-from one_peace.search.query import main as search_main
 
 pytest_plugins = ["search_fixtures"]  # search_checkpoint
 
@@ -63,13 +62,6 @@ def index(capsys, *argv):
     return summary
 
 
-def search(capsys, *argv):
-    code = search_main([str(a) for a in argv] + ["--json"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out)
-
-
 def vectors_of(index_dir, path):
     with sqlite3.connect(os.path.join(index_dir, "index.sqlite")) as db:
         rows = db.execute("SELECT modality, start_s, end_s, vector FROM vectors WHERE path = ? ORDER BY id",
@@ -100,10 +92,11 @@ def test_clips_sharing_a_black_first_frame_do_not_collide(tmp_path, capsys, sear
     (_, _, _, red), = vectors_of(index_dir, root / "red.mp4")
     (_, _, _, blue), = vectors_of(index_dir, root / "blue.mp4")
     assert float(red @ blue) < 0.98  # a first-frame embedding would make them one vector (cosine 1)
-    out = search(capsys, index_dir, "--file", tmp_path / "red_query.png", "--modality", "video", "-k", "2")
+    out = search_json([index_dir, "--file", tmp_path / "red_query.png", "--modality", "video", "-k", "2"], capsys)
     assert [h["path"] for h in out["results"]["video"]] == [str(root / "red.mp4"), str(root / "blue.mp4")]
     for name in ("red.mp4", "blue.mp4"):  # each clip finds itself first, with the vector it was indexed under
-        top = search(capsys, index_dir, "--file", root / name, "--modality", "video", "-k", "1")["results"]["video"][0]
+        answer = search_json([index_dir, "--file", root / name, "--modality", "video", "-k", "1"], capsys)
+        top = answer["results"]["video"][0]
         assert top["path"] == str(root / name) and top["score"] == pytest.approx(1.0, abs=1e-4)
 
 
@@ -123,7 +116,7 @@ def test_a_long_video_is_indexed_in_segments_and_a_result_points_to_the_moment(t
     with sqlite3.connect(os.path.join(index_dir, "index.sqlite")) as db:
         (duration,), = db.execute("SELECT duration_s FROM files").fetchall()
     assert duration == pytest.approx(3.0, abs=0.2)
-    out = search(capsys, index_dir, "--file", tmp_path / "green.png", "--modality", "video", "-k", "1")
+    out = search_json([index_dir, "--file", tmp_path / "green.png", "--modality", "video", "-k", "1"], capsys)
     top = out["results"]["video"][0]
     assert top["path"] == str(root / "film.mp4") and (top["start_s"], top["end_s"]) == (1.0, 2.0)
 
@@ -147,7 +140,7 @@ def test_a_sound_finds_the_video_that_contains_it(tmp_path, capsys, search_check
     assert summary["counts"] == {"audio": 3, "video": 2}  # two sound files + the concert's sound track
     assert [m for m, *_ in vectors_of(index_dir, root / "concert.mp4")] == ["video", "audio"]
     assert [m for m, *_ in vectors_of(index_dir, root / "silent.mp4")] == ["video"]
-    top = search(capsys, index_dir, "--file", query, "--modality", "audio", "-k", "3")["results"]["audio"][0]
+    top = search_json([index_dir, "--file", query, "--modality", "audio", "-k", "3"], capsys)["results"]["audio"][0]
     assert top["path"] == str(root / "concert.mp4") and top["file_modality"] == "video"
     assert top["score"] > 0.9
 
