@@ -14,74 +14,60 @@ import functools
 import torch
 
 
-def _sync_grads(original):
-    @functools.wraps(original)
-    def _sync_fp16_grads_to_fp32(self):
-        if self.has_flat_params:
-            return original(self)
-        if not (self._needs_sync or getattr(self, "_one_peace_stale_grads", False)):
-            return None
-        sources, targets = [], []
-        for p, p32 in zip(self.fp16_params, self.fp32_params):
-            if not p.requires_grad:
-                continue
-            if p.grad is None:  # no gradient this step: zeros, as fairseq gives it
-                if p32.grad is None:
-                    p32.grad = torch.zeros_like(p.data, dtype=torch.float)
-                else:
-                    p32.grad.zero_()
-            elif p32.grad is None:
-                p32.grad = p.grad.data.float()
+def _sync_grads(self):
+    if not (self._needs_sync or getattr(self, "_one_peace_stale_grads", False)):
+        return
+    sources, targets = [], []
+    for p, p32 in zip(self.fp16_params, self.fp32_params):
+        if not p.requires_grad:
+            continue
+        if p.grad is None:  # no gradient this step: zeros, as fairseq gives it
+            if p32.grad is None:
+                p32.grad = torch.zeros_like(p.data, dtype=torch.float)
             else:
-                sources.append(p.grad.data)
-                targets.append(p32.grad.data)
-        if targets:
-            torch._foreach_copy_(targets, sources)
-        self._needs_sync = False
-        self._one_peace_stale_grads = False
-        return None
+                p32.grad.zero_()
+        elif p32.grad is None:
+            p32.grad = p.grad.data.float()
+        else:
+            sources.append(p.grad.data)
+            targets.append(p32.grad.data)
+    if targets:
+        torch._foreach_copy_(targets, sources)
+    self._needs_sync = False
+    self._one_peace_stale_grads = False
 
-    _sync_fp16_grads_to_fp32.one_peace_patched = True
-    return _sync_fp16_grads_to_fp32
+
+def _sync_params(self):
+    pairs = [(p.data, p32.data) for p, p32 in zip(self.fp16_params, self.fp32_params) if p.requires_grad]
+    if pairs:
+        torch._foreach_copy_([p for p, _ in pairs], [p32 for _, p32 in pairs])
 
 
-def _sync_params(original):
+def _zero_grad(self):
+    for p in self.fp16_params:
+        p.grad = None
+    # Every float32 gradient is rewritten by the next sync: marking them is enough.
+    self._one_peace_stale_grads = True
+    self._needs_sync = False
+    if self.scaler is not None:
+        self._multiply_factor = 1.0 / float(self.scaler.loss_scale)
+
+
+def _per_parameter(original, replacement):
+    """The mixin's method: ``replacement`` for per-parameter master copies, fairseq's own for flat ones."""
     @functools.wraps(original)
-    def _sync_fp32_params_to_fp16(self):
-        if self.has_flat_params:
-            return original(self)
-        pairs = [(p.data, p32.data) for p, p32 in zip(self.fp16_params, self.fp32_params) if p.requires_grad]
-        if pairs:
-            torch._foreach_copy_([p for p, _ in pairs], [p32 for _, p32 in pairs])
-        return None
+    def method(self):
+        return original(self) if self.has_flat_params else replacement(self)
 
-    _sync_fp32_params_to_fp16.one_peace_patched = True
-    return _sync_fp32_params_to_fp16
-
-
-def _zero_grad(original):
-    @functools.wraps(original)
-    def zero_grad(self):
-        if self.has_flat_params:
-            return original(self)
-        for p in self.fp16_params:
-            p.grad = None
-        # Every float32 gradient is rewritten by the next sync: marking them is enough.
-        self._one_peace_stale_grads = True
-        self._needs_sync = False
-        if self.scaler is not None:
-            self._multiply_factor = 1.0 / float(self.scaler.loss_scale)
-        return None
-
-    zero_grad.one_peace_patched = True
-    return zero_grad
+    method.one_peace_patched = True
+    return method
 
 
 def install():
     """Patches fairseq's fp16/bf16 optimizer mixin (idempotent)."""
     from fairseq.optim.fp16_optimizer import _FP16OptimizerMixin as mixin
 
-    for name, wrap in (("_sync_fp16_grads_to_fp32", _sync_grads), ("_sync_fp32_params_to_fp16", _sync_params),
-                       ("zero_grad", _zero_grad)):
+    for name, replacement in (("_sync_fp16_grads_to_fp32", _sync_grads), ("_sync_fp32_params_to_fp16", _sync_params),
+                              ("zero_grad", _zero_grad)):
         if not getattr(getattr(mixin, name), "one_peace_patched", False):
-            setattr(mixin, name, wrap(getattr(mixin, name)))
+            setattr(mixin, name, _per_parameter(getattr(mixin, name), replacement))
