@@ -32,23 +32,21 @@ def fused_adam_step(self, closure=None, *, _original=None):
             _original(_OneGroup(self, group))
             continue
         beta1, beta2 = group["betas"]
-        buckets = defaultdict(list)  # (device, step) -> [(param, grad)]: one kernel call each
+        buckets = defaultdict(list)  # (device, step) -> params: one kernel call each
         for p in group["params"]:
             if p.grad is None:
                 continue
-            grad = p.grad.data
-            if grad.is_sparse:
+            if p.grad.is_sparse:
                 raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = 0
-                # contiguous whatever the parameter's strides: the kernel needs it (see _update)
-                state["exp_avg"] = torch.zeros_like(p.data, dtype=torch.float32, memory_format=torch.contiguous_format)
-                state["exp_avg_sq"] = torch.zeros_like(p.data, dtype=torch.float32,
-                                                       memory_format=torch.contiguous_format)
-            else:  # a loaded state may sit on another device or in another dtype
-                state["exp_avg"] = state["exp_avg"].to(device=p.device, dtype=torch.float32)
-                state["exp_avg_sq"] = state["exp_avg_sq"].to(device=p.device, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p.data, dtype=torch.float32)
+                state["exp_avg_sq"] = torch.zeros_like(p.data, dtype=torch.float32)
+            # float32, on the parameter's device (a loaded state may be elsewhere), contiguous whatever the
+            # parameter's strides: the kernel needs it (see _update); each a no-op once so
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = state[key].to(device=p.device, dtype=torch.float32).contiguous()
             state["step"] += 1
             buckets[(p.device, state["step"])].append(p)
         for (device, step), params in buckets.items():
@@ -75,8 +73,8 @@ def _update(optimizer, params, group, beta1, beta2, step, device):
     weights = [_local(p.data) for p in params]
     masters = [_fp32_contiguous(w) for w in weights]
     grads = [_fp32_contiguous(_local(p.grad.data)) for p in params]
-    exp_avgs = [_fp32_contiguous(_local(optimizer.state[p]["exp_avg"])) for p in params]
-    exp_avg_sqs = [_fp32_contiguous(_local(optimizer.state[p]["exp_avg_sq"])) for p in params]
+    exp_avgs = [_local(optimizer.state[p]["exp_avg"]) for p in params]  # float32, contiguous (the step's caller)
+    exp_avg_sqs = [_local(optimizer.state[p]["exp_avg_sq"]) for p in params]
     step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
     torch._fused_adamw_(
         masters, grads, exp_avgs, exp_avg_sqs, [], [step_tensor] * len(params),
@@ -84,13 +82,9 @@ def _update(optimizer, params, group, beta1, beta2, step, device):
         weight_decay=float(group["weight_decay"]),
         eps=float(group["eps"]) / math.sqrt(1 - beta2 ** step),  # fairseq's eps placement (module doc)
         amsgrad=False, maximize=False)
-    for p, weight, master, exp_avg, exp_avg_sq in zip(params, weights, masters, exp_avgs, exp_avg_sqs):
+    for weight, master in zip(weights, masters):
         if master is not weight:
             weight.copy_(master)
-        for key, value in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-            stored = _local(optimizer.state[p][key])
-            if value is not stored:
-                stored.copy_(value)
 
 
 class _OneGroup:
