@@ -92,12 +92,23 @@ def allowed_ids(db, filters: Filters, within):
     return np.intersect1d(np.fromiter((i for (i,) in rows), dtype=np.int64), within)
 
 
+def _is_number(value) -> bool:
+    """A number as JSON or Python gives it (not a string, not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _at_least_zero(value, option: str, what: str):
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{option} must be {what}, got {value!r}")
+    return value
+
+
 def parse_date(value, option: str, end: bool = False) -> Optional[float]:
     """``YYYY-MM-DD`` (a whole day: its start, or with ``end`` its last instant), ``YYYY-MM-DDTHH:MM[:SS]``
     with an optional offset (``Z``, ``+02:00``; without one: local time), or seconds since the epoch."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_number(value):
         if not math.isfinite(value):
             raise ValueError(f"{option} must be a date, got {value!r}")
         return float(value)
@@ -121,10 +132,8 @@ def parse_size(value, option: str) -> Optional[int]:
     """Bytes: a number, or with a unit: ``500k``, ``10MB``, ``1.5G`` (powers of 1000), ``2MiB`` (of 1024)."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{option} must be a size of 0 bytes or more, got {value!r}")
-        return int(value)
+    if _is_number(value):
+        return int(_at_least_zero(value, option, "a size of 0 bytes or more"))
     match = _SIZE.match(value) if isinstance(value, str) else None
     unit = match.group(2).lower() if match else None
     if unit not in _SIZE_UNITS:
@@ -136,10 +145,8 @@ def parse_duration(value, option: str) -> Optional[float]:
     """Seconds: ``90``, ``90s``, ``1.5m``, ``2h``, or a clock ``1:30`` / ``1:02:03``."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{option} must be a duration of 0 seconds or more, got {value!r}")
-        return float(value)
+    if _is_number(value):
+        return float(_at_least_zero(value, option, "a duration of 0 seconds or more"))
     if isinstance(value, str):
         clock = _CLOCK.match(value)
         if clock:
