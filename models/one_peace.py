@@ -190,7 +190,8 @@ class OnePeacePretrainModel(_EncoderModel, _ContrastiveMixin):
             if token is not None:
                 trunc_normal_(token)
 
-    def forward(self, encoder_type=None, return_logit_scale=False, return_audio_frames=False, **net_input):
+    def forward(self, encoder_type=None, return_logit_scale=False, return_audio_frames=False,
+                return_token_embeddings=False, **net_input):
         """Unmasked: one modality -> (embedding, features); fused (vl/al) -> (text_features, other).
 
         With ``<modality>_preserve_ids`` (masked student view): the mask-head outputs, one tensor
@@ -199,11 +200,15 @@ class OnePeacePretrainModel(_EncoderModel, _ContrastiveMixin):
         ``return_audio_frames=True`` returns the conv features of ``src_audios``; passing them back
         as ``audio_frames`` lets several views of one batch share a single conv front-end pass
         (same values and gradients: the extractor has no dropout and its gradients add up).
+        ``return_token_embeddings=True`` / ``token_embeddings`` do the same for the text token lookup of
+        ``src_tokens``: its backward then builds one vocabulary-sized gradient per batch, not one per view.
         """
         if return_logit_scale:
             return self.logit_scale_exp()
         if return_audio_frames:
             return self.encoder_wrapper.adapter("audio").extract_frames(net_input.get("src_audios"))
+        if return_token_embeddings:
+            return self.encoder_wrapper.adapter("text").lookup_tokens(net_input.get("src_tokens"))
         modalities = encoder_type_modalities(encoder_type)
         _, masked = split_net_input(net_input, modalities)
         if masked:

@@ -40,3 +40,18 @@ def test_module_follows_the_choice_and_matches_sdpa():
     attn32(x32, table32).square().sum().backward()
     torch.testing.assert_close(grads[0].float(), x32.grad, rtol=0.05, atol=0.05)
     torch.testing.assert_close(grads[1].float(), table32.grad, rtol=0.05, atol=0.05)
+
+
+def test_bf16_explicit_path_equals_the_float32_softmax_rounded_once():
+    # The explicit path leaves bf16 scores in bf16 (torch's kernel computes the softmax in float32): the
+    # output is the official float32 softmax rounded to bf16, up to an ulp in a few elements.
+    from one_peace.models.attention import reference_attention
+
+    torch.manual_seed(0)
+    q, k = (torch.randn(2, 4, 33, 8, dtype=torch.bfloat16) * 2 for _ in range(2))
+    v = torch.eye(33, dtype=torch.bfloat16).expand(2, 4, 33, 33)  # attention @ I: the probabilities
+    bias = torch.randn(1, 4, 33, 33, dtype=torch.bfloat16)
+    probs = reference_attention(q, k, v, bias)
+    official = torch.softmax((q @ k.transpose(-2, -1) + bias).float(), dim=-1).to(torch.bfloat16)
+    assert (probs == official).float().mean() > 0.999
+    torch.testing.assert_close(probs.float(), official.float(), rtol=0, atol=2 ** -8)

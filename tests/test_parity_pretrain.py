@@ -125,3 +125,11 @@ def test_views_sharing_one_audio_front_end_pass_equal_separate_passes(model):
     for name, grad in separate_grads.items():
         # Summation order differs (one backward through the front end instead of four): float32 noise.
         assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm() + 1e-8, name
+
+
+def test_token_embeddings_of_another_batch_are_refused(model):
+    tokens = load_fixture("inputs.pt")["src_tokens"]
+    shared = model(src_tokens=tokens, return_token_embeddings=True)
+    assert shared.shape == (*tokens.shape, model.encoder_wrapper.adapter("text").embed_dim)
+    with pytest.raises(ValueError, match="token_embeddings must be"):
+        model(src_tokens=tokens[:, :-1], token_embeddings=shared, encoder_type="text")

@@ -44,17 +44,30 @@ class TextAdapter(ModalityAdapter):
         cls_pad = src_tokens.new_zeros(src_tokens.size(0), 1, dtype=torch.bool)
         return torch.cat([cls_pad, src_tokens.eq(self.pad_idx)], dim=1)
 
-    def forward(self, inputs, preserve_ids=None):
-        src_tokens = require_input(inputs, "src_tokens", "text")
+    def lookup_tokens(self, src_tokens) -> torch.Tensor:
+        """Token ids (B, L) -> their embeddings (B, L, D), before CLS, positions and masking."""
         if self.embed_tokens is None:
             raise RuntimeError("this text adapter has no token table (decoder adapter)")
         if src_tokens.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"src_tokens must be an integer tensor, got {src_tokens.dtype}")
+        return self.embed_tokens(src_tokens)
+
+    def forward(self, inputs, preserve_ids=None):
+        """``inputs``: ``src_tokens`` (B, L) and optionally ``token_embeddings``: the output of
+        :meth:`lookup_tokens` for these tokens, when the caller runs several views of one batch (the
+        pretraining criterion does): one lookup, whose backward builds the table-sized gradient once."""
+        src_tokens = require_input(inputs, "src_tokens", "text")
         bsz, num_tokens = src_tokens.shape
         length = num_tokens + 1
         if length > TEXT_POSITIONS:
             raise ValueError(f"text of {num_tokens} tokens exceeds the {TEXT_POSITIONS - 1} positions")
-        x = torch.cat([self.cls_embedding.expand(bsz, -1, -1), self.embed_tokens(src_tokens)], dim=1)
+        tokens = inputs.get("token_embeddings")
+        if tokens is None:
+            tokens = self.lookup_tokens(src_tokens)
+        elif tokens.shape != (bsz, num_tokens, self.embed_dim):
+            raise ValueError(f"token_embeddings must be (B, L, D) = {(bsz, num_tokens, self.embed_dim)} for "
+                             f"src_tokens of shape {tuple(src_tokens.shape)}, got {tuple(tokens.shape)}")
+        x = torch.cat([self.cls_embedding.expand(bsz, -1, -1), tokens], dim=1)
         x = x + self.embed_positions.weight[:length].unsqueeze(0)
         full_padding_mask = padding_mask = self.padding_mask(src_tokens)
         bucket = self.rp_bucket[:length, :length] if self.use_attn_bias else None
