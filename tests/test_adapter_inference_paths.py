@@ -1,5 +1,6 @@
-"""The image patch embedding and the audio front end run as matrix multiplies without autograd (issue #28):
-an embedding is the same whether or not gradients are on, in fp32 and within bf16's rounding in bf16."""
+"""The image patch embedding and the audio front end run as matrix multiplies (issue #28), in inference and
+in training: the same outputs and the same parameter gradients as the official convolutions, in fp32 and within
+bf16's rounding in bf16."""
 import pytest
 import torch
 
@@ -11,13 +12,20 @@ from one_peace.models.adapters.image import build_patch_embedding
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
 
 
-def without_and_with_autograd(module, x):
-    with torch.no_grad():
-        inference = module(x)
-    with torch.enable_grad():
-        training = module(x)
-    assert training.requires_grad and not inference.requires_grad
-    return inference, training.detach()
+def matmuls_and_convs(module, x):
+    """(matmul path, conv path) outputs, each without autograd and with it; the gradients of both paths."""
+    outputs, grads = [], []
+    for forward in (module.forward, module.forward_convs):
+        with torch.no_grad():
+            outputs.append(forward(x))
+        module.zero_grad()
+        y = forward(x)
+        assert y.requires_grad
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y.dtype)
+        (y * weights).float().sum().backward()
+        torch.testing.assert_close(y.detach(), outputs[-1], rtol=0, atol=0)  # autograd changes nothing
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters()})
+    return outputs, grads
 
 
 def assert_close(got, want, dtype):
@@ -36,11 +44,14 @@ def test_patch_embedding_is_the_convolutions(dtype, side):
             torch.nn.init.normal_(module.weight)
             torch.nn.init.normal_(module.bias)
     images = torch.randn(3, 3, side, side).to(dtype)
-    inference, training = without_and_with_autograd(embed, images)
-    assert inference.shape == (3, 64, side // 16, side // 16)
-    assert_close(inference, training, dtype)
+    (matmuls, convs), grads = matmuls_and_convs(embed, images)
+    assert matmuls.shape == (3, 64, side // 16, side // 16)
+    assert_close(matmuls, convs, dtype)
     # what the image adapter makes of it: tokens row-major
-    assert_close(inference.flatten(2).transpose(1, 2), training.flatten(2).transpose(1, 2), dtype)
+    assert_close(matmuls.flatten(2).transpose(1, 2), convs.flatten(2).transpose(1, 2), dtype)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 10  # 3 convs, 2 LayerNorms: weights, biases
+    for name in grads[0]:
+        assert_close(grads[0][name], grads[1][name], dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -51,6 +62,9 @@ def test_audio_front_end_is_the_convolutions(dtype, samples):
     spec = [(32, kernel, stride) for _, kernel, stride in spec]  # the official kernels and strides, narrower
     extractor = ConvFeatureExtractor(spec, conv_bias=True).to(dtype)
     waves = torch.randn(2, samples).to(dtype)
-    inference, training = without_and_with_autograd(extractor, waves)
-    assert inference.shape == training.shape == (2, 32, training.size(-1))
-    assert_close(inference, training, dtype)
+    (matmuls, convs), grads = matmuls_and_convs(extractor, waves)
+    assert matmuls.shape == convs.shape == (2, 32, convs.size(-1))
+    assert_close(matmuls, convs, dtype)
+    assert len(grads[0]) == 4 * len(spec)  # conv weight and bias, LayerNorm weight and bias
+    for name in grads[0]:
+        assert_close(grads[0][name], grads[1][name], dtype)
