@@ -53,8 +53,8 @@ class HierarchicalMLP(nn.Sequential):
     is one multiply over the groups of pixels (then of 2x2 cells) it covers.  The pixels are put in that
     nested order once, and the LayerNorms run over contiguous channels, with none of the permutes around
     each of them that the (B, C, H, W) layout needs.  Same sums as the convs, in another order; forward +
-    backward 1.2-1.3x (fp32) and 1.5-1.6x (bf16) faster (``bench/front_ends.py``).  Traced for ONNX it runs :meth:`forward_convs`, which the
-    runtime fuses."""
+    backward 1.2-1.3x (fp32) and 1.5-1.6x (bf16) faster (``bench/front_ends.py``).  Traced for ONNX it
+    runs :meth:`forward_convs`, which the runtime fuses."""
 
     def forward(self, images):
         if torch.jit.is_tracing():
