@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Dict, List
 
 from ..models.checkpoint_io import is_checkpoint
+from ..models.host_memory import keep_freed_host_memory
 from . import vector_index
 from .admin import run_admin, scan_options
 from .cli_checks import check_index_arguments
@@ -267,6 +268,7 @@ def main(argv=None) -> int:
         if args.stats or args.list or args.clear_failures:
             return run_admin(args)
         check_index_arguments(args.index, args.roots, args.checkpoint)
+        keep_freed_host_memory()  # embedding batch after batch: freed memory reused (models/host_memory.py)
         if args.bpe_dir:
             bpe_dir_for(args.bpe_dir, None, args.index)  # a wrong --bpe-dir before the checkpoint is hashed
         with exclusive(normalise_root(args.index)):

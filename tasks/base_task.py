@@ -19,6 +19,7 @@ from ..data_utils.bpe_files import resolve_bpe_dir
 from ..data_utils.feature_spec import parse_feature_encoder_spec
 from ..data_utils.tsv import TSVReader, expand_data_paths, select_epoch_file
 from ..fairseq_glue.criterion_fit import TaskFittingCriterion, require_fit
+from ..models.host_memory import keep_freed_host_memory
 from ..optim.layer_decay import tag_parameters
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class BaseTask(FairseqTask):
 
     def __init__(self, cfg, dictionary=None, tokenizer=None):
         super().__init__(cfg)
+        keep_freed_host_memory()  # a job starts: freed host memory reused, not faulted in again (host_memory.py)
         self.dictionary = dictionary
         self.tokenizer = tokenizer
         self.model_feature_spec = None  # the audio conv stack of the model built by this task
