@@ -244,6 +244,9 @@ def main(argv=None):
             result = measure_load(args.path, args.dtype[0])
         else:
             sys.path.insert(0, HERE)  # bench/rates.py
+            from one_peace.models.host_memory import keep_freed_host_memory
+
+            keep_freed_host_memory()  # as one-peace-index does (ONE_PEACE_MALLOC=system: glibc's defaults)
             if args.threads:
                 torch.set_num_threads(args.threads)
             result = measure_throughput(args.path, args.precision[0], iters=args.iters, images=args.images,

@@ -11,7 +11,7 @@ the process's CPU time in the kernel.
 :func:`keep_freed_host_memory` sets the mmap threshold to glibc's ceiling (32 MiB on 64-bit) and the trim
 threshold to 2 GiB: blocks up to 32 MiB come from the heap and freed memory stays there for the next step,
 like the CUDA caching allocator.  Measured at base size, stage 1 (``docs/BENCHMARKS.md``, issue #28):
-fp32 steps 1.27x, bf16 1.10x faster, peak memory unchanged.  The process keeps its peak heap until it
+fp32 steps 1.13-1.15x and bf16 1.11-1.32x faster, peak RSS 1-2% higher.  The process keeps its peak heap until it
 exits, which is what a training or indexing job does anyway.
 
 Applied by the fairseq tasks (``fairseq-train``, evaluation) and ``one-peace-index``, not by importing the
