@@ -113,22 +113,16 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "amp": "float32"}  # --prec
 
 @contextlib.contextmanager
 def conv_adapter_paths():
-    """The image patch embedding and the audio front end as they ran before issue #28 -- their convolutions,
-    in (B, C, ...) layout -- instead of their inference paths (matrix multiplies over windows, channels last),
-    so both can be timed in one process."""
+    """The image patch embedding and the audio front end as they ran before issue #28 -- their convolutions
+    (``forward_convs``, the official layout) -- instead of their matrix multiplies over windows, channels
+    last, so both can be timed in one process."""
     from unittest import mock
 
     from one_peace.models.adapters.audio import ConvFeatureExtractor
     from one_peace.models.adapters.image import HierarchicalMLP
 
-    def conv_stack(self, waveform):
-        x = waveform.unsqueeze(1)
-        for layer in self.conv_layers:
-            x = layer(x)
-        return x
-
-    with mock.patch.object(HierarchicalMLP, "forward", torch.nn.Sequential.forward), \
-            mock.patch.object(ConvFeatureExtractor, "forward", conv_stack):
+    with mock.patch.object(HierarchicalMLP, "forward", HierarchicalMLP.forward_convs), \
+            mock.patch.object(ConvFeatureExtractor, "forward", ConvFeatureExtractor.forward_convs):
         yield
 
 
