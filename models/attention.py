@@ -111,13 +111,9 @@ def reference_attention(q, k, v, bias=None, key_padding_mask=None, dropout_p=0.0
     if key_padding_mask is not None and key_padding_mask.any():
         scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
     # The official code forces a float32 softmax (float64 stays float64).  torch's bf16/fp16 softmax
-    # kernels already compute in float32 and round once, so they give the same probabilities without
-    # casting the (B, H, S, S) scores up and back (docs/ARCHITECTURE.md, differences).
-    if scores.dtype in (torch.bfloat16, torch.float16):
-        probs = torch.softmax(scores, dim=-1)
-    else:
-        softmax_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
-        probs = torch.softmax(scores.to(softmax_dtype), dim=-1).to(q.dtype)
+    # kernels already compute in float32 and round once, so the scores keep their dtype: the same
+    # probabilities without casting the (B, H, S, S) scores up and back (docs/ARCHITECTURE.md, differences).
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.matmul(probs, v)
