@@ -11,8 +11,8 @@ the process's CPU time in the kernel.
 :func:`keep_freed_host_memory` sets the mmap threshold to glibc's ceiling (32 MiB on 64-bit) and the trim
 threshold to 2 GiB: blocks up to 32 MiB come from the heap and freed memory stays there for the next step,
 like the CUDA caching allocator.  Measured at base size, stage 1 (``docs/BENCHMARKS.md``, issue #28):
-fp32 steps 1.13-1.15x and bf16 1.11-1.32x faster, peak RSS 1-2% higher.  The process keeps its peak heap until it
-exits, which is what a training or indexing job does anyway.
+fp32 steps 1.13-1.15x and bf16 1.11-1.32x faster, peak RSS 1-2% higher.  The process keeps its peak heap
+until it exits, which is what a training or indexing job does anyway.
 
 Applied by the fairseq tasks (``fairseq-train``, evaluation) and ``one-peace-index``, not by importing the
 hub.  It leaves the allocator alone off glibc, when ``ONE_PEACE_MALLOC=system``, and when the user tuned
@@ -33,8 +33,6 @@ MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit: 4 MiB * sizeof(long)
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
-_state = {"applied": None}
-
 
 def requested() -> str:
     """``ONE_PEACE_MALLOC``: keep (the default) or system; anything else is an error naming the variable."""
@@ -51,17 +49,14 @@ def user_tuned_malloc() -> bool:
 
 def keep_freed_host_memory() -> bool:
     """Makes glibc keep freed blocks up to 32 MiB for reuse (see the module).  Returns whether the
-    settings are in force; idempotent."""
-    if _state["applied"] is not None:
-        return _state["applied"]
-    applied = False
-    if requested() == "keep" and not user_tuned_malloc() and platform.system() == "Linux" \
-            and platform.libc_ver()[0] == "glibc":
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
-                libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-        except (OSError, AttributeError) as exc:  # a libc without mallopt: leave it as it is
-            logger.debug("mallopt unavailable: %s", exc)
-    _state["applied"] = applied
-    return applied
+    settings are in force; calling it again sets the same values."""
+    if requested() != "keep" or user_tuned_malloc() or platform.system() != "Linux" \
+            or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError) as exc:  # a libc without mallopt: leave it as it is
+        logger.debug("mallopt unavailable: %s", exc)
+        return False
