@@ -8,16 +8,20 @@ step's activations and gradients at once, so the next step faults them in and th
 by page, every step: in a run of ``bench/pretrain.py`` (base, stage 1) 5 million minor faults and 13-15% of
 the process's CPU time in the kernel.
 
-:func:`keep_freed_host_memory` sets the mmap threshold to glibc's ceiling (32 MiB on 64-bit) and the trim
-threshold to 2 GiB: blocks up to 32 MiB come from the heap and freed memory stays there for the next step,
-like the CUDA caching allocator.  Measured at base size, stage 1 (``docs/BENCHMARKS.md``, issue #28):
-fp32 steps 1.13-1.15x and bf16 1.11-1.32x faster, peak RSS 1-2% higher.  The process keeps its peak heap
-until it exits, which is what a training or indexing job does anyway.
+:func:`keep_freed_host_memory` makes the heap serve every block (no ``mmap`` per block: ``M_MMAP_MAX`` 0)
+and sets the trim threshold to 2 GiB, so freed memory stays in the heap for the next step, like the CUDA
+caching allocator.  Blocks above glibc's 32 MiB mmap ceiling matter most: the dense gradient of the text
+embedding table ([50264, 768], 77-154 MB) is allocated and zeroed afresh every step, and faulting it in
+took 0.4 s of a 4 s bf16 step here.  Measured at base size, stage 1 (``docs/BENCHMARKS.md``, issue #28):
+the mmap ceiling alone made fp32 steps 1.13-1.15x and bf16 1.11-1.32x faster; serving large blocks from
+the heap too, a further ~1.2x in both, with a lower peak RSS.  The process keeps its peak heap until it
+exits, which is what a training or indexing job does anyway; a block larger than a thread arena's heap
+still comes from ``mmap`` (glibc falls back to it).
 
 Applied by the fairseq tasks (``fairseq-train``, evaluation) and ``one-peace-index``, not by importing the
 hub.  It leaves the allocator alone off glibc, when ``ONE_PEACE_MALLOC=system``, and when the user tuned
-glibc's malloc already (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``glibc.malloc.*`` in
-``GLIBC_TUNABLES``).
+glibc's malloc already (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_TOP_PAD_``, ``glibc.malloc.*`` in ``GLIBC_TUNABLES``).
 """
 import ctypes
 import logging
@@ -28,10 +32,9 @@ logger = logging.getLogger(__name__)
 
 ENV = "ONE_PEACE_MALLOC"
 CHOICES = ("keep", "system")
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit: 4 MiB * sizeof(long)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # <malloc.h>
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
 def requested() -> str:
@@ -48,15 +51,14 @@ def user_tuned_malloc() -> bool:
 
 
 def keep_freed_host_memory() -> bool:
-    """Makes glibc keep freed blocks up to 32 MiB for reuse (see the module).  Returns whether the
+    """Makes glibc serve every block from its heap and keep freed ones there for reuse (see the module).  Returns whether the
     settings are in force; calling it again sets the same values."""
     if requested() != "keep" or user_tuned_malloc() or platform.system() != "Linux" \
             or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
-            libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError) as exc:  # a libc without mallopt: leave it as it is
         logger.debug("mallopt unavailable: %s", exc)
         return False

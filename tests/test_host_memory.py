@@ -9,8 +9,9 @@ import pytest
 
 from one_peace.models import host_memory
 
-# A training step in small: activations of 8 x 16 MiB allocated, touched and all freed at the end, 10 times after
-# 5 steps that let the heap settle.  Prints whether the settings are in force, then the page faults of the 10
+# A training step in small: activations of 8 x 16 MiB and one 80 MiB block (above glibc's 32 MiB mmap ceiling, like
+# the text embedding's dense gradient) allocated, touched and all freed at the end, 10 times after 5 steps that let
+# the heap settle.  Prints whether the settings are in force, then the page faults of the 10
 # steps, once through malloc itself (nothing else allocates in between: glibc's own behaviour, deterministic) and
 # once as torch tensors (torch's small allocations in between can shield glibc's defaults from trimming).
 PROBE = """
@@ -19,17 +20,17 @@ from one_peace.models.host_memory import keep_freed_host_memory
 print(keep_freed_host_memory())
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
-SIZE = 16 << 20
+SIZES = [16 << 20] * 8 + [80 << 20]
 
 def malloc_step():
-    blocks = [libc.malloc(SIZE) for _ in range(8)]
-    for block in blocks:
-        ctypes.memset(block, 1, SIZE)
+    blocks = [libc.malloc(size) for size in SIZES]
+    for block, size in zip(blocks, SIZES):
+        ctypes.memset(block, 1, size)
     for block in blocks:
         libc.free(ctypes.c_void_p(block))
 
 def torch_step():
-    activations = [torch.empty(SIZE // 4).fill_(1.0) for _ in range(8)]
+    activations = [torch.empty(size // 4).fill_(1.0) for size in SIZES]
     del activations
 
 for step in (malloc_step, torch_step):
@@ -52,7 +53,7 @@ def faults_of_10_steps(**env):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
-    pages = 10 * 8 * (16 << 20) // os.sysconf("SC_PAGE_SIZE")
+    pages = 10 * (8 * (16 << 20) + (80 << 20)) // os.sysconf("SC_PAGE_SIZE")
     applied, malloc_kept, torch_kept = faults_of_10_steps()
     assert applied
     assert malloc_kept < pages // 20 and torch_kept < pages // 20
