@@ -24,11 +24,15 @@ import torch
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def fused_adam_step(self, closure=None, *, _original=None):
-    """``fairseq.optim.adam.Adam.step`` computed with ``torch._fused_adamw_`` (same update and state)."""
+def fused_adam_step(self, closure=None, scale=1.0, *, _original=None):
+    """``fairseq.optim.adam.Adam.step`` computed with ``torch._fused_adamw_`` (same update and state).
+    ``scale``: the gradients are divided by it inside the kernel (apex FusedAdam's argument, which fairseq's
+    wrappers pass when ``supports_step_with_scale``; optim/grad_factor.py)."""
     loss = closure() if closure is not None else None
     for group in self.param_groups:
         if group.get("amsgrad", False):  # not fused here; fairseq's loop handles it
+            if not _is_one(scale):
+                _scale_grads(group, scale)
             _original(_OneGroup(self, group))
             continue
         beta1, beta2 = group["betas"]
@@ -50,8 +54,18 @@ def fused_adam_step(self, closure=None, *, _original=None):
             state["step"] += 1
             buckets[(p.device, state["step"])].append(p)
         for (device, step), params in buckets.items():
-            _update(self, params, group, beta1, beta2, step, device)
+            _update(self, params, group, beta1, beta2, step, device, scale)
     return loss
+
+
+def _is_one(scale) -> bool:
+    return not torch.is_tensor(scale) and float(scale) == 1.0
+
+
+def _scale_grads(group, scale):
+    grads = [p.grad for p in group["params"] if p.grad is not None]
+    if grads:
+        torch._foreach_div_(grads, scale.to(grads[0].device) if torch.is_tensor(scale) else scale)
 
 
 def _local(tensor):
@@ -66,7 +80,7 @@ def _fp32_contiguous(tensor):
     return tensor.float().contiguous()
 
 
-def _update(optimizer, params, group, beta1, beta2, step, device):
+def _update(optimizer, params, group, beta1, beta2, step, device, scale=1.0):
     # The CPU kernel (torch 2.13) walks every tensor as contiguous memory whatever its strides: a
     # transposed weight or gradient got a wrong update (tests/test_fused_adam.py).  Such tensors go
     # through contiguous float32 copies, as bf16 ones do.
@@ -76,8 +90,9 @@ def _update(optimizer, params, group, beta1, beta2, step, device):
     exp_avgs = [_local(optimizer.state[p]["exp_avg"]) for p in params]  # float32, contiguous (the step's caller)
     exp_avg_sqs = [_local(optimizer.state[p]["exp_avg_sq"]) for p in params]
     step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
+    grad_scale = None if _is_one(scale) else torch.as_tensor(scale, dtype=torch.float32, device=device).reshape(())
     torch._fused_adamw_(
-        masters, grads, exp_avgs, exp_avg_sqs, [], [step_tensor] * len(params),
+        masters, grads, exp_avgs, exp_avg_sqs, [], [step_tensor] * len(params), grad_scale=grad_scale,
         lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
         weight_decay=float(group["weight_decay"]),
         eps=float(group["eps"]) / math.sqrt(1 - beta2 ** step),  # fairseq's eps placement (module doc)
@@ -104,9 +119,10 @@ def install():
     original = adam.Adam.step
 
     @functools.wraps(original)
-    def step(self, closure=None):
-        return fused_adam_step(self, closure, _original=original)
+    def step(self, closure=None, scale=1.0):
+        return fused_adam_step(self, closure, scale, _original=original)
 
     step.one_peace_patched = True
     step.fairseq_step = original
     adam.Adam.step = step
+    adam.Adam.supports_step_with_scale = True  # fairseq's wrappers then pass their gradient factor as scale
