@@ -10,13 +10,13 @@ the process's CPU time in the kernel.
 
 :func:`keep_freed_host_memory` makes the heap serve every block (no ``mmap`` per block: ``M_MMAP_MAX`` 0)
 and sets the trim threshold to 2 GiB, so freed memory stays in the heap for the next step, like the CUDA
-caching allocator.  Blocks above glibc's 32 MiB mmap ceiling matter most: the dense gradient of the text
-embedding table ([50264, 768], 77-154 MB) is allocated and zeroed afresh every step, and faulting it in
-took 0.4 s of a 4 s bf16 step here.  Measured at base size, stage 1 (``docs/BENCHMARKS.md``, issue #28):
-the mmap ceiling alone made fp32 steps 1.13-1.15x and bf16 1.11-1.32x faster; serving large blocks from
-the heap too, a further ~1.2x in both, with a lower peak RSS.  The process keeps its peak heap until it
-exits, which is what a training or indexing job does anyway; a block larger than a thread arena's heap
-still comes from ``mmap`` (glibc falls back to it).
+caching allocator.  Blocks above glibc's 32 MiB mmap ceiling matter too: the dense gradient of the text
+embedding table ([50264, 768], 77-154 MB) is allocated and zeroed afresh every step.  Measured at base size
+(``docs/BENCHMARKS.md``, issue #28): the mmap ceiling alone made stage-1 steps 1.11-1.32x faster; serving the
+large blocks from the heap too took the page faults per step from up to 26,000 (stage 1, fp32) and 190,000
+(stage 2, fp32) to a few thousand, for another 1.00-1.09x, at about the same peak RSS.  The process keeps its
+peak heap until it exits, which is what a training or indexing job does anyway; a block larger than a thread
+arena's heap still comes from ``mmap`` (glibc falls back to it).
 
 Applied by the fairseq tasks (``fairseq-train``, evaluation) and ``one-peace-index``, not by importing the
 hub.  It leaves the allocator alone off glibc, when ``ONE_PEACE_MALLOC=system``, and when the user tuned
