@@ -51,7 +51,7 @@ from ..models.checkpoint import load_checkpoint_file, register_safe_globals
 from ..models.deferred_init import awaiting_load, current_load_target, loading_context, memory_map_for
 from ..models.model_dir import is_model_dir
 from ..models.sharded_checkpoint import is_sharded_checkpoint
-from ..optim import fused_adam, grad_factor, master_weights
+from ..optim import fused_adam, master_weights
 from . import fsdp2
 from .checkpoint_state import prepare_state
 
@@ -360,4 +360,3 @@ install_empty_batch_handling()
 fsdp2.install()  # --ddp-backend fully_sharded: FSDP2 instead of fairscale
 fused_adam.install()  # fairseq's Adam update in one fused kernel (optim/fused_adam.py)
 master_weights.install()  # --bf16's float32 master copies without redundant passes (optim/master_weights.py)
-grad_factor.install()  # 1/sample_size and clipping folded into the fused step (optim/grad_factor.py)

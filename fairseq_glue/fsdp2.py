@@ -42,7 +42,6 @@ from omegaconf import OmegaConf, open_dict
 from ..models import sharded_checkpoint as sharded
 from ..models.deferred_init import finish_loading
 from ..models.fsdp2 import device_mesh, is_sharded, shard_model
-from ..optim.grad_factor import apply_pending_factor
 from .checkpoint_state import prepare_state
 
 logger = logging.getLogger(__name__)
@@ -194,7 +193,6 @@ def _norm_over_shards(original):
             return original(self, clip_norm)
         from torch.distributed.tensor import DTensor
 
-        apply_pending_factor(self.optimizer)  # the norm and the clipping below read the gradients themselves
         params = [p for p in self.optimizer.params if p.grad is not None]
         # sharded gradients, and the whole ones of the parameters kept on every rank (logit_scale)
         groups = [g for g in ([p for p in params if isinstance(p.grad, DTensor)],

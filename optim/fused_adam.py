@@ -26,8 +26,10 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def fused_adam_step(self, closure=None, scale=1.0, *, _original=None):
     """``fairseq.optim.adam.Adam.step`` computed with ``torch._fused_adamw_`` (same update and state).
-    ``scale``: the gradients are divided by it inside the kernel (apex FusedAdam's argument, which fairseq's
-    wrappers pass when ``supports_step_with_scale``; optim/grad_factor.py)."""
+    ``scale``: the gradients are divided by it inside the kernel (apex FusedAdam's argument): fairseq's
+    ``--bf16`` / ``--memory-efficient-bf16`` wrappers pass their gradient factor (1/sample_size times the
+    clipping coefficient) when ``supports_step_with_scale`` instead of unscaling every float32 gradient in a
+    pass of their own."""
     loss = closure() if closure is not None else None
     for group in self.param_groups:
         if group.get("amsgrad", False):  # not fused here; fairseq's loop handles it
@@ -125,4 +127,4 @@ def install():
     step.one_peace_patched = True
     step.fairseq_step = original
     adam.Adam.step = step
-    adam.Adam.supports_step_with_scale = True  # fairseq's wrappers then pass their gradient factor as scale
+    adam.Adam.supports_step_with_scale = True  # fairseq's bf16 wrappers then pass their gradient factor as scale

@@ -8,6 +8,10 @@ nothing.  Here ``zero_grad`` only marks the float32 gradients stale; the next sy
 them (the bf16 gradient, or zeros where a parameter got none) as before, and both copies run as one
 ``torch._foreach_copy_`` each.  The values every step sees are unchanged; the flat-parameter case
 (fp16 with flat grads) keeps fairseq's code.
+
+fairseq's Adam takes the wrapper's gradient factor as the fused step's ``scale`` (optim/fused_adam.py), so
+``step`` no longer unscales.  fairseq resets that factor only when it unscales, or in ``zero_grad`` with an
+fp16 loss scaler: after a scaled bf16 step it would carry into the next one (:func:`_step`).
 """
 import functools
 
@@ -53,6 +57,18 @@ def _zero_grad(self):
         self._multiply_factor = 1.0 / float(self.scaler.loss_scale)
 
 
+def _step(original):
+    @functools.wraps(original)
+    def step(self, closure=None, groups=None):
+        out = original(self, closure, groups=groups)
+        if getattr(self, "supports_step_with_scale", False) and self.scaler is None:
+            self._multiply_factor = 1.0  # divided out inside the step; _unscale_grads would have reset it
+        return out
+
+    step.one_peace_patched = True
+    return step
+
+
 def _per_parameter(original, replacement):
     """The mixin's method: ``replacement`` for per-parameter master copies, fairseq's own for flat ones."""
     @functools.wraps(original)
@@ -71,3 +87,5 @@ def install():
                               ("zero_grad", _zero_grad)):
         if not getattr(getattr(mixin, name), "one_peace_patched", False):
             setattr(mixin, name, _per_parameter(getattr(mixin, name), replacement))
+    if not getattr(mixin.step, "one_peace_patched", False):
+        mixin.step = _step(mixin.step)

@@ -144,3 +144,30 @@ def test_transposed_weights_and_gradients_get_fairseqs_update():
                 step_fn(opt)
             results.append(p.data.clone())
         torch.testing.assert_close(results[0], results[1], rtol=2e-6, atol=2e-7)
+
+
+def test_bf16_wrapper_divides_its_factor_inside_the_step():
+    """--bf16: fairseq's wrapper passes 1/sample_size times the clipping coefficient to the fused step as its
+    scale instead of unscaling every float32 gradient first; the weights end within one bf16 step of the
+    unscaling path's, over steps with and without clipping (the factor must not carry into the next step)."""
+    runs = []
+    for scaled in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.GELU(), torch.nn.Linear(5, 3)).to(torch.bfloat16)
+        opt = _bf16_optimizer(model, original_methods=False)
+        if not scaled:  # fairseq's unscaling pass, then a step without scale
+            opt.optimizer.supports_step_with_scale = False
+        x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+        norms = []
+        for factor in (0.25, 1.0, 0.5, 1.0):
+            opt.zero_grad()
+            opt.backward(model(x).float().square().sum())
+            opt.multiply_grads(factor)
+            norms.append(opt.clip_grad_norm(0.5))
+            opt.step()
+        runs.append(([p.detach().float().clone() for p in model.parameters()], torch.stack(norms)))
+    (ours, our_norms), (theirs, their_norms) = runs
+    assert (their_norms > 0.5).any() and (their_norms * 0.05 < 0.5).any(), "clipping was active in some steps"
+    torch.testing.assert_close(our_norms, their_norms, rtol=1e-6, atol=0)
+    for a, b in zip(ours, theirs):
+        assert ((a - b).abs() <= b.abs() * 2 ** -7 + 1e-30).all()

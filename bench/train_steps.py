@@ -1,0 +1,81 @@
+"""Steady training steps: the median of many, with the page faults and kernel time they cost.
+
+``bench/pretrain.py`` reports a row per configuration with FLOPs, GEMM shares and a profile; this script
+only times ``Trainer.train_step`` on the same trainer (fairseq-train's flags, the real datasets), after
+warm-up steps that let the heap settle, and reads ``getrusage`` around the timed steps: minor page faults,
+system (kernel) and user CPU seconds per step, and peak RSS.  On a machine whose speed drifts, compare
+medians of processes run alternately.
+
+``--alternate-grad-factors`` (``--bf16`` / ``--memory-efficient-bf16``) times, in one process, steps
+alternated between fairseq's unscaling pass over the float32 gradients and the wrapper's factor divided out
+inside the fused Adam step (``supports_step_with_scale``, optim/fused_adam.py), and reports the paired ratios.
+
+    python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647 \\
+        python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6   # the previous allocator setting
+    python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6 --alternate-grad-factors
+"""
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pretrain  # noqa: E402 -- the trainer as bench/pretrain.py builds it
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", choices=sorted(pretrain.DEFAULTS), default="base")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--precision", choices=sorted(pretrain.PRECISION_FLAGS), default="fp32")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--alternate-grad-factors", action="store_true")
+    args = parser.parse_args()
+    if args.precision == "amp":
+        parser.error("--precision amp: use bench/pretrain.py (the step under autocast)")
+    if args.alternate_grad_factors and args.precision == "fp32":
+        parser.error("--alternate-grad-factors: fp32 training has no deferred factor (use bf16 or bf16-memory-efficient)")
+    args.device = "cpu"
+    d = pretrain.DEFAULTS[args.arch]
+    batch = d["batch_size"] if args.stage == 1 else d["audio_batch_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = pretrain.write_data(args.stage, batch, d["image_size"], d["audio_seconds"], tmp)
+        trainer, _, sample, _ = pretrain.fairseq_trainer(args, data, batch, d["image_size"], d["audio_seconds"])
+    name = f"{args.arch}, stage {args.stage}, {args.precision}"
+    if args.alternate_grad_factors:
+        from fairseq.optim import adam
+
+        times = {False: [], True: []}
+        for i in range(args.warmup + args.steps):
+            for in_step in ((False, True) if i % 2 == 0 else (True, False)):
+                adam.Adam.supports_step_with_scale = in_step
+                start = time.perf_counter()
+                trainer.train_step([sample])
+                if i >= args.warmup:
+                    times[in_step].append(time.perf_counter() - start)
+        ratios = [a / b for a, b in zip(times[False], times[True])]
+        print(f"{name}: fairseq's passes {statistics.median(times[False]):.3f} s, factors in the step "
+              f"{statistics.median(times[True]):.3f} s (medians of {args.steps}); paired ratio median "
+              f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+        return
+    for _ in range(args.warmup):
+        trainer.train_step([sample])
+    times, before = [], resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        trainer.train_step([sample])
+        times.append(time.perf_counter() - start)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    n = args.steps
+    print(f"{name}: median {statistics.median(times):.3f} s (min {min(times):.3f}) over {n} steps; per step "
+          f"{(after.ru_minflt - before.ru_minflt) // n} minor faults, {(after.ru_stime - before.ru_stime) / n:.3f} "
+          f"kernel s, {(after.ru_utime - before.ru_utime) / n:.3f} user s; peak RSS {after.ru_maxrss // 1024} MiB")
+
+
+if __name__ == "__main__":
+    main()
