@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 ENV = "ONE_PEACE_MALLOC"
 CHOICES = ("keep", "system")
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # <malloc.h>
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
