@@ -39,7 +39,8 @@ def main():
     if args.precision == "amp":
         parser.error("--precision amp: use bench/pretrain.py (the step under autocast)")
     if args.alternate_grad_factors and args.precision == "fp32":
-        parser.error("--alternate-grad-factors: fp32 training has no deferred factor (use bf16 or bf16-memory-efficient)")
+        parser.error("--alternate-grad-factors: fp32 training has no deferred factor "
+                     "(use bf16 or bf16-memory-efficient)")
     args.device = "cpu"
     d = pretrain.DEFAULTS[args.arch]
     batch = d["batch_size"] if args.stage == 1 else d["audio_batch_size"]

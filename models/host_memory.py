@@ -51,8 +51,8 @@ def user_tuned_malloc() -> bool:
 
 
 def keep_freed_host_memory() -> bool:
-    """Makes glibc serve every block from its heap and keep freed ones there for reuse (see the module).  Returns whether the
-    settings are in force; calling it again sets the same values."""
+    """Makes glibc serve every block from its heap and keep freed ones there for reuse (see the module).
+    Returns whether the settings are in force; calling it again sets the same values."""
     if requested() != "keep" or user_tuned_malloc() or platform.system() != "Linux" \
             or platform.libc_ver()[0] != "glibc":
         return False

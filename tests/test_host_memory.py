@@ -11,9 +11,9 @@ from one_peace.models import host_memory
 
 # A training step in small: activations of 8 x 16 MiB and one 80 MiB block (above glibc's 32 MiB mmap ceiling, like
 # the text embedding's dense gradient) allocated, touched and all freed at the end, 10 times after 5 steps that let
-# the heap settle.  Prints whether the settings are in force, then the page faults of the 10
-# steps, once through malloc itself (nothing else allocates in between: glibc's own behaviour, deterministic) and
-# once as torch tensors (torch's small allocations in between can shield glibc's defaults from trimming).
+# the heap settle.  Prints whether the settings are in force, then the page faults of the 10 steps, once through
+# malloc itself (nothing else allocates in between: glibc's own behaviour, deterministic) and once as torch tensors
+# (torch's small allocations in between can shield glibc's defaults from trimming).
 PROBE = """
 import ctypes, resource, torch
 from one_peace.models.host_memory import keep_freed_host_memory
