@@ -68,3 +68,22 @@ def test_audio_front_end_is_the_convolutions(dtype, samples):
     assert len(grads[0]) == 4 * len(spec)  # conv weight and bias, LayerNorm weight and bias
     for name in grads[0]:
         assert_close(grads[0][name], grads[1][name], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel, stride, length", [(3, 2, 101), (3, 2, 100), (10, 5, 403), (2, 2, 64), (2, 2, 65),
+                                                    (2, 3, 40)])
+def test_conv_windows_equal_unfold_with_their_gradients(dtype, kernel, stride, length):
+    """The front end's windows (a strided backward instead of unfold's) give unfold's values and, at the specs'
+    overlaps of at most two windows, exactly its input gradient."""
+    from one_peace.models.adapters.audio import conv_windows
+
+    x = torch.randn(3, length, 5).to(dtype).requires_grad_()
+    want = x.unfold(1, kernel, stride).transpose(-1, -2)
+    want = want.reshape(*want.shape[:2], -1)
+    got = conv_windows(x, kernel, stride)
+    assert got.is_contiguous() and torch.equal(got, want)
+    grad = torch.randn(want.shape).to(dtype)
+    assert torch.equal(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0])
+    with torch.no_grad():
+        assert torch.equal(conv_windows(x, kernel, stride), want)

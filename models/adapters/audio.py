@@ -38,6 +38,53 @@ class AudioAdapterConfig:
     block_padding_gradient: bool = True
 
 
+def _copy_windows(x, kernel, stride):
+    windows = x.unfold(1, kernel, stride).transpose(-1, -2)
+    return windows.reshape(*windows.shape[:2], -1).contiguous()  # overlapping: a view until here
+
+
+class _OverlappingWindows(torch.autograd.Function):
+    """The windows' copy, whose backward adds each of the ``kernel`` offsets' gradients back in one strided
+    pass: torch's generic ``unfold`` backward took 11% of a tiny stage-2 step and 2.7-3.9x this time
+    (docs/BENCHMARKS.md).  At most two windows overlap in the specs' layers, so the sums are the same."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride):
+        ctx.input_shape, ctx.kernel, ctx.stride = x.shape, kernel, stride
+        return _copy_windows(x, kernel, stride)
+
+    @staticmethod
+    def backward(ctx, grad):
+        bsz, length, channels = ctx.input_shape
+        kernel, stride, frames = ctx.kernel, ctx.stride, grad.size(1)
+        grad = grad.reshape(bsz, frames, kernel, channels)
+        if kernel < stride:  # gaps between windows stay zero
+            grad_x = grad.new_zeros(bsz, length, channels)
+        else:  # offsets below the stride cover [0, stride * frames) once: only the tail needs zeros
+            grad_x = grad.new_empty(bsz, length, channels)
+            grad_x[:, stride * frames:].zero_()
+        for offset in range(kernel):
+            rows = grad_x[:, offset: offset + stride * (frames - 1) + 1: stride]
+            if offset < stride:
+                rows.copy_(grad[:, :, offset])
+            else:
+                rows.add_(grad[:, :, offset])
+        return grad_x, None, None
+
+
+def conv_windows(x, kernel: int, stride: int):
+    """(B, N, C) -> (B, T', kernel * C): each window's frames whole, in order (a conv's input as rows).
+    Overlapping windows are a copy of contiguous rows (in the weight's (in, kernel) order it gathers single
+    values: that copy took 1.5x the multiply's time); non-overlapping ones a view, copied only where frames
+    are left over, so the multiply sees the layout it always had."""
+    if kernel == stride:
+        frames = (x.size(1) - kernel) // stride + 1
+        return x[:, : frames * kernel].reshape(x.size(0), frames, kernel * x.size(2)).contiguous()
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _OverlappingWindows.apply(x, kernel, stride)
+    return _copy_windows(x, kernel, stride)
+
+
 class ConvFeatureExtractor(nn.Module):
     """Strided 1-D convs over the waveform, each followed by channel LayerNorm and GELU."""
 
@@ -79,10 +126,7 @@ class ConvFeatureExtractor(nn.Module):
         x = waveform.unsqueeze(-1)
         for conv, dropout, norm, act in self.conv_layers:
             kernel, stride = conv.kernel_size[0], conv.stride[0]
-            # (B, T', kernel, C_in): each window's frames whole, a copy of contiguous rows (in the weight's
-            # (in, kernel) order it gathers single values: that copy took 1.5x the multiply's time)
-            windows = x.unfold(1, kernel, stride).transpose(-1, -2)
-            windows = windows.reshape(*windows.shape[:2], -1).contiguous()  # overlapping: a view until here
+            windows = conv_windows(x, kernel, stride)
             weight = conv.weight.transpose(1, 2).reshape(conv.out_channels, -1)
             x = act(norm[1](dropout(F.linear(windows, weight, conv.bias))))
         return x
