@@ -146,6 +146,16 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return arr.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
 
 
+def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
+    """``normalize(to_tensor(img))`` with the same float32 operations, in place on one new tensor."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    pixels = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
+    return pixels.to(torch.float32).div_(255).sub_(mean).div_(std)
+
+
 def normalize(tensor: torch.Tensor, mean: Sequence[float] = CLIP_MEAN,
               std: Sequence[float] = CLIP_STD) -> torch.Tensor:
     """``(x - mean) / std`` per channel, constants in the tensor's dtype (torchvision ``Normalize``)."""
@@ -230,7 +240,7 @@ class ImageTransform:
             return image_to_tensor(img, self.size)
         crop = random_resized_crop(img, self.size, scale=(self.min_scale, 1.0),
                                    rng=rng if rng is not None else self.rng)
-        return normalize(to_tensor(crop))
+        return to_normalized_tensor(crop)
 
     def __repr__(self) -> str:
         return f"ImageTransform(size={self.size}, train={self.train}, min_scale={self.min_scale})"

@@ -40,11 +40,15 @@ def _check_ratio(ratio: float) -> None:
 
 def _word_start_flags(tokens: Sequence[int], is_begin) -> np.ndarray:
     """Word-start flag per token; ``is_begin`` is a callable on ids or a per-id bool table."""
-    ids = [int(t) for t in tokens]
     if callable(is_begin):
-        return np.array([bool(is_begin(t)) for t in ids], dtype=bool)
+        return np.array([bool(is_begin(int(t))) for t in tokens], dtype=bool)
+    # the table looked up in one pass (a lookup per token took half a pretraining sample's masking time)
     table = np.asarray(is_begin, dtype=bool)
-    return np.array([table[t] if 0 <= t < len(table) else True for t in ids], dtype=bool)
+    ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    inside = (ids >= 0) & (ids < len(table))
+    flags = np.ones(ids.shape, dtype=bool)  # ids outside the table count as word starts
+    flags[inside] = table[ids[inside]]
+    return flags
 
 
 def text_whole_word_mask(tokens, bpe_is_begin_fn: Union[Callable[[int], bool], Sequence[bool]],

@@ -29,7 +29,7 @@ class _PairDataset(TSVDataset):
         return self.tokenizer.encode(caption, clean=True)
 
     def whole_word_mask(self, tokens, ratio, rng):
-        return masking.text_whole_word_mask(tokens, self.tokenizer.is_word_start, ratio, rng)
+        return masking.text_whole_word_mask(tokens, self.tokenizer.word_starts, ratio, rng)
 
     @staticmethod
     def add_view(item, name, mask):

@@ -84,6 +84,13 @@ def test_whole_word_mask_counts_and_words(tokenizer):
     a = text_whole_word_mask(tokens, tokenizer.word_starts, 0.4, np.random.default_rng(1))
     b = text_whole_word_mask(tokens, tokenizer.is_word_start, 0.4, np.random.default_rng(1))
     assert torch.equal(a, b)
+    # ids outside the table count as word starts in both
+    table = tokenizer.word_starts
+    odd = torch.cat([tokens[:5], torch.tensor([len(table) + 3, -1]), tokens[5:]])
+    for seed in range(5):
+        a = text_whole_word_mask(odd, table, 0.5, np.random.default_rng(seed))
+        b = text_whole_word_mask(odd, tokenizer.is_word_start, 0.5, np.random.default_rng(seed))
+        assert torch.equal(a, b)
 
 
 def test_text_token_mask_counts_and_avoidance():

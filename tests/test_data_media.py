@@ -25,8 +25,10 @@ from one_peace.data_utils.image import (
     ImageTransform,
     image_to_tensor,
     load_image,
+    normalize,
     random_resized_crop,
     random_resized_crop_params,
+    to_tensor,
 )
 
 
@@ -170,6 +172,12 @@ def test_random_resized_crop_and_train_transform():
     x1 = t(img, rng=torch.Generator().manual_seed(5))
     x2 = t(img, rng=torch.Generator().manual_seed(5))
     assert x1.shape == (3, 48, 48) and torch.equal(x1, x2)
+    # the training path's in-place conversion gives exactly ToTensor -> Normalize of the same crop
+    crop = random_resized_crop(img, 48, scale=(0.9, 1.0), rng=torch.Generator().manual_seed(5))
+    assert x1.is_contiguous() and torch.equal(x1, normalize(to_tensor(crop)))
+    assert torch.equal(t(img.convert("L"), rng=torch.Generator().manual_seed(5)),
+                       normalize(to_tensor(random_resized_crop(img.convert("L"), 48, scale=(0.9, 1.0),
+                                                               rng=torch.Generator().manual_seed(5)))))
     with pytest.raises(ValueError):
         ImageTransform(48, train=True, min_scale=0.0)
 
