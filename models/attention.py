@@ -69,15 +69,16 @@ EXPLICIT_BF16_TRAINING_MAX_LENGTH = 320
 
 
 def explicit_trains_faster(q: torch.Tensor, bias=None) -> bool:
-    """bf16 on a CPU with autograd on: SDPA's CPU kernels compute bf16 in float32 (its math fallback,
-    taken whenever the bias needs a gradient, casts q, k, v and the bias up and back), so the explicit
-    path -- bf16 matmuls, the official float32 softmax -- trains faster: 0.5-0.8x SDPA's time with a
-    trained relative-position bias at 65-577 tokens, and without one up to ~320 tokens."""
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or not torch.is_grad_enabled():
+    """On a CPU with autograd on, where the explicit path trains faster than SDPA (``bench/attention_cpu.py``).
+    A trained bias (a relative-position table): SDPA can only get its gradient from its math fallback, which
+    casts bf16 up to float32 and back and in float32 adds masking passes; the explicit path takes 0.5-0.8x its
+    time in bf16 and 0.77-0.91x in float32 at 65-769 tokens.  bf16 without a trained bias: SDPA's CPU kernels
+    compute in float32, and the explicit path (bf16 matmuls) is faster up to ~320 tokens."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float32) or not torch.is_grad_enabled():
         return False
     if torch.is_tensor(bias) and bias.requires_grad:
         return True
-    return q.requires_grad and q.size(-2) <= EXPLICIT_BF16_TRAINING_MAX_LENGTH
+    return q.dtype == torch.bfloat16 and q.requires_grad and q.size(-2) <= EXPLICIT_BF16_TRAINING_MAX_LENGTH
 
 
 def select_attention_impl(q: torch.Tensor, dropout_p: float = 0.0, bias=None) -> str:

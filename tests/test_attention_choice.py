@@ -1,5 +1,5 @@
-"""``auto`` attention on a CPU in bf16 training: the explicit path (bf16 matmuls, float32 softmax) where it
-trains faster than SDPA, SDPA elsewhere; the choice never changes what is computed beyond rounding."""
+"""``auto`` attention on a CPU in training: the explicit path where it trains faster than SDPA (bf16; float32
+with a trained bias), SDPA elsewhere; the choice never changes what is computed beyond rounding."""
 import torch
 
 from one_peace.models.attention import MultiheadSelfAttention, select_attention_impl
@@ -16,8 +16,14 @@ def test_bf16_training_with_a_trained_bias_takes_the_explicit_path():
     assert select_attention_impl(_q(torch.bfloat16, 65)) == "reference"  # short sequences train faster
     with torch.no_grad():  # inference: SDPA
         assert select_attention_impl(_q(torch.bfloat16, 65, grad=False), bias=bias) == "sdpa"
-    # float32 measured no faster on the explicit path: unchanged
-    assert select_attention_impl(_q(torch.float32, 65), bias=bias.float()) == "sdpa"
+    # float32: a trained bias takes the explicit path (SDPA's math fallback adds masking passes); without
+    # one, or in inference, SDPA
+    assert select_attention_impl(_q(torch.float32, 600), bias=bias.float()) == "reference"
+    assert select_attention_impl(_q(torch.float32, 65), bias=bias.float().detach()) == "sdpa"
+    assert select_attention_impl(_q(torch.float32, 65)) == "sdpa"
+    with torch.no_grad():
+        assert select_attention_impl(_q(torch.float32, 65, grad=False), bias=bias.float()) == "sdpa"
+    assert select_attention_impl(_q(torch.float64, 65), bias=bias.double()) == "reference"
 
 
 def test_module_follows_the_choice_and_matches_sdpa():
