@@ -3,8 +3,12 @@ path (what the adapters run) against the official convolutions (``forward_convs`
 
     python bench/front_ends.py                       # base width, batch 8 at 256 px, 4 clips of 5 s
     python bench/front_ends.py --threads 1 --reps 5
+    python bench/front_ends.py --windows --precision bf16 fp32      # also the audio windows alone
 
 Prints a markdown table: the fastest of ``--reps`` runs per path and precision, and conv time / matmul time.
+``--windows`` adds the audio front end's overlapping windows of each layer alone, forward + backward:
+``conv_windows`` (its strided backward) against ``unfold``'s copy (torch's generic backward).  With
+``--windows`` the process keeps freed memory on the heap as training does (``models/host_memory.py``).
 """
 import argparse
 import datetime
@@ -15,8 +19,9 @@ import time
 import torch
 
 from one_peace.data_utils.feature_spec import OFFICIAL_FEATURE_ENCODER_SPEC, parse_feature_encoder_spec
-from one_peace.models.adapters.audio import ConvFeatureExtractor
+from one_peace.models.adapters.audio import ConvFeatureExtractor, _copy_windows, conv_windows
 from one_peace.models.adapters.image import build_patch_embedding
+from one_peace.models.host_memory import keep_freed_host_memory
 
 
 def fastest(fn, x, reps):
@@ -39,6 +44,7 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    parser.add_argument("--windows", action="store_true", help="also time the audio windows alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,7 +72,37 @@ def main():
                 best["matmuls"] = min(best["matmuls"], fastest(module.forward, x, 1))
             print(f"| {name} | {shape} | {precision} | {best['convs'] * 1e3:.0f} | {best['matmuls'] * 1e3:.0f} "
                   f"| {best['convs'] / best['matmuls']:.2f}x |", flush=True)
+    if args.windows:
+        keep_freed_host_memory()
+        time_windows(spec, args)
 
+
+def windows_seconds(windows, x, kernel, stride, grad):
+    """Seconds of ``windows(x, kernel, stride)`` forward and its input's gradient for ``grad``."""
+    start = time.perf_counter()
+    torch.autograd.grad(windows(x, kernel, stride), x, grad)
+    return time.perf_counter() - start
+
+
+def time_windows(spec, args):
+    print("\n| layer input (B, T, C) | kernel, stride | precision | unfold ms | conv_windows ms | unfold / ours |")
+    print("|---|---|---|---|---|---|")
+    length, channels = int(args.seconds * 16000), 1
+    for layer, (dim, kernel, stride) in enumerate(spec):
+        if layer > 0 and kernel > stride:  # the first layer's input, the waveform, needs no gradient
+            for precision in args.precision:
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+                x = torch.randn(args.clips, length, channels, dtype=dtype, requires_grad=True)
+                grad = torch.randn(args.clips, (length - kernel) // stride + 1, kernel * channels, dtype=dtype)
+                paths = {"unfold": _copy_windows, "ours": conv_windows}
+                best = {name: windows_seconds(fn, x, kernel, stride, grad) for name, fn in paths.items()}  # warm-up
+                for _ in range(args.reps):
+                    for name, fn in paths.items():
+                        best[name] = min(best[name], windows_seconds(fn, x, kernel, stride, grad))
+                print(f"| ({args.clips}, {length}, {channels}) | {kernel}, {stride} | {precision} | "
+                      f"{best['unfold'] * 1e3:.1f} | {best['ours'] * 1e3:.1f} | {best['unfold'] / best['ours']:.1f}x |",
+                      flush=True)
+        length, channels = (length - kernel) // stride + 1, dim
 
 if __name__ == "__main__":
     main()
