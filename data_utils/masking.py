@@ -42,7 +42,7 @@ def _word_start_flags(tokens: Sequence[int], is_begin) -> np.ndarray:
     """Word-start flag per token; ``is_begin`` is a callable on ids or a per-id bool table."""
     if callable(is_begin):
         return np.array([bool(is_begin(int(t))) for t in tokens], dtype=bool)
-    # the table looked up in one pass (a lookup per token took half a pretraining sample's masking time)
+    # the table looked up in one pass (a lookup per token took most of the whole-word mask's time)
     table = np.asarray(is_begin, dtype=bool)
     ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
     inside = (ids >= 0) & (ids < len(table))

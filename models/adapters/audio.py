@@ -45,8 +45,9 @@ def _copy_windows(x, kernel, stride):
 
 class _OverlappingWindows(torch.autograd.Function):
     """The windows' copy, whose backward adds each of the ``kernel`` offsets' gradients back in one strided
-    pass: torch's generic ``unfold`` backward took 11% of a tiny stage-2 step and 2.7-3.9x this time
-    (docs/BENCHMARKS.md).  At most two windows overlap in the specs' layers, so the sums are the same."""
+    pass: torch's generic ``unfold`` backward took 11% of a tiny stage-2 step and 3.3-4.7x this time
+    (``bench/front_ends.py --windows``).  At most two windows overlap in the specs' layers, so the sums are
+    the same."""
 
     @staticmethod
     def forward(ctx, x, kernel, stride):
