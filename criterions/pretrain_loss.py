@@ -100,20 +100,22 @@ class ImageTextPretrainLossCriterion(_PretrainCriterion):
         # One token lookup shared by the three text views and the teacher (same values): its backward
         # builds the vocabulary-sized gradient once instead of once per view and sums nothing.
         token_embeddings = model(src_tokens=tokens, return_token_embeddings=True)
+        # Likewise one patch embedding for the four image views (the official code embeds them per view).
+        patches = model(src_images=images, return_image_patches=True)
         text_emb, text_feat = model(src_tokens=tokens, token_embeddings=token_embeddings, encoder_type="text")
-        image_emb, image_feat = model(src_images=images, encoder_type="image")
+        image_emb, image_feat = model(src_images=images, image_patches=patches, encoder_type="image")
         with torch.no_grad():
             vl_text_teacher, vl_image_teacher = model(src_tokens=tokens, token_embeddings=token_embeddings,
-                                                      src_images=images, encoder_type="vl")
+                                                      src_images=images, image_patches=patches, encoder_type="vl")
         logit_scale = model(return_logit_scale=True)
         itc, i2t_correct, t2i_correct = cross_modal_contrast(image_emb, text_emb, logit_scale)
 
         text_student = model(src_tokens=tokens, token_embeddings=token_embeddings,
                              text_preserve_ids=net["text_preserve_ids"], encoder_type="text")
-        image_student = model(src_images=images, image_preserve_ids=net["image_preserve_ids"],
+        image_student = model(src_images=images, image_patches=patches, image_preserve_ids=net["image_preserve_ids"],
                               encoder_type="image")
         vl_text_student, vl_image_student = model(
-            src_tokens=tokens, token_embeddings=token_embeddings, src_images=images,
+            src_tokens=tokens, token_embeddings=token_embeddings, src_images=images, image_patches=patches,
             text_preserve_ids=net["vl_text_preserve_ids"],
             image_preserve_ids=net["vl_image_preserve_ids"], encoder_type="vl")
         cfg = self.cfg

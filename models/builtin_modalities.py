@@ -44,7 +44,8 @@ AUDIO_PRESETS = {"tiny": {"encoder": dict(feature_embed_dim=32, feature_encoder_
 register_modality(Modality("text", TextAdapter, TextAdapterConfig, ("src_tokens", "token_embeddings"),
                            processor=process_text, official=True, extensions=TEXT_EXTENSIONS, search_view="text",
                            presets=TEXT_PRESETS))
-register_modality(Modality("image", ImageAdapter, ImageAdapterConfig, ("src_images", "is_second_image"),
+register_modality(Modality("image", ImageAdapter, ImageAdapterConfig,
+                           ("src_images", "is_second_image", "image_patches"),
                            fused_type="vl", processor=process_image, official=True, extensions=IMAGE_EXTENSIONS,
                            search_view="image", presets=_vision_presets()))
 register_modality(Modality("audio", AudioAdapter, AudioAdapterConfig,

@@ -191,7 +191,7 @@ class OnePeacePretrainModel(_EncoderModel, _ContrastiveMixin):
                 trunc_normal_(token)
 
     def forward(self, encoder_type=None, return_logit_scale=False, return_audio_frames=False,
-                return_token_embeddings=False, **net_input):
+                return_token_embeddings=False, return_image_patches=False, **net_input):
         """Unmasked: one modality -> (embedding, features); fused (vl/al) -> (text_features, other).
 
         With ``<modality>_preserve_ids`` (masked student view): the mask-head outputs, one tensor
@@ -202,6 +202,8 @@ class OnePeacePretrainModel(_EncoderModel, _ContrastiveMixin):
         (same values and gradients: the extractor has no dropout and its gradients add up).
         ``return_token_embeddings=True`` / ``token_embeddings`` do the same for the text token lookup of
         ``src_tokens``: its backward then builds one vocabulary-sized gradient per batch, not one per view.
+        ``return_image_patches=True`` / ``image_patches`` do the same for the patch embedding of ``src_images``
+        (no dropout there either: same values, the gradients added up before its backward instead of after).
         """
         if return_logit_scale:
             return self.logit_scale_exp()
@@ -209,6 +211,8 @@ class OnePeacePretrainModel(_EncoderModel, _ContrastiveMixin):
             return self.encoder_wrapper.adapter("audio").extract_frames(net_input.get("src_audios"))
         if return_token_embeddings:
             return self.encoder_wrapper.adapter("text").lookup_tokens(net_input.get("src_tokens"))
+        if return_image_patches:
+            return self.encoder_wrapper.adapter("image").embed_patches(net_input.get("src_images"))
         modalities = encoder_type_modalities(encoder_type)
         _, masked = split_net_input(net_input, modalities)
         if masked:

@@ -93,38 +93,71 @@ def test_gradients_match(model, kind):
         assert_scaled_close(params[name].grad, full, rel=0.0001, msg=name)
 
 
-def test_views_sharing_one_audio_front_end_pass_equal_separate_passes(model):
-    """The stage-2 criterion extracts conv frames once for its four audio views (the official code
-    runs the front end per view): same outputs bit for bit, same parameter gradients."""
+def shared_front_end_views(kind):
+    """(the modality's inputs, the call that embeds them once, its net_input key, the criterion's views)."""
     inputs, masks = load_fixture("inputs.pt"), load_fixture("pretrain_losses.pt")["masks"]
-    audio = dict(src_audios=inputs["src_audios"], audio_padding_masks=inputs["audio_padding_masks"])
-    views = [dict(encoder_type="audio"), dict(encoder_type="al", src_tokens=inputs["src_tokens"]),
-             dict(encoder_type="audio", audio_preserve_ids=masks["audio_preserve_ids"]),
-             dict(encoder_type="al", src_tokens=inputs["src_tokens"], text_preserve_ids=masks["al_text_preserve_ids"],
-                  audio_preserve_ids=masks["al_audio_preserve_ids"])]
+    tokens = inputs["src_tokens"]
+    if kind == "audio":
+        given = dict(src_audios=inputs["src_audios"], audio_padding_masks=inputs["audio_padding_masks"])
+        views = [dict(encoder_type="audio"), dict(encoder_type="al", src_tokens=tokens),
+                 dict(encoder_type="audio", audio_preserve_ids=masks["audio_preserve_ids"]),
+                 dict(encoder_type="al", src_tokens=tokens, text_preserve_ids=masks["al_text_preserve_ids"],
+                      audio_preserve_ids=masks["al_audio_preserve_ids"])]
+        return given, dict(src_audios=inputs["src_audios"], return_audio_frames=True), "audio_frames", views
+    given = dict(src_images=inputs["src_images"])
+    views = [dict(encoder_type="image"), dict(encoder_type="vl", src_tokens=tokens),
+             dict(encoder_type="image", image_preserve_ids=masks["image_preserve_ids"]),
+             dict(encoder_type="vl", src_tokens=tokens, text_preserve_ids=masks["vl_text_preserve_ids"],
+                  image_preserve_ids=masks["vl_image_preserve_ids"])]
+    return given, dict(src_images=inputs["src_images"], return_image_patches=True), "image_patches", views
+
+
+@pytest.mark.parametrize("kind, front_end", [("audio", "embed_audios"), ("image", "embed_images")])
+def test_views_sharing_one_front_end_pass_equal_separate_passes(model, kind, front_end):
+    """The pretraining criteria run the audio front end (stage 2) and the image patch embedding (stage 1)
+    once for their four views (the official code runs them per view): same outputs bit for bit, same
+    parameter gradients."""
+    given, embed_once, key, views = shared_front_end_views(kind)
+    calls = []
+    module = getattr(model.encoder_wrapper.adapter(kind), front_end)
+    hook = module.register_forward_hook(lambda *args: calls.append(1))
 
     def run(shared):
         model.zero_grad()
-        frames = model(src_audios=audio["src_audios"], return_audio_frames=True) if shared else None
+        calls.clear()
+        embedded = model(**embed_once) if shared else None
         outputs = []
         for view in views:
-            out = model(**audio, **view, audio_frames=frames)
+            out = model(**given, **view, **{key: embedded})
             outputs.extend(out if isinstance(out, tuple) else (out,))
         weights = torch.Generator().manual_seed(0)
         loss = sum((o * torch.randn(o.shape, generator=weights)).sum() for o in outputs)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        assert len(calls) == (1 if shared else len(views))  # the front end ran once for all views
         return [o.detach() for o in outputs], grads
 
-    separate_out, separate_grads = run(shared=False)
-    shared_out, shared_grads = run(shared=True)
+    try:
+        separate_out, separate_grads = run(shared=False)
+        shared_out, shared_grads = run(shared=True)
+    finally:
+        hook.remove()
     for a, b in zip(separate_out, shared_out):
         assert torch.equal(a, b)
     assert separate_grads.keys() == shared_grads.keys()
-    assert any("embed_audios" in name for name in shared_grads)
+    assert any(front_end in name for name in shared_grads)
     for name, grad in separate_grads.items():
         # Summation order differs (one backward through the front end instead of four): float32 noise.
         assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm() + 1e-8, name
+
+
+def test_image_patches_of_another_batch_are_refused(model):
+    images = load_fixture("inputs.pt")["src_images"]
+    shared = model(src_images=images, return_image_patches=True)
+    assert shared.shape == (images.size(0), (images.size(-1) // 16) ** 2,
+                            model.encoder_wrapper.adapter("image").embed_dim)
+    with pytest.raises(ValueError, match="image_patches must be"):
+        model(src_images=images[:1], image_patches=shared, encoder_type="image")
 
 
 def test_token_embeddings_of_another_batch_are_refused(model):

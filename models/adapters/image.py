@@ -120,13 +120,8 @@ class ImageAdapter(ModalityAdapter):
     def positions(self, window: int) -> torch.Tensor:
         return resize_grid_pos_embed(self.pos_embed, window).unsqueeze(0)
 
-    def forward(self, inputs, preserve_ids=None):
-        """``inputs``: ``src_images`` (B, 3, P, P) and optionally ``is_second_image`` (NLVR2's
-        second image gets ``type_embedding_2``)."""
-        src_images = require_input(inputs, "src_images", "image")
-        is_second_image = bool(inputs.get("is_second_image", False))
-        if self.embed_images is None:
-            raise RuntimeError("this image adapter has no patch embedding (decoder adapter)")
+    def _window(self, src_images) -> int:
+        """The patch grid's side for ``src_images`` (B, 3, P, P), after checking them."""
         if src_images.dim() != 4 or src_images.size(1) != 3:
             raise ValueError(f"src_images must be (B, 3, H, W), got {tuple(src_images.shape)}")
         height, width = src_images.shape[-2:]
@@ -138,8 +133,29 @@ class ImageAdapter(ModalityAdapter):
                 f"{height}px images need image_adapter.rel_bucket_size={window} (the model was built with "
                 f"{self.rel_bucket_size}); build the model with patch_image_size={height}"
             )
+        return window
+
+    def embed_patches(self, src_images) -> torch.Tensor:
+        """Images (B, 3, P, P) -> patch embeddings (B, (P/16)², D) row-major, before CLS, positions and masking."""
+        if self.embed_images is None:
+            raise RuntimeError("this image adapter has no patch embedding (decoder adapter)")
+        self._window(src_images)
+        return self.embed_images(src_images).flatten(2).transpose(1, 2)
+
+    def forward(self, inputs, preserve_ids=None):
+        """``inputs``: ``src_images`` (B, 3, P, P), optionally ``is_second_image`` (NLVR2's second image gets
+        ``type_embedding_2``) and ``image_patches``: the output of :meth:`embed_patches` for these images, when
+        the caller runs several views of one batch (the pretraining criterion does) and embeds them once."""
+        src_images = require_input(inputs, "src_images", "image")
+        is_second_image = bool(inputs.get("is_second_image", False))
+        window = self._window(src_images)
         bsz = src_images.size(0)
-        x = self.embed_images(src_images).flatten(2).transpose(1, 2)
+        x = inputs.get("image_patches")
+        if x is None:
+            x = self.embed_patches(src_images)
+        elif x.shape != (bsz, window * window, self.embed_dim):
+            raise ValueError(f"image_patches must be (B, patches, D) = {(bsz, window * window, self.embed_dim)} for "
+                             f"src_images of shape {tuple(src_images.shape)}, got {tuple(x.shape)}")
         x = torch.cat([self.cls_embedding.expand(bsz, -1, -1), x], dim=1)
         x = x + self.positions(window)
         if is_second_image and self.type_embedding_2 is not None:
