@@ -14,12 +14,15 @@ import argparse
 import datetime
 import os
 import platform
-import time
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from one_peace.models.attention import reference_attention
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rates import median_seconds  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -39,13 +42,7 @@ def time_ms(dtype, path, seq, bias_kind, train, repeats, batch=8, heads=12, head
             out.float().sum().backward()
 
     with torch.set_grad_enabled(train):
-        run()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
+        return median_seconds(run, repeats) * 1e3
 
 
 def main():

@@ -89,11 +89,12 @@ def time_windows(spec, args):
     print("|---|---|---|---|---|---|")
     length, channels = int(args.seconds * 16000), 1
     for layer, (dim, kernel, stride) in enumerate(spec):
+        frames = (length - kernel) // stride + 1
         if layer > 0 and kernel > stride:  # the first layer's input, the waveform, needs no gradient
             for precision in args.precision:
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
                 x = torch.randn(args.clips, length, channels, dtype=dtype, requires_grad=True)
-                grad = torch.randn(args.clips, (length - kernel) // stride + 1, kernel * channels, dtype=dtype)
+                grad = torch.randn(args.clips, frames, kernel * channels, dtype=dtype)
                 paths = {"unfold": _copy_windows, "ours": conv_windows}
                 best = {name: windows_seconds(fn, x, kernel, stride, grad) for name, fn in paths.items()}  # warm-up
                 for _ in range(args.reps):
@@ -102,7 +103,7 @@ def time_windows(spec, args):
                 print(f"| ({args.clips}, {length}, {channels}) | {kernel}, {stride} | {precision} | "
                       f"{best['unfold'] * 1e3:.1f} | {best['ours'] * 1e3:.1f} | {best['unfold'] / best['ours']:.1f}x |",
                       flush=True)
-        length, channels = (length - kernel) // stride + 1, dim
+        length, channels = frames, dim
 
 if __name__ == "__main__":
     main()

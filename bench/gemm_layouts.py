@@ -16,13 +16,12 @@ import datetime
 import os
 import platform
 import sys
-import time
 from functools import partial
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rates import gemm_rate  # noqa: E402
+from rates import gemm_rate, median_seconds  # noqa: E402
 
 # (in, out) of the base model's linears: q/k/v/out projections, the FFN's inputs and output
 BASE_LINEARS = ((768, 768), (768, 2048), (2048, 768))
@@ -30,16 +29,6 @@ BASE_LINEARS = ((768, 768), (768, 2048), (2048, 768))
 
 def weight_grad_copied_first(grad, x):
     return torch.mm(grad.t().contiguous(), x)
-
-
-def seconds(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -67,8 +56,8 @@ def main():
                 flops = 2 * tokens * fan_in * fan_out
                 products = (partial(torch.mm, x, weight.t()), partial(torch.mm, grad, weight),
                             partial(torch.mm, grad.t(), x))
-                rates = [flops / seconds(fn, args.reps) / 1e9 for fn in products]
-                copied = seconds(partial(weight_grad_copied_first, grad, x), args.reps)
+                rates = [flops / median_seconds(fn, args.reps) / 1e9 for fn in products]
+                copied = median_seconds(partial(weight_grad_copied_first, grad, x), args.reps)
                 shares = " / ".join(f"{r / peak:.0%}" for r in rates)
                 print(f"| {precision} | {tokens} | {fan_in} -> {fan_out} | {rates[0]:.0f} | {rates[1]:.0f} | "
                       f"{rates[2]:.0f} | {copied * 1e3:.2f} ({flops / rates[2] / 1e6:.2f}) | {peak:.0f} | {shares} |",

@@ -28,6 +28,18 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``fn`` after one warm-up call (CPU; synchronise inside
+    ``fn`` on a GPU)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def gemm_rate(dtype: torch.dtype, device="cpu", n: int = 2048, seconds: float = 1.0) -> float:
     """GFLOP/s of an ``n``-cubed ``torch.mm`` in ``dtype`` on ``device``, here and now (median of repeats)."""
     device = torch.device(device)
