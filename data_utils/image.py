@@ -138,30 +138,32 @@ def _high_depth_to_rgb(img: Image.Image, name: str) -> Image.Image:
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float32 CHW in [0, 1] (torchvision ``ToTensor``)."""
+def _rgb_chw_bytes(img: Image.Image) -> torch.Tensor:
+    """PIL -> uint8 (3, H, W), contiguous."""
     if img.mode != "RGB":
         img = img.convert("RGB")
-    arr = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
-    return arr.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def _per_channel(values: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=dtype).view(-1, 1, 1)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float32 CHW in [0, 1] (torchvision ``ToTensor``)."""
+    return _rgb_chw_bytes(img).to(torch.float32).div(255)
 
 
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     """``normalize(to_tensor(img))`` with the same float32 operations, in place on one new tensor."""
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    pixels = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
-    return pixels.to(torch.float32).div_(255).sub_(mean).div_(std)
+    pixels = _rgb_chw_bytes(img).to(torch.float32).div_(255)
+    return pixels.sub_(_per_channel(CLIP_MEAN, torch.float32)).div_(_per_channel(CLIP_STD, torch.float32))
 
 
 def normalize(tensor: torch.Tensor, mean: Sequence[float] = CLIP_MEAN,
               std: Sequence[float] = CLIP_STD) -> torch.Tensor:
     """``(x - mean) / std`` per channel, constants in the tensor's dtype (torchvision ``Normalize``)."""
-    mean_t = torch.as_tensor(mean, dtype=tensor.dtype).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=tensor.dtype).view(-1, 1, 1)
-    return (tensor - mean_t) / std_t
+    return (tensor - _per_channel(mean, tensor.dtype)) / _per_channel(std, tensor.dtype)
 
 
 def image_to_tensor(img: Image.Image, size: int, augment=None, seed: int = 0) -> torch.Tensor:

@@ -137,9 +137,13 @@ class ImageAdapter(ModalityAdapter):
 
     def embed_patches(self, src_images) -> torch.Tensor:
         """Images (B, 3, P, P) -> patch embeddings (B, (P/16)², D) row-major, before CLS, positions and masking."""
+        self._window(src_images)
+        return self._embed_checked(src_images)
+
+    def _embed_checked(self, src_images) -> torch.Tensor:
+        """:meth:`embed_patches` of images :meth:`_window` has already checked."""
         if self.embed_images is None:
             raise RuntimeError("this image adapter has no patch embedding (decoder adapter)")
-        self._window(src_images)
         return self.embed_images(src_images).flatten(2).transpose(1, 2)
 
     def forward(self, inputs, preserve_ids=None):
@@ -152,7 +156,7 @@ class ImageAdapter(ModalityAdapter):
         bsz = src_images.size(0)
         x = inputs.get("image_patches")
         if x is None:
-            x = self.embed_patches(src_images)
+            x = self._embed_checked(src_images)
         elif x.shape != (bsz, window * window, self.embed_dim):
             raise ValueError(f"image_patches must be (B, patches, D) = {(bsz, window * window, self.embed_dim)} for "
                              f"src_images of shape {tuple(src_images.shape)}, got {tuple(x.shape)}")
