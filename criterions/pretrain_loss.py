@@ -102,22 +102,23 @@ class ImageTextPretrainLossCriterion(_PretrainCriterion):
         token_embeddings = model(src_tokens=tokens, return_token_embeddings=True)
         # Likewise one patch embedding for the four image views (the official code embeds them per view).
         patches = model(src_images=images, return_image_patches=True)
-        text_emb, text_feat = model(src_tokens=tokens, token_embeddings=token_embeddings, encoder_type="text")
-        image_emb, image_feat = model(src_images=images, image_patches=patches, encoder_type="image")
         with torch.no_grad():
             vl_text_teacher, vl_image_teacher = model(src_tokens=tokens, token_embeddings=token_embeddings,
                                                       src_images=images, image_patches=patches, encoder_type="vl")
+        # The five views with gradients run as one packed pass through the shared layers (the official code
+        # runs one pass per view): the same values, one matrix multiply per weight instead of five.
+        text = dict(src_tokens=tokens, token_embeddings=token_embeddings)
+        image = dict(src_images=images, image_patches=patches)
+        (text_emb, text_feat), (image_emb, image_feat), text_student, image_student, \
+            (vl_text_student, vl_image_student) = model(views=[
+                dict(text, encoder_type="text"),
+                dict(image, encoder_type="image"),
+                dict(text, text_preserve_ids=net["text_preserve_ids"], encoder_type="text"),
+                dict(image, image_preserve_ids=net["image_preserve_ids"], encoder_type="image"),
+                dict(text, **image, text_preserve_ids=net["vl_text_preserve_ids"],
+                     image_preserve_ids=net["vl_image_preserve_ids"], encoder_type="vl")])
         logit_scale = model(return_logit_scale=True)
         itc, i2t_correct, t2i_correct = cross_modal_contrast(image_emb, text_emb, logit_scale)
-
-        text_student = model(src_tokens=tokens, token_embeddings=token_embeddings,
-                             text_preserve_ids=net["text_preserve_ids"], encoder_type="text")
-        image_student = model(src_images=images, image_patches=patches, image_preserve_ids=net["image_preserve_ids"],
-                              encoder_type="image")
-        vl_text_student, vl_image_student = model(
-            src_tokens=tokens, token_embeddings=token_embeddings, src_images=images, image_patches=patches,
-            text_preserve_ids=net["vl_text_preserve_ids"],
-            image_preserve_ids=net["vl_image_preserve_ids"], encoder_type="vl")
         cfg = self.cfg
         losses = {
             "itc_loss": (1.0, itc),
@@ -154,21 +155,18 @@ class AudioTextPretrainLossCriterion(_PretrainCriterion):
         frames = model(src_audios=audios, return_audio_frames=True)
         with torch.no_grad():  # the text branch is frozen in stage 2
             text_emb, _ = model(src_tokens=tokens, encoder_type="text")
-        audio_emb, _ = model(src_audios=audios, audio_padding_masks=audio_pad, encoder_type="audio",
-                             audio_frames=frames)
+        audio = dict(src_audios=audios, audio_padding_masks=audio_pad, audio_frames=frames)
         with torch.no_grad():
-            al_text_teacher, al_audio_teacher = model(src_tokens=tokens, src_audios=audios,
-                                                      audio_padding_masks=audio_pad, encoder_type="al",
-                                                      audio_frames=frames)
+            al_text_teacher, al_audio_teacher = model(src_tokens=tokens, encoder_type="al", **audio)
+        # The three views with gradients run as one packed pass (see the image-text criterion).
+        (audio_emb, _), audio_student, (al_text_student, al_audio_student) = model(views=[
+            dict(audio, encoder_type="audio"),
+            dict(audio, audio_preserve_ids=net["audio_preserve_ids"], encoder_type="audio"),
+            dict(audio, src_tokens=tokens, text_preserve_ids=net["al_text_preserve_ids"],
+                 audio_preserve_ids=net["al_audio_preserve_ids"], encoder_type="al")])
         logit_scale = model(return_logit_scale=True)
         atc, a2t_correct, t2a_correct = cross_modal_contrast(audio_emb, text_emb, logit_scale)
 
-        audio_student = model(src_audios=audios, audio_padding_masks=audio_pad, audio_frames=frames,
-                              audio_preserve_ids=net["audio_preserve_ids"], encoder_type="audio")
-        al_text_student, al_audio_student = model(
-            src_tokens=tokens, src_audios=audios, audio_padding_masks=audio_pad, audio_frames=frames,
-            text_preserve_ids=net["al_text_preserve_ids"], audio_preserve_ids=net["al_audio_preserve_ids"],
-            encoder_type="al")
         frame_pad = audio_pad[:, 1:]
         cfg = self.cfg
         # Both audio DCL terms use the fused al pass as teacher (official pairing).

@@ -202,18 +202,28 @@ class MultiheadSelfAttention(nn.Module):
         self._attn_cache = (_switches.version, q.device.type, q.dtype, dropout_on, explicit, fn)
         return fn
 
-    def forward(self, x, attn_bias=None, key_padding_mask=None):
-        """x: (B, S, D); attn_bias: None, (B|1, H, S, S) or a :class:`BucketedBias`; key_padding_mask: (B, S)."""
-        bsz, seq_len, _ = x.shape
+    def project(self, x):
+        """q (scaled), k, v of tokens ``x`` (..., D), each (..., D)."""
+        return self.q_proj(x) * self.scaling, self.k_proj(x), self.v_proj(x)
+
+    def attend(self, q, k, v, attn_bias=None, key_padding_mask=None):
+        """(B, S, D) projections -> the heads' outputs as a (B, S, H, Dh) view (not contiguous)."""
+        bsz, seq_len, _ = q.shape
         shape = (bsz, seq_len, self.num_heads, self.head_dim)
-        q = (self.q_proj(x) * self.scaling).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
         dropout_p = self.dropout if self.training else 0.0
         out = self._attention_fn(q, dropout_p, attn_bias)(q, k, v, attn_bias, key_padding_mask, dropout_p)  # B,H,S,Dh
         if self.c_attn is not None:
             out = out * self.c_attn.view(1, -1, 1, 1)
-        out = out.transpose(1, 2).reshape(bsz, seq_len, self.embed_dim)
+        return out.transpose(1, 2)
+
+    def finish(self, out):
+        """Sub-LN and the output projection of the heads' outputs (..., D)."""
         if self.ln is not None:
             out = self.ln(out)
         return self.out_proj(out)
+
+    def forward(self, x, attn_bias=None, key_padding_mask=None):
+        """x: (B, S, D); attn_bias: None, (B|1, H, S, S) or a :class:`BucketedBias`; key_padding_mask: (B, S)."""
+        out = self.attend(*self.project(x), attn_bias, key_padding_mask)
+        return self.finish(out.reshape(x.shape[0], x.shape[1], self.embed_dim))

@@ -6,7 +6,7 @@ audio-language inputs are fused by running attention over the concatenation
 ``[text ; image|audio]`` with a block-diagonal relative-position bias (cross-modal
 entries are 0) and -inf on padded keys.
 """
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,7 @@ from .adapters.base import AdapterOutput
 from .attention import BucketedBias, MultiheadSelfAttention, bucketed_bias_preferred
 from .components import DropPath, make_layer_norm, modality_ffn
 from .modalities import modality_names
+from .packed_passes import PackedLayout, pack
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -48,8 +49,13 @@ class TransformerEncoderLayer(nn.Module):
             x = gamma * x
         return residual + self.drop_path(x)
 
-    def forward(self, x, segments: List[tuple], attn_bias=None, key_padding_mask=None):
-        """x: (B, S, D); segments: [(modality, length), ...] in sequence order."""
+    def forward(self, x, segments, attn_bias=None, key_padding_mask=None):
+        """x: (B, S, D); segments: [(modality, length), ...] in sequence order.
+
+        Packed passes (:mod:`.packed_passes`): x is (N, D), ``segments`` a :class:`PackedLayout` and
+        ``attn_bias`` the passes' biases.  (One entry point, so FSDP2's and checkpointing's hooks see it.)"""
+        if isinstance(segments, PackedLayout):
+            return self._forward_packed(x, segments, attn_bias)
         h = self.self_attn(self.self_attn_layer_norm(x), attn_bias, key_padding_mask)
         if self.attn_ln is not None:
             h = self.attn_ln(h)
@@ -61,6 +67,20 @@ class TransformerEncoderLayer(nn.Module):
             parts = h.split([length for _, length in segments], dim=1)
             h = torch.cat([getattr(self, f"{m}_ffn")(p) for (m, _), p in zip(segments, parts)], dim=1)
         return self.residual(x, h, self.gamma_2)
+
+    def _forward_packed(self, x, layout: PackedLayout, biases):
+        attn = self.self_attn
+        q, k, v = attn.project(self.self_attn_layer_norm(x))
+        heads = q.new_empty(layout.rows, attn.num_heads, attn.head_dim)
+        for p, bias in zip(layout.passes, biases):
+            p.scatter(heads, attn.attend(p.gather(q), p.gather(k), p.gather(v), bias, p.key_padding_mask))
+        h = attn.finish(heads.view(layout.rows, -1))
+        if self.attn_ln is not None:
+            h = self.attn_ln(h)
+        x = self.residual(x, h, self.gamma_1)
+        h = self.final_layer_norm(x)
+        parts = [getattr(self, f"{m}_ffn")(h[a:b]) for m, a, b in layout.blocks]
+        return self.residual(x, parts[0] if len(parts) == 1 else torch.cat(parts), self.gamma_2)
 
 
 class FusionEncoder(nn.Module):
@@ -153,6 +173,19 @@ class FusionEncoder(nn.Module):
         """
         wanted = self.layer_indices(return_layers) if return_layers is not None else ()
         collected = []
+        x, segments, key_padding_mask, bias_of = self._prepare(inputs, modalities)
+        for idx, layer in enumerate(self.layers):
+            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
+                continue
+            x = self._run_layer(layer, x, segments, bias_of(idx), key_padding_mask)
+            if idx in wanted:
+                collected.append(self.split_segments(x, segments, norm_layers))
+        if return_layers is not None:
+            return collected
+        return self.split_segments(x, segments, norm=True)
+
+    def _prepare(self, inputs: List[AdapterOutput], modalities: List[str]):
+        """One pass's (x (B, S, D), segments, key padding mask, layer index -> attention bias)."""
         x = torch.cat([inp.x for inp in inputs], dim=1) if len(inputs) > 1 else inputs[0].x
         padding_mask = torch.cat([inp.padding_mask for inp in inputs], dim=1)
         segments = [(m, inp.x.size(1)) for m, inp in zip(modalities, inputs)]
@@ -172,26 +205,33 @@ class FusionEncoder(nn.Module):
                 return self.bucketed_bias(layout, layer_idx)
             return self.layer_bias(inputs, layer_idx, x.size(1))
 
-        shared_bias = None
-        single_table = all(inp.adapter.num_tables <= 1 for inp in inputs)
-        if single_table:
+        if all(inp.adapter.num_tables <= 1 for inp in inputs):
             shared_bias = bias_of(0)
             if torch.is_tensor(shared_bias):
                 # the table lookup is a permuted view: laid out once here, not copied by every layer's SDPA
                 shared_bias = shared_bias.contiguous()
+            return x, segments, key_padding_mask, lambda layer_idx: shared_bias
+        return x, segments, key_padding_mask, bias_of
+
+    def _run_layer(self, layer, *args):
+        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def packs_passes(self) -> bool:
+        """Whether :meth:`forward_passes` packs: not with per-pass randomness over whole layers or samples
+        (layerdrop, stochastic depth) in training."""
+        return not (self.training and (self.layerdrop > 0 or any(layer.drop_path.p > 0 for layer in self.layers)))
+
+    def forward_passes(self, passes: List[Tuple[List[AdapterOutput], List[str]]]) -> List[List[torch.Tensor]]:
+        """:meth:`forward` of several passes (``(inputs, modalities)`` each), run packed
+        (:mod:`.packed_passes`) where :meth:`packs_passes`, one after another otherwise."""
+        if len(passes) < 2 or not self.packs_passes():
+            return [self(inputs, list(modalities)) for inputs, modalities in passes]
+        x, layout = pack([self._prepare(inputs, list(modalities)) for inputs, modalities in passes])
         for idx, layer in enumerate(self.layers):
-            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
-                continue
-            bias = shared_bias if single_table else bias_of(idx)
-            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, segments, bias, key_padding_mask, use_reentrant=False)
-            else:
-                x = layer(x, segments, bias, key_padding_mask)
-            if idx in wanted:
-                collected.append(self.split_segments(x, segments, norm_layers))
-        if return_layers is not None:
-            return collected
-        return self.split_segments(x, segments, norm=True)
+            x = self._run_layer(layer, x, layout, [p.bias(idx) for p in layout.passes])
+        return layout.split({m: getattr(self, f"{m}_layer_norm")(x[a:b]) for m, a, b in layout.blocks})
 
     def split_segments(self, x, segments, norm: bool):
         outputs = x.split([length for _, length in segments], dim=1)

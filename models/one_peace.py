@@ -191,7 +191,7 @@ class OnePeacePretrainModel(_EncoderModel, _ContrastiveMixin):
                 trunc_normal_(token)
 
     def forward(self, encoder_type=None, return_logit_scale=False, return_audio_frames=False,
-                return_token_embeddings=False, return_image_patches=False, **net_input):
+                return_token_embeddings=False, return_image_patches=False, views=None, **net_input):
         """Unmasked: one modality -> (embedding, features); fused (vl/al) -> (text_features, other).
 
         With ``<modality>_preserve_ids`` (masked student view): the mask-head outputs, one tensor
@@ -204,7 +204,13 @@ class OnePeacePretrainModel(_EncoderModel, _ContrastiveMixin):
         ``src_tokens``: its backward then builds one vocabulary-sized gradient per batch, not one per view.
         ``return_image_patches=True`` / ``image_patches`` do the same for the patch embedding of ``src_images``
         (no dropout there either: same values, the gradients added up before its backward instead of after).
+
+        ``views``: a list of keyword dicts (``encoder_type`` + net_input), returning the list of what each
+        call would return, with the views' encoder passes and decoder passes each run packed
+        (:meth:`forward_views`).
         """
+        if views is not None:
+            return self.forward_views(views)
         if return_logit_scale:
             return self.logit_scale_exp()
         if return_audio_frames:
@@ -230,20 +236,61 @@ class OnePeacePretrainModel(_EncoderModel, _ContrastiveMixin):
 
         Returns ``{modality: {"encoder_features": (B, P, D_enc), "mask_head_output": (B, L, D_enc)}}``.
         """
-        modalities = encoder_type_modalities(encoder_type)
-        preserve, _ = split_net_input(net_input, modalities)
+        enc_out = self.encoder_wrapper(encoder_type=encoder_type, **self._checked_preserve(encoder_type, net_input))
+        return self._decode_students([(encoder_type, net_input, enc_out)])[0]
+
+    @staticmethod
+    def _checked_preserve(encoder_type, net_input):
+        preserve, _ = split_net_input(net_input, encoder_type_modalities(encoder_type))
         for m, ids in preserve.items():
             if ids is None:
                 raise ValueError(f"masked {encoder_type!r} forward needs {m}_preserve_ids")
-        enc_out = self.encoder_wrapper(encoder_type=encoder_type, **net_input)
-        dec_inputs = []
-        for m in modalities:
-            embeds = getattr(self, f"decoder_{m}_embed")(enc_out[m].features)
-            dec_inputs.append(self.decoder_wrapper.adapter(m).forward_decoder(
-                embeds, preserve[m], getattr(self, f"{m}_mask_token"), enc_out[m].full_padding_mask))
-        dec_out = self.decoder_wrapper.run_fusion(dec_inputs, modalities)
-        return {
-            m: {"encoder_features": enc_out[m].features,
-                "mask_head_output": getattr(self, f"{m}_mask_head")(dec_out[m].features)}
-            for m in modalities
-        }
+        return net_input
+
+    def _decode_students(self, students) -> List[Dict[str, Dict[str, torch.Tensor]]]:
+        """Decoder + mask heads of ``(encoder_type, net_input, encoder outputs)`` student views, their
+        decoder passes run packed."""
+        passes = []
+        for encoder_type, net_input, enc_out in students:
+            modalities = encoder_type_modalities(encoder_type)
+            preserve, _ = split_net_input(net_input, modalities)
+            inputs = [self.decoder_wrapper.adapter(m).forward_decoder(
+                getattr(self, f"decoder_{m}_embed")(enc_out[m].features), preserve[m],
+                getattr(self, f"{m}_mask_token"), enc_out[m].full_padding_mask) for m in modalities]
+            passes.append((inputs, modalities))
+        return [{m: {"encoder_features": enc_out[m].features,
+                     "mask_head_output": getattr(self, f"{m}_mask_head")(dec_out[m].features)}
+                 for m in modalities}
+                for (_, _, enc_out), (_, modalities), dec_out
+                in zip(students, passes, self.decoder_wrapper.run_fusion_passes(passes))]
+
+    def forward_views(self, views: List[Dict]) -> list:
+        """What ``forward(**view)`` returns for each unmasked or masked view, with the views' encoder passes
+        run as one packed pass and the student views' decoder passes as another (``FusionEncoder.forward_passes``:
+        the same values up to float summation order, one matrix multiply per weight where there were one per
+        view)."""
+        requests = []
+        for view in views:
+            view = dict(view)
+            flags = sorted(key for key in view if key.startswith("return_") or key == "views")
+            if flags:
+                raise ValueError(f"a view is an encoder pass; {', '.join(flags)} cannot be part of one")
+            encoder_type = view.pop("encoder_type", None)
+            modalities = encoder_type_modalities(encoder_type)
+            masked = split_net_input(view, modalities)[1]
+            requests.append((encoder_type, self._checked_preserve(encoder_type, view) if masked else view,
+                             modalities, masked))
+        outs = self.encoder_wrapper.forward_passes([(t, view) for t, view, _, _ in requests])
+        students = iter(self._decode_students([(t, view, out) for (t, view, _, masked), out in zip(requests, outs)
+                                               if masked]))
+        results = []
+        for (encoder_type, _, modalities, masked), out in zip(requests, outs):
+            if masked:
+                decoded = next(students)
+                heads = tuple(decoded[m]["mask_head_output"] for m in modalities)
+                results.append(heads[0] if len(heads) == 1 else heads)
+            elif len(modalities) == 1:
+                results.append((self.embed(encoder_type, out[encoder_type].features), out[encoder_type].features))
+            else:
+                results.append(tuple(out[m].features for m in modalities))
+        return results

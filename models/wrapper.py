@@ -5,7 +5,7 @@ and as ``decoder_wrapper`` (the small decoder of the masked student path, which 
 no token table, no patch/conv extractor and no relative-position bias).
 """
 from collections.abc import Mapping
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -83,9 +83,24 @@ class ModelWrapper(nn.Module):
         return self.run_fusion(self.embed(encoder_type, net_input), encoder_type_modalities(encoder_type))
 
     def run_fusion(self, inputs: List[AdapterOutput], modalities) -> EncoderOutputs:
-        features = self.fusion_model(inputs, list(modalities))
-        return EncoderOutputs({m: ModalityFeatures(f, inp.padding_mask, inp.whole_sequence_mask)
-                               for m, f, inp in zip(modalities, features, inputs)})
+        return self.run_fusion_passes([(inputs, modalities)])[0]
+
+    def run_fusion_passes(self, passes: List[Tuple[List[AdapterOutput], Sequence[str]]]) -> List[EncoderOutputs]:
+        """:meth:`run_fusion` of several passes, which the fusion encoder runs packed where it can
+        (``FusionEncoder.forward_passes``)."""
+        if len(passes) == 1:
+            inputs, modalities = passes[0]
+            features = [self.fusion_model(inputs, list(modalities))]
+        else:
+            features = self.fusion_model.forward_passes([(inputs, list(modalities)) for inputs, modalities in passes])
+        return [EncoderOutputs({m: ModalityFeatures(f, inp.padding_mask, inp.whole_sequence_mask)
+                                for m, f, inp in zip(modalities, pass_features, inputs)})
+                for (inputs, modalities), pass_features in zip(passes, features)]
+
+    def forward_passes(self, requests: Sequence[Tuple[str, Dict]]) -> List[EncoderOutputs]:
+        """:meth:`forward` of several ``(encoder_type, net_input)`` requests, their fusion passes packed."""
+        return self.run_fusion_passes([(self.embed(encoder_type, net_input), encoder_type_modalities(encoder_type))
+                                       for encoder_type, net_input in requests])
 
     def forward_intermediates(self, encoder_type: str, indices=None, norm: bool = False,
                               **net_input) -> Dict[str, List[torch.Tensor]]:

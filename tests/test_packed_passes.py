@@ -1,0 +1,113 @@
+"""Packed views (``model(views=[...])``): the pretraining criteria's views run through the shared layers as one
+pass, with the values and gradients of one pass per view."""
+import json
+
+import pytest
+import torch
+from helpers import load_fixture
+from omegaconf import OmegaConf
+
+from one_peace.models import OnePeacePretrainModel
+from one_peace.models.checkpoint import load_into
+from one_peace.models.fusion_encoder import TransformerEncoderLayer
+
+
+@pytest.fixture()
+def model(fixtures_dir):
+    cfg = json.loads((fixtures_dir / "config.json").read_text())["pretrain_cfg_image_text"]["model"]
+    model = OnePeacePretrainModel(OmegaConf.create(cfg), vocab_size=256)
+    return load_into(model, load_fixture("pretrain_state_dict.pt")).double().eval()
+
+
+def views_of(kind):
+    inputs, masks = load_fixture("inputs.pt"), load_fixture("pretrain_losses.pt")["masks"]
+    text = dict(src_tokens=inputs["src_tokens"])
+    if kind == "image_text":
+        other = dict(src_images=inputs["src_images"].double())
+        return [dict(text, encoder_type="text"), dict(other, encoder_type="image"),
+                dict(text, text_preserve_ids=masks["text_preserve_ids"], encoder_type="text"),
+                dict(other, image_preserve_ids=masks["image_preserve_ids"], encoder_type="image"),
+                dict(text, **other, text_preserve_ids=masks["vl_text_preserve_ids"],
+                     image_preserve_ids=masks["vl_image_preserve_ids"], encoder_type="vl")]
+    other = dict(src_audios=inputs["src_audios"].double(), audio_padding_masks=inputs["audio_padding_masks"])
+    return [dict(other, encoder_type="audio"),
+            dict(other, audio_preserve_ids=masks["audio_preserve_ids"], encoder_type="audio"),
+            dict(text, **other, text_preserve_ids=masks["al_text_preserve_ids"],
+                 audio_preserve_ids=masks["al_audio_preserve_ids"], encoder_type="al")]
+
+
+def flat(results):
+    out = []
+    for r in results:
+        out += list(r) if isinstance(r, tuple) else [r]
+    return out
+
+
+def outputs_and_grads(model, compute):
+    model.zero_grad(set_to_none=True)
+    outputs = flat(compute())
+    torch.manual_seed(0)  # the same random weighting of every output for both computations
+    sum(torch.randn_like(o).mul(o).sum() for o in outputs).backward()
+    return [o.detach() for o in outputs], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.fixture()
+def packed_layer_calls(monkeypatch):
+    calls = []
+    original = TransformerEncoderLayer._forward_packed
+
+    def counting(self, x, layout, biases):
+        calls.append(len(layout.passes))
+        return original(self, x, layout, biases)
+
+    monkeypatch.setattr(TransformerEncoderLayer, "_forward_packed", counting)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["image_text", "audio_text"])
+def test_packed_views_match_one_pass_per_view(model, kind, packed_layer_calls):
+    views = views_of(kind)
+    separate, separate_grads = outputs_and_grads(model, lambda: [model(**v) for v in views])
+    assert not packed_layer_calls
+    packed, packed_grads = outputs_and_grads(model, lambda: model(views=views))
+    # Every encoder layer ran once over all views, every decoder layer once over the student views.
+    students = sum(1 for v in views if any(k.endswith("_preserve_ids") for k in v))
+    assert packed_layer_calls == ([len(views)] * len(model.encoder_wrapper.fusion_model.layers)
+                                  + [students] * len(model.decoder_wrapper.fusion_model.layers))
+    assert len(packed) == len(separate)
+    for got, want in zip(packed, separate):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert packed_grads.keys() == separate_grads.keys()
+    for name, want in separate_grads.items():
+        torch.testing.assert_close(packed_grads[name], want, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_stochastic_depth_runs_the_views_one_by_one(model, packed_layer_calls):
+    """Stochastic depth drops samples per pass: in training with it on, the views run one after another,
+    drawing the same random masks as separate calls."""
+    model.train()
+    for layer in model.encoder_wrapper.fusion_model.layers:
+        layer.drop_path.p = 0.3
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    views = views_of("image_text")
+    torch.manual_seed(1)
+    separate = flat([model(**v) for v in views])
+    torch.manual_seed(1)
+    packed = flat(model(views=views))
+    # the decoder (no stochastic depth) still packs its passes; the encoder does not
+    assert packed_layer_calls == [3] * len(model.decoder_wrapper.fusion_model.layers)
+    for got, want in zip(packed, separate):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_view_is_an_encoder_pass(model):
+    with pytest.raises(ValueError, match="return_logit_scale cannot be part of one"):
+        model(views=[dict(encoder_type="text", src_tokens=torch.ones(1, 3, dtype=torch.long)),
+                     dict(return_logit_scale=True)])
+    with pytest.raises(ValueError, match="needs image_preserve_ids"):
+        model(views=[dict(encoder_type="vl", src_tokens=torch.ones(1, 3, dtype=torch.long),
+                          src_images=torch.zeros(1, 3, 32, 32, dtype=torch.float64),
+                          text_preserve_ids=torch.zeros(1, 2, dtype=torch.long))])
