@@ -6,6 +6,9 @@ warm-up steps that let the heap settle, and reads ``getrusage`` around the timed
 system (kernel) and user CPU seconds per step, and peak RSS.  On a machine whose speed drifts, compare
 medians of processes run alternately.
 
+``--alternate-packing`` times, in one process, steps alternated between the criteria's views run packed
+(``FusionEncoder.forward_passes``, models/packed_passes.py) and one pass per view, and reports the paired ratios.
+
 ``--alternate-grad-factors`` (``--bf16`` / ``--memory-efficient-bf16``) times, in one process, steps
 alternated between fairseq's unscaling pass over the float32 gradients and the wrapper's factor divided out
 inside the fused Adam step (``supports_step_with_scale``, optim/fused_adam.py), and reports the paired ratios.
@@ -14,6 +17,7 @@ inside the fused Adam step (``supports_step_with_scale``, optim/fused_adam.py), 
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647 \\
         python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6   # the previous allocator setting
     python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6 --alternate-grad-factors
+    python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6 --alternate-packing
 """
 import argparse
 import os
@@ -35,7 +39,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--alternate-grad-factors", action="store_true")
+    parser.add_argument("--alternate-packing", action="store_true")
     args = parser.parse_args()
+    if args.alternate_grad_factors and args.alternate_packing:
+        parser.error("--alternate-grad-factors and --alternate-packing: one comparison per run")
     if args.precision == "amp":
         parser.error("--precision amp: use bench/pretrain.py (the step under autocast)")
     if args.alternate_grad_factors and args.precision == "fp32":
@@ -51,18 +58,20 @@ def main():
     if args.alternate_grad_factors:
         from fairseq.optim import adam
 
-        times = {False: [], True: []}
-        for i in range(args.warmup + args.steps):
-            for in_step in ((False, True) if i % 2 == 0 else (True, False)):
-                adam.Adam.supports_step_with_scale = in_step
-                start = time.perf_counter()
-                trainer.train_step([sample])
-                if i >= args.warmup:
-                    times[in_step].append(time.perf_counter() - start)
-        ratios = [a / b for a, b in zip(times[False], times[True])]
-        print(f"{name}: fairseq's passes {statistics.median(times[False]):.3f} s, factors in the step "
-              f"{statistics.median(times[True]):.3f} s (medians of {args.steps}); paired ratio median "
-              f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+        def grad_factors_in_step(on):
+            adam.Adam.supports_step_with_scale = on
+
+        alternate(trainer, sample, args, name, grad_factors_in_step, ("fairseq's passes", "factors in the step"))
+        return
+    if args.alternate_packing:
+        from one_peace.models.fusion_encoder import FusionEncoder
+
+        packs = FusionEncoder.packs_passes
+
+        def packing(on):
+            FusionEncoder.packs_passes = packs if on else (lambda self: False)
+
+        alternate(trainer, sample, args, name, packing, ("one pass per view", "views packed"))
         return
     for _ in range(args.warmup):
         trainer.train_step([sample])
@@ -76,6 +85,23 @@ def main():
     print(f"{name}: median {statistics.median(times):.3f} s (min {min(times):.3f}) over {n} steps; per step "
           f"{(after.ru_minflt - before.ru_minflt) // n} minor faults, {(after.ru_stime - before.ru_stime) / n:.3f} "
           f"kernel s, {(after.ru_utime - before.ru_utime) / n:.3f} user s; peak RSS {after.ru_maxrss // 1024} MiB")
+
+
+def alternate(trainer, sample, args, name, switch, labels):
+    """Steps alternated between ``switch(False)`` and ``switch(True)`` (the order swapped every other pair);
+    prints both medians and the paired ratios (off / on)."""
+    times = {False: [], True: []}
+    for i in range(args.warmup + args.steps):
+        for on in ((False, True) if i % 2 == 0 else (True, False)):
+            switch(on)
+            start = time.perf_counter()
+            trainer.train_step([sample])
+            if i >= args.warmup:
+                times[on].append(time.perf_counter() - start)
+    ratios = [a / b for a, b in zip(times[False], times[True])]
+    print(f"{name}: {labels[0]} {statistics.median(times[False]):.3f} s, {labels[1]} "
+          f"{statistics.median(times[True]):.3f} s (medians of {args.steps}); paired ratio median "
+          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 if __name__ == "__main__":

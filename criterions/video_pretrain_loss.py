@@ -42,14 +42,14 @@ class VideoTextPretrainLossCriterion(_PretrainCriterion):
         with torch.no_grad():  # the text tower is frozen, as in stage 2
             text_emb, _ = model(src_tokens=tokens, encoder_type="text")
             vt_text_teacher, vt_video_teacher = model(src_tokens=tokens, src_videos=videos, encoder_type="vt")
-        video_emb, _ = model(src_videos=videos, encoder_type="video")
+        # The three views with gradients run as one packed pass (criterions/pretrain_loss.py).
+        (video_emb, _), video_student, (vt_text_student, vt_video_student) = model(views=[
+            dict(src_videos=videos, encoder_type="video"),
+            dict(src_videos=videos, video_preserve_ids=net["video_preserve_ids"], encoder_type="video"),
+            dict(src_tokens=tokens, src_videos=videos, text_preserve_ids=net["vt_text_preserve_ids"],
+                 video_preserve_ids=net["vt_video_preserve_ids"], encoder_type="vt")])
         logit_scale = model(return_logit_scale=True)
         vtc, v2t_correct, t2v_correct = cross_modal_contrast(video_emb, text_emb, logit_scale)
-
-        video_student = model(src_videos=videos, video_preserve_ids=net["video_preserve_ids"], encoder_type="video")
-        vt_text_student, vt_video_student = model(
-            src_tokens=tokens, src_videos=videos, text_preserve_ids=net["vt_text_preserve_ids"],
-            video_preserve_ids=net["vt_video_preserve_ids"], encoder_type="vt")
         cfg = self.cfg
         losses = {
             "vtc_loss": (1.0, vtc),

@@ -55,12 +55,18 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
-    def forward(self, x):
-        if self.p == 0.0 or not self.training:
-            return x
+    def active(self) -> bool:
+        return self.p > 0.0 and self.training
+
+    def sample_scale(self, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """(batch,) per-sample factors: 0 for a dropped sample, 1 / keep for a kept one."""
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return like.new_empty(batch).bernoulli_(keep) / keep
+
+    def forward(self, x):
+        if not self.active():
+            return x
+        return x * self.sample_scale(x.shape[0], x).view((-1,) + (1,) * (x.dim() - 1))
 
     def extra_repr(self):
         return f"p={self.p}"

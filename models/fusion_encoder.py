@@ -77,10 +77,20 @@ class TransformerEncoderLayer(nn.Module):
         h = attn.finish(heads.view(layout.rows, -1))
         if self.attn_ln is not None:
             h = self.attn_ln(h)
-        x = self.residual(x, h, self.gamma_1)
+        x = self._packed_residual(x, h, self.gamma_1, layout)
         h = self.final_layer_norm(x)
         parts = [getattr(self, f"{m}_ffn")(h[a:b]) for m, a, b in layout.blocks]
-        return self.residual(x, parts[0] if len(parts) == 1 else torch.cat(parts), self.gamma_2)
+        return self._packed_residual(x, parts[0] if len(parts) == 1 else torch.cat(parts), self.gamma_2, layout)
+
+    def _packed_residual(self, residual, x, gamma, layout: PackedLayout):
+        """:meth:`residual` of packed rows: stochastic depth drops each pass's samples, all their rows alike."""
+        if not self.drop_path.active():
+            return self.residual(residual, x, gamma)
+        x = self.dropout(x)
+        if gamma is not None:
+            x = gamma * x
+        scale = layout.per_row([self.drop_path.sample_scale(p.batch, x) for p in layout.passes])
+        return residual + x * scale[:, None]
 
 
 class FusionEncoder(nn.Module):
@@ -219,9 +229,8 @@ class FusionEncoder(nn.Module):
         return layer(*args)
 
     def packs_passes(self) -> bool:
-        """Whether :meth:`forward_passes` packs: not with per-pass randomness over whole layers or samples
-        (layerdrop, stochastic depth) in training."""
-        return not (self.training and (self.layerdrop > 0 or any(layer.drop_path.p > 0 for layer in self.layers)))
+        """Whether :meth:`forward_passes` packs: not with layerdrop in training, which skips layers per pass."""
+        return not (self.training and self.layerdrop > 0)
 
     def forward_passes(self, passes: List[Tuple[List[AdapterOutput], List[str]]]) -> List[List[torch.Tensor]]:
         """:meth:`forward` of several passes (``(inputs, modalities)`` each), run packed

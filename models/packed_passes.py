@@ -46,6 +46,11 @@ class PackedLayout(NamedTuple):
     blocks: Tuple[Tuple[str, int, int], ...]  # (modality, start, end): each modality's rows, contiguous
     rows: int
 
+    def per_row(self, per_sample: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(N,) values of the packed rows from each pass's (B,) per-sample values (a sample's segments alike)."""
+        order = sorted((a, p, n) for p, layout in enumerate(self.passes) for (a, _), n in zip(layout.rows, layout.lengths))
+        return torch.cat([per_sample[p].repeat_interleave(n) for _, p, n in order])
+
     def split(self, per_modality: dict) -> List[List[torch.Tensor]]:
         """Per pass, its (B, S, D) segments from ``{modality: that modality's block}`` (views)."""
         starts = {m: a for m, a, _ in self.blocks}

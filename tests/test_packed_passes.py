@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from one_peace.models import OnePeacePretrainModel
 from one_peace.models.checkpoint import load_into
+from one_peace.models.components import DropPath
 from one_peace.models.fusion_encoder import TransformerEncoderLayer
 
 
@@ -83,21 +84,54 @@ def test_packed_views_match_one_pass_per_view(model, kind, packed_layer_calls):
         torch.testing.assert_close(packed_grads[name], want, rtol=1e-9, atol=1e-12, msg=name)
 
 
-def test_stochastic_depth_runs_the_views_one_by_one(model, packed_layer_calls):
-    """Stochastic depth drops samples per pass: in training with it on, the views run one after another,
-    drawing the same random masks as separate calls."""
+def training_without_dropout(model, drop_path=0.0, layerdrop=0.0):
     model.train()
-    for layer in model.encoder_wrapper.fusion_model.layers:
-        layer.drop_path.p = 0.3
+    encoder = model.encoder_wrapper.fusion_model
+    encoder.layerdrop = layerdrop
+    for layer in encoder.layers:
+        layer.drop_path.p = drop_path
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def factors(batch, index, like):
+    """Deterministic stand-in for stochastic depth's per-sample factors: every other sample dropped, the pattern
+    shifted by the draw's index."""
+    return ((torch.arange(batch) + index) % 2).to(like.dtype) * 2.0
+
+
+def test_stochastic_depth_drops_each_views_samples_whole(model, packed_layer_calls, monkeypatch):
+    """Stochastic depth in training: each view's samples are dropped per residual branch, all their rows (both
+    segments of a fused view) alike.  Given the same per-sample factors, the packed views equal separate passes."""
+    training_without_dropout(model, drop_path=0.5)
+    views = views_of("image_text")
+    layers = len(model.encoder_wrapper.fusion_model.layers)
+    separate = []
+    for v, view in enumerate(views):
+        # the packed path draws layer by layer, branch by branch, view by view: view v's k-th draw is k * V + v
+        draws = iter(range(v, 2 * layers * len(views), len(views)))
+        monkeypatch.setattr(DropPath, "sample_scale", lambda self, batch, like, draws=draws: factors(batch, next(draws), like))
+        separate += flat([model(**view)])
+    packed_draws = iter(range(10 ** 6))
+    monkeypatch.setattr(DropPath, "sample_scale", lambda self, batch, like: factors(batch, next(packed_draws), like))
+    packed = flat(model(views=views))
+    assert next(packed_draws) == 2 * layers * len(views)  # one draw per view and residual branch
+    assert packed_layer_calls == [len(views)] * layers + [3] * len(model.decoder_wrapper.fusion_model.layers)
+    for got, want in zip(packed, separate):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_layerdrop_runs_the_views_one_by_one(model, packed_layer_calls):
+    """layerdrop skips whole layers per pass: in training with it on, the encoder runs the views one after
+    another, drawing what separate calls draw."""
+    training_without_dropout(model, layerdrop=0.5)
     views = views_of("image_text")
     torch.manual_seed(1)
     separate = flat([model(**v) for v in views])
     torch.manual_seed(1)
     packed = flat(model(views=views))
-    # the decoder (no stochastic depth) still packs its passes; the encoder does not
+    # the decoder (no layerdrop) still packs its passes; the encoder does not
     assert packed_layer_calls == [3] * len(model.decoder_wrapper.fusion_model.layers)
     for got, want in zip(packed, separate):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
