@@ -34,7 +34,7 @@ class PassLayout(NamedTuple):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def scatter(self, out: torch.Tensor, per_pass: torch.Tensor) -> None:
-        """Writes ``per_pass`` (B, S, H, Dh), in sequence order, into this pass's rows of ``out`` (N, H*Dh)."""
+        """Writes ``per_pass`` (B, S, H, Dh), in sequence order, into this pass's rows of ``out`` (N, H, Dh)."""
         start = 0
         for (a, b), n in zip(self.rows, self.lengths):
             out[a:b].view(self.batch, n, *per_pass.shape[2:]).copy_(per_pass[:, start:start + n])

@@ -77,8 +77,11 @@ def test_video_quickstart_fast_variant_learns(tmp_path):
     match = re.fullmatch(r"video_quickstart: video_to_text_acc=([0-9.]+) motion_acc=([0-9.]+)", lines[-1])
     assert match, lines[-5:]
     acc, motion = float(match.group(1)), float(match.group(2))
-    # chance: 1/52 = 0.019 over all captions, 0.5 on the reversed-motion pairs (see docs/BENCHMARKS.md)
-    assert acc >= 0.1 and motion >= 0.58, lines[-4:]
+    # chance: 1/52 = 0.019 over all captions, 0.5 on the reversed-motion pairs.  motion_acc moves by up to ~0.1
+    # between runs that differ only in float rounding (0.573-0.854 over three seeds and two codes of equal
+    # outputs; docs/BENCHMARKS.md, issue #28): the bar sits between that and chance, the backwards check below
+    # is the sharper test of reading frame order.
+    assert acc >= 0.1 and motion >= 0.55, lines[-4:]
     # Played backwards a clip shows the reversed motion: a model blind to frame order scores the same
     # both ways, one that reads it prefers the reversed caption more often.
     backwards = float(re.search(r"played backwards: motion accuracy ([0-9.]+)", proc.stdout).group(1))
