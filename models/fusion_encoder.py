@@ -43,11 +43,15 @@ class TransformerEncoderLayer(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def residual(self, residual, x, gamma):
+    def residual(self, residual, x, gamma, layout: Optional[PackedLayout] = None):
+        """``layout``: x holds packed passes' rows, and stochastic depth drops each pass's samples, all their rows
+        (both segments of a fused pass) alike."""
         x = self.dropout(x)
         if gamma is not None:
             x = gamma * x
-        return residual + self.drop_path(x)
+        if layout is None or not self.drop_path.active():
+            return residual + self.drop_path(x)
+        return residual + x * layout.per_row([self.drop_path.sample_scale(p.batch, x) for p in layout.passes])[:, None]
 
     def forward(self, x, segments, attn_bias=None, key_padding_mask=None):
         """x: (B, S, D); segments: [(modality, length), ...] in sequence order.
@@ -77,20 +81,10 @@ class TransformerEncoderLayer(nn.Module):
         h = attn.finish(heads.view(layout.rows, -1))
         if self.attn_ln is not None:
             h = self.attn_ln(h)
-        x = self._packed_residual(x, h, self.gamma_1, layout)
+        x = self.residual(x, h, self.gamma_1, layout)
         h = self.final_layer_norm(x)
         parts = [getattr(self, f"{m}_ffn")(h[a:b]) for m, a, b in layout.blocks]
-        return self._packed_residual(x, parts[0] if len(parts) == 1 else torch.cat(parts), self.gamma_2, layout)
-
-    def _packed_residual(self, residual, x, gamma, layout: PackedLayout):
-        """:meth:`residual` of packed rows: stochastic depth drops each pass's samples, all their rows alike."""
-        if not self.drop_path.active():
-            return self.residual(residual, x, gamma)
-        x = self.dropout(x)
-        if gamma is not None:
-            x = gamma * x
-        scale = layout.per_row([self.drop_path.sample_scale(p.batch, x) for p in layout.passes])
-        return residual + x * scale[:, None]
+        return self.residual(x, parts[0] if len(parts) == 1 else torch.cat(parts), self.gamma_2, layout)
 
 
 class FusionEncoder(nn.Module):

@@ -88,11 +88,7 @@ class ModelWrapper(nn.Module):
     def run_fusion_passes(self, passes: List[Tuple[List[AdapterOutput], Sequence[str]]]) -> List[EncoderOutputs]:
         """:meth:`run_fusion` of several passes, which the fusion encoder runs packed where it can
         (``FusionEncoder.forward_passes``)."""
-        if len(passes) == 1:
-            inputs, modalities = passes[0]
-            features = [self.fusion_model(inputs, list(modalities))]
-        else:
-            features = self.fusion_model.forward_passes([(inputs, list(modalities)) for inputs, modalities in passes])
+        features = self.fusion_model.forward_passes([(inputs, list(modalities)) for inputs, modalities in passes])
         return [EncoderOutputs({m: ModalityFeatures(f, inp.padding_mask, inp.whole_sequence_mask)
                                 for m, f, inp in zip(modalities, pass_features, inputs)})
                 for (inputs, modalities), pass_features in zip(passes, features)]
