@@ -75,15 +75,14 @@ class TransformerEncoderLayer(nn.Module):
     def _forward_packed(self, x, layout: PackedLayout, biases):
         attn = self.self_attn
         q, k, v = attn.project(self.self_attn_layer_norm(x))
-        heads = q.new_empty(layout.rows, attn.num_heads, attn.head_dim)
-        for p, bias in zip(layout.passes, biases):
-            p.scatter(heads, attn.attend(p.gather(q), p.gather(k), p.gather(v), bias, p.key_padding_mask))
-        h = attn.finish(heads.view(layout.rows, -1))
+        heads = [attn.attend(*qkv, bias, p.key_padding_mask)
+                 for p, bias, *qkv in zip(layout.passes, biases, *map(layout.unpack, (q, k, v)))]
+        h = attn.finish(layout.repack(heads).view(layout.rows, -1))
         if self.attn_ln is not None:
             h = self.attn_ln(h)
         x = self.residual(x, h, self.gamma_1, layout)
         h = self.final_layer_norm(x)
-        parts = [getattr(self, f"{m}_ffn")(h[a:b]) for m, a, b in layout.blocks]
+        parts = [getattr(self, f"{m}_ffn")(block) for (m, _, _), block in zip(layout.blocks, layout.split_blocks(h))]
         return self.residual(x, parts[0] if len(parts) == 1 else torch.cat(parts), self.gamma_2, layout)
 
 
@@ -234,7 +233,8 @@ class FusionEncoder(nn.Module):
         x, layout = pack([self._prepare(inputs, list(modalities)) for inputs, modalities in passes])
         for idx, layer in enumerate(self.layers):
             x = self._run_layer(layer, x, layout, [p.bias(idx) for p in layout.passes])
-        return layout.split({m: getattr(self, f"{m}_layer_norm")(x[a:b]) for m, a, b in layout.blocks})
+        return layout.split({m: getattr(self, f"{m}_layer_norm")(block)
+                             for (m, _, _), block in zip(layout.blocks, layout.split_blocks(x))})
 
     def split_segments(self, x, segments, norm: bool):
         outputs = x.split([length for _, length in segments], dim=1)

@@ -28,23 +28,31 @@ class PassLayout(NamedTuple):
     key_padding_mask: Optional[torch.Tensor]  # (B, S) True = pad, or None
     bias: Callable[[int], object]  # layer index -> the pass's attention bias for that layer
 
-    def gather(self, packed: torch.Tensor) -> torch.Tensor:
-        """(B, S, D) of this pass from the packed (N, D) rows (a view for a single segment)."""
-        parts = [packed[a:b].view(self.batch, n, -1) for (a, b), n in zip(self.rows, self.lengths)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-    def scatter(self, out: torch.Tensor, per_pass: torch.Tensor) -> None:
-        """Writes ``per_pass`` (B, S, H, Dh), in sequence order, into this pass's rows of ``out`` (N, H, Dh)."""
-        start = 0
-        for (a, b), n in zip(self.rows, self.lengths):
-            out[a:b].view(self.batch, n, *per_pass.shape[2:]).copy_(per_pass[:, start:start + n])
-            start += n
-
 
 class PackedLayout(NamedTuple):
     passes: Tuple[PassLayout, ...]
     blocks: Tuple[Tuple[str, int, int], ...]  # (modality, start, end): each modality's rows, contiguous
     rows: int
+    order: Tuple[Tuple[int, int], ...]  # (pass, segment) of each run of rows, in row order; they cover 0..rows
+
+    # The rows are cut with one ``split`` and put together with one copy: autograd then gives the packed
+    # gradient in one pass.  Slicing each pass's rows out of the packed matrix instead made every slice's
+    # backward a zero-filled (N, D) matrix, summed over the slices.
+    def unpack(self, packed: torch.Tensor) -> List[torch.Tensor]:
+        """Per pass, its (B, S, ...) sequence from the packed (N, ...) rows (a view for a single segment)."""
+        pieces = packed.split([self.passes[p].rows[s][1] - self.passes[p].rows[s][0] for p, s in self.order])
+        parts = [[None] * len(layout.rows) for layout in self.passes]
+        for (p, s), piece in zip(self.order, pieces):
+            parts[p][s] = piece.view(self.passes[p].batch, self.passes[p].lengths[s], *piece.shape[1:])
+        return [segments[0] if len(segments) == 1 else torch.cat(segments, dim=1) for segments in parts]
+
+    def repack(self, per_pass: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The inverse of :meth:`unpack`: the passes' (B, S, ...) sequences (any strides) into (N, ...) rows."""
+        return _Repack.apply(self, *per_pass)
+
+    def split_blocks(self, packed: torch.Tensor) -> List[torch.Tensor]:
+        """Each modality's block of rows, in :attr:`blocks` order (views)."""
+        return list(packed.split([b - a for _, a, b in self.blocks]))
 
     def per_row(self, per_sample: Sequence[torch.Tensor]) -> torch.Tensor:
         """(N,) values of the packed rows from each pass's (B,) per-sample values (a sample's segments alike)."""
@@ -59,16 +67,42 @@ class PackedLayout(NamedTuple):
                 for layout in self.passes]
 
 
+class _Repack(torch.autograd.Function):
+    """Copies each pass's segments into their rows; the gradient of each pass is a view of the rows' gradient
+    (a ``cat`` for a fused pass), where copies into slices of one buffer would clone the whole gradient per copy."""
+
+    @staticmethod
+    def forward(ctx, layout: PackedLayout, *per_pass):
+        ctx.layout = layout
+        tail = per_pass[0].shape[2:]
+        out = per_pass[0].new_empty(layout.rows, *tail)
+        for p, x in zip(layout.passes, per_pass):
+            start = 0
+            for (a, b), n in zip(p.rows, p.lengths):
+                out[a:b].view(p.batch, n, *tail).copy_(x[:, start:start + n])
+                start += n
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        grads = []
+        for p in ctx.layout.passes:
+            parts = [grad[a:b].view(p.batch, n, *grad.shape[1:]) for (a, b), n in zip(p.rows, p.lengths)]
+            grads.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        return (None, *grads)
+
+
 def pack(passes: Sequence[Tuple[torch.Tensor, Sequence[Tuple[str, int]], Optional[torch.Tensor],
                                 Callable[[int], object]]]) -> Tuple[torch.Tensor, PackedLayout]:
     """``passes``: per pass ``(x (B, S, D), [(modality, length), ...], key_padding_mask, bias_of)``.
     Returns the packed (N, D) matrix and its layout."""
-    order = []  # modalities in order of first appearance
+    modalities = []  # in order of first appearance
     for _, segments, _, _ in passes:
-        order += [m for m, _ in segments if m not in order]
+        modalities += [m for m, _ in segments if m not in modalities]
     rows = [[None] * len(segments) for _, segments, _, _ in passes]
-    pieces, blocks, start = [], [], 0
-    for modality in order:
+    pieces, blocks, order, start = [], [], [], 0
+    for modality in modalities:
         block_start = start
         for p, (x, segments, _, _) in enumerate(passes):
             offset = 0
@@ -77,6 +111,7 @@ def pack(passes: Sequence[Tuple[torch.Tensor, Sequence[Tuple[str, int]], Optiona
                     piece = x[:, offset:offset + length]
                     pieces.append(piece.reshape(-1, x.size(-1)))
                     rows[p][s] = (start, start + piece.size(0) * length)
+                    order.append((p, s))
                     start += piece.size(0) * length
                 offset += length
         blocks.append((modality, block_start, start))
@@ -84,4 +119,4 @@ def pack(passes: Sequence[Tuple[torch.Tensor, Sequence[Tuple[str, int]], Optiona
                                mask, bias_of)
                     for (x, segments, mask, bias_of), r in zip(passes, rows))
     packed = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    return packed, PackedLayout(layouts, tuple(blocks), start)
+    return packed, PackedLayout(layouts, tuple(blocks), start, tuple(order))

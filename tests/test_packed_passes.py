@@ -11,6 +11,7 @@ from one_peace.models import OnePeacePretrainModel
 from one_peace.models.checkpoint import load_into
 from one_peace.models.components import DropPath
 from one_peace.models.fusion_encoder import TransformerEncoderLayer
+from one_peace.models.packed_passes import pack
 
 
 @pytest.fixture()
@@ -145,3 +146,33 @@ def test_a_view_is_an_encoder_pass(model):
         model(views=[dict(encoder_type="vl", src_tokens=torch.ones(1, 3, dtype=torch.long),
                           src_images=torch.zeros(1, 3, 32, 32, dtype=torch.float64),
                           text_preserve_ids=torch.zeros(1, 2, dtype=torch.long))])
+
+
+def test_backward_assembles_the_packed_gradient_once(model):
+    """The layer's gradient through the per-pass attention is put together once.  Slicing each pass's rows out of
+    the packed q, k and v made every slice's backward a zero-filled (N, D) matrix, summed over the slices, and
+    copying each pass's heads into slices of one buffer cloned the whole gradient per copy: a few percent of a
+    bf16 step (docs/BENCHMARKS.md)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    views = views_of("image_text")
+    wrapper = model.encoder_wrapper
+    x, layout = pack([wrapper.fusion_model._prepare(wrapper.embed(v["encoder_type"], v), modalities)
+                      for v, modalities in ((views[0], ["text"]), (views[1], ["image"]), (views[4], ["text", "image"]))])
+    x = x.detach().requires_grad_()
+    out = wrapper.fusion_model.layers[0](x, layout, [p.bias(0) for p in layout.passes])
+    per_slice = {torch.ops.aten.slice_backward, torch.ops.aten.new_empty_strided, torch.ops.aten.fill_,
+                 torch.ops.aten.zero_, torch.ops.aten.zeros, torch.ops.aten.new_zeros}
+    seen = []
+
+    class FullSizeOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if func.overloadpacket in per_slice and isinstance(result, torch.Tensor) and result.numel() >= x.numel():
+                seen.append(str(func))
+            return result
+
+    with FullSizeOps():
+        out.sum().backward()
+    assert seen == []
+    assert x.grad.shape == x.shape
