@@ -128,7 +128,19 @@ def _dense_bias(bias, dtype):
     return bias
 
 
+# bf16 on a CPU: per-head matrices of at most this many values (tokens x head dim) are multiplied in float32.
+# oneDNN's bf16 batched matmul pays a fixed cost per matrix that outweighs the product at these sizes: the tiny
+# preset's heads (5-65 x 16) train 1.05-1.55x faster through float32 and the base preset's text (30 x 64) 1.13x;
+# from 65 x 64 on, bf16 is 1.4-1.5x faster (``python bench/attention_cpu.py --small``, docs/BENCHMARKS.md).
+SMALL_HEADS_FLOAT32_MAX = 2048
+
+
 def _reference_impl(q, k, v, bias, key_padding_mask, dropout_p):
+    if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu" \
+            and q.size(-2) * q.size(-1) <= SMALL_HEADS_FLOAT32_MAX:
+        out = reference_attention(q.float(), k.float(), v.float(), _dense_bias(bias, torch.float32), key_padding_mask,
+                                  dropout_p)
+        return out.to(q.dtype)
     return reference_attention(q, k, v, _dense_bias(bias, q.dtype), key_padding_mask, dropout_p)
 
 

@@ -61,3 +61,24 @@ def test_bf16_explicit_path_equals_the_float32_softmax_rounded_once():
     official = torch.softmax((q @ k.transpose(-2, -1) + bias).float(), dim=-1).to(torch.bfloat16)
     assert (probs == official).float().mean() > 0.999
     torch.testing.assert_close(probs.float(), official.float(), rtol=0, atol=2 ** -8)
+
+
+def test_bf16_training_on_small_heads_multiplies_in_float32():
+    """Small heads (tokens x head dim up to SMALL_HEADS_FLOAT32_MAX) in bf16 on a CPU: the explicit path's matmuls
+    run in float32 on the bf16 values and the output is rounded once; larger heads stay in bf16.  Gradients reach
+    the bf16 inputs in bf16 either way."""
+    from one_peace.models.attention import SMALL_HEADS_FLOAT32_MAX, _reference_impl, reference_attention
+
+    torch.manual_seed(0)
+    for length, head_dim in ((24, 16), (80, 64)):
+        q, k, v = (torch.randn(2, 4, length, head_dim, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        bias = torch.randn(1, 4, length, length, dtype=torch.bfloat16)
+        out = _reference_impl(q, k, v, bias, None, 0.0)
+        assert out.dtype == torch.bfloat16
+        in_float32 = reference_attention(q.float(), k.float(), v.float(), bias.float()).to(torch.bfloat16)
+        in_bf16 = reference_attention(q, k, v, bias)
+        small = length * head_dim <= SMALL_HEADS_FLOAT32_MAX
+        assert small == (length == 24)
+        assert torch.equal(out, in_float32 if small else in_bf16)
+        out.float().sum().backward()
+        assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
