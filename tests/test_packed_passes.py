@@ -1,5 +1,6 @@
 """Packed views (``model(views=[...])``): the pretraining criteria's views run through the shared layers as one
 pass, with the values and gradients of one pass per view."""
+import copy
 import json
 
 import pytest
@@ -176,3 +177,30 @@ def test_backward_assembles_the_packed_gradient_once(model):
         out.sum().backward()
     assert seen == []
     assert x.grad.shape == x.shape
+
+
+def test_a_fused_pass_runs_each_modalitys_ffn_on_one_matrix(model):
+    """A fused pass through frozen weights (stage 2's text tower, the hub's model): each segment's FFN multiplies
+    one (B * n, D) matrix.  On the (B, n, D) slice, which is not contiguous, torch ran a linear with a weight that
+    needs no gradient as a batched matmul over B copies of the weight (3.7% of a base stage-2 step)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    view = views_of("image_text")[4]
+    wrapper = model.encoder_wrapper
+    x, segments, key_padding_mask, bias_of = wrapper.fusion_model._prepare(wrapper.embed("vl", view), ["text", "image"])
+    # bf16, where the batched matmul copies the weight B times (float32 and float64 read it with stride 0)
+    layer, x, bias = copy.deepcopy(wrapper.fusion_model.layers[0]).bfloat16(), x.bfloat16(), bias_of(0).bfloat16()
+    layer.requires_grad_(False)
+    ffn_weight_shapes = {tuple(m.weight.t().shape) for m in layer.modules() if isinstance(m, torch.nn.Linear)}
+    batched_weights = []
+
+    class Matmuls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.bmm and tuple(args[1].shape[1:]) in ffn_weight_shapes:
+                batched_weights.append(tuple(args[1].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Matmuls():
+        out = layer(x, segments, bias, key_padding_mask)
+    assert batched_weights == []
+    assert out.shape == x.shape
