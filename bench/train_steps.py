@@ -18,6 +18,12 @@ inside the fused Adam step (``supports_step_with_scale``, optim/fused_adam.py), 
         python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6   # the previous allocator setting
     python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6 --alternate-grad-factors
     python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6 --alternate-packing
+    python bench/train_steps.py --arch tiny --stage 1 --precision bf16 --steps 40 --alternate-precision
+
+``--alternate-precision`` builds two trainers in one process, fp32 and ``--precision`` (bf16 or
+bf16-memory-efficient), and alternates their steps: the bf16-against-fp32 ratio of issue #28 as a paired
+measurement.  ``bench/pretrain.py`` runs each precision in a process of its own, one after the other, so a change
+in the machine's speed between them moves its ``vs fp32`` column.
 """
 import argparse
 import os
@@ -40,9 +46,12 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--alternate-grad-factors", action="store_true")
     parser.add_argument("--alternate-packing", action="store_true")
+    parser.add_argument("--alternate-precision", action="store_true")
     args = parser.parse_args()
-    if args.alternate_grad_factors and args.alternate_packing:
-        parser.error("--alternate-grad-factors and --alternate-packing: one comparison per run")
+    if args.alternate_grad_factors + args.alternate_packing + args.alternate_precision > 1:
+        parser.error("--alternate-grad-factors, --alternate-packing, --alternate-precision: one comparison per run")
+    if args.alternate_precision and args.precision == "fp32":
+        parser.error("--alternate-precision: fp32 against --precision bf16 or bf16-memory-efficient")
     if args.precision == "amp":
         parser.error("--precision amp: use bench/pretrain.py (the step under autocast)")
     if args.alternate_grad_factors and args.precision == "fp32":
@@ -54,7 +63,15 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = pretrain.write_data(args.stage, batch, d["image_size"], d["audio_seconds"], tmp)
         trainer, _, sample, _ = pretrain.fairseq_trainer(args, data, batch, d["image_size"], d["audio_seconds"])
+        if args.alternate_precision:
+            fp32 = pretrain.fairseq_trainer(argparse.Namespace(**{**vars(args), "precision": "fp32"}), data, batch,
+                                            d["image_size"], d["audio_seconds"])
     name = f"{args.arch}, stage {args.stage}, {args.precision}"
+    if args.alternate_precision:
+        trainers = {False: (fp32[0], fp32[2]), True: (trainer, sample)}
+        paired(args, f"{args.arch}, stage {args.stage}", lambda on: trainers[on][0].train_step([trainers[on][1]]),
+               ("fp32", args.precision))
+        return
     if args.alternate_grad_factors:
         from fairseq.optim import adam
 
@@ -90,12 +107,21 @@ def main():
 def alternate(trainer, sample, args, name, switch, labels):
     """Steps alternated between ``switch(False)`` and ``switch(True)`` (the order swapped every other pair);
     prints both medians and the paired ratios (off / on)."""
+    def step(on):
+        switch(on)
+        trainer.train_step([sample])
+
+    paired(args, name, step, labels)
+
+
+def paired(args, name, step, labels):
+    """``step(False)`` and ``step(True)`` alternated (the order swapped every other pair); prints both medians and
+    the paired ratios (False / True)."""
     times = {False: [], True: []}
     for i in range(args.warmup + args.steps):
         for on in ((False, True) if i % 2 == 0 else (True, False)):
-            switch(on)
             start = time.perf_counter()
-            trainer.train_step([sample])
+            step(on)
             if i >= args.warmup:
                 times[on].append(time.perf_counter() - start)
     ratios = [a / b for a, b in zip(times[False], times[True])]
