@@ -136,7 +136,7 @@ SMALL_HEADS_FLOAT32_MAX = 2048
 
 
 def _reference_impl(q, k, v, bias, key_padding_mask, dropout_p):
-    if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu" \
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" \
             and q.size(-2) * q.size(-1) <= SMALL_HEADS_FLOAT32_MAX:
         out = reference_attention(q.float(), k.float(), v.float(), _dense_bias(bias, torch.float32), key_padding_mask,
                                   dropout_p)
