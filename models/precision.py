@@ -28,8 +28,9 @@ BF16_FASTER_ON_CPU = {
     # run_scripts/*/evaluate.sh (their bf16 default): base / 4B embeddings 2.9-8x faster in bf16
     # ("CPU embedding throughput, fp32 vs bf16", bench/load.py --throughput)
     "evaluate": True,
-    # run_scripts/quickstart.sh, the tiny model: a stage-1 step in bf16 0.81x the fp32 speed; its own stage 2
-    # (the narrower front end) 0.70x in fairseq-train, although the tiny preset's stage-2 step is 1.10x
+    # run_scripts/quickstart.sh, the tiny model: a stage-1 step in bf16 0.81x the fp32 speed (0.90x paired in one
+    # process after the sixth round, bench/train_steps.py --alternate-precision); its own stage 2 (the narrower
+    # front end) 0.70x in fairseq-train, although the tiny preset's stage-2 step is 1.10x
     "quickstart": False,
     # run_scripts/video_quickstart.sh: the quickstart's tiny model on 8 frames
     "video_quickstart": False,
