@@ -35,15 +35,25 @@ class PackedLayout(NamedTuple):
     rows: int
     order: Tuple[Tuple[int, int], ...]  # (pass, segment) of each run of rows, in row order; they cover 0..rows
 
-    # The rows are cut with one ``split`` and put together with one copy: autograd then gives the packed
-    # gradient in one pass.  Slicing each pass's rows out of the packed matrix instead made every slice's
-    # backward a zero-filled (N, D) matrix, summed over the slices.
-    def unpack(self, packed: torch.Tensor) -> List[torch.Tensor]:
-        """Per pass, its (B, S, ...) sequence from the packed (N, ...) rows (a view for a single segment)."""
-        pieces = packed.split([self.passes[p].rows[s][1] - self.passes[p].rows[s][0] for p, s in self.order])
+    # The rows are cut with ``split`` and put together with one copy: autograd then gives the packed gradient in
+    # one pass.  Slicing each pass's rows out of the packed matrix instead made every slice's backward a
+    # zero-filled (N, D) matrix, summed over the slices.
+    def _runs(self, start: int = 0, end: Optional[int] = None) -> List[Tuple[int, int, int]]:
+        """(pass, segment, rows) of the runs of rows within [start, end), in row order."""
+        end = self.rows if end is None else end
+        runs = [(p, s, self.passes[p].rows[s]) for p, s in self.order]
+        return [(p, s, b - a) for p, s, (a, b) in runs if start <= a < end]
+
+    def _per_pass(self, pieces: Sequence[torch.Tensor]) -> List[List[torch.Tensor]]:
+        """Per pass, its (B, n, ...) segments from the runs' pieces (N_run, ...), given in row order (views)."""
         parts = [[None] * len(layout.rows) for layout in self.passes]
         for (p, s), piece in zip(self.order, pieces):
             parts[p][s] = piece.view(self.passes[p].batch, self.passes[p].lengths[s], *piece.shape[1:])
+        return parts
+
+    def unpack(self, packed: torch.Tensor) -> List[torch.Tensor]:
+        """Per pass, its (B, S, ...) sequence from the packed (N, ...) rows (a view for a single segment)."""
+        parts = self._per_pass(packed.split([n for _, _, n in self._runs()]))
         return [segments[0] if len(segments) == 1 else torch.cat(segments, dim=1) for segments in parts]
 
     def repack(self, per_pass: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -56,15 +66,12 @@ class PackedLayout(NamedTuple):
 
     def per_row(self, per_sample: Sequence[torch.Tensor]) -> torch.Tensor:
         """(N,) values of the packed rows from each pass's (B,) per-sample values (a sample's segments alike)."""
-        order = sorted((a, p, n) for p, layout in enumerate(self.passes) for (a, _), n in zip(layout.rows, layout.lengths))
-        return torch.cat([per_sample[p].repeat_interleave(n) for _, p, n in order])
+        return torch.cat([per_sample[p].repeat_interleave(self.passes[p].lengths[s]) for p, s in self.order])
 
     def split(self, per_modality: dict) -> List[List[torch.Tensor]]:
         """Per pass, its (B, S, D) segments from ``{modality: that modality's block}`` (views)."""
-        starts = {m: a for m, a, _ in self.blocks}
-        return [[per_modality[m][a - starts[m]:b - starts[m]].view(layout.batch, n, -1)
-                 for m, (a, b), n in zip(layout.modalities, layout.rows, layout.lengths)]
-                for layout in self.passes]
+        return self._per_pass([piece for m, a, b in self.blocks
+                               for piece in per_modality[m].split([n for _, _, n in self._runs(a, b)])])
 
 
 class _Repack(torch.autograd.Function):
@@ -85,12 +92,7 @@ class _Repack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        grads = []
-        for p in ctx.layout.passes:
-            parts = [grad[a:b].view(p.batch, n, *grad.shape[1:]) for (a, b), n in zip(p.rows, p.lengths)]
-            grads.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
-        return (None, *grads)
+        return (None, *ctx.layout.unpack(grad.contiguous()))
 
 
 def pack(passes: Sequence[Tuple[torch.Tensor, Sequence[Tuple[str, int]], Optional[torch.Tensor],
