@@ -82,8 +82,13 @@ def _path(kind, retrieval_checkpoint):
 
 
 def _assert_same(got, want):
+    # The weights are the same bit for bit (``verified``), but a directory's tensors sit at the offsets the
+    # safetensors file gives them, not at the allocator's 64-byte boundaries.  On an AVX2 AMD EPYC, a linear
+    # over one row (the audio projection of one clip) sums in another order when its weight is not 64-byte
+    # aligned, so the outputs can differ in the last bit (a Xeon with AVX-512 gave identical outputs).
     for g, w in zip(got, want):
-        assert g.dtype == w.dtype and torch.equal(g, w), (g - w).abs().max()
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
