@@ -39,6 +39,7 @@ setup(
     description="ONE-PEACE (vision/audio/language representation model) as a fairseq user-dir plugin",
     packages=packages,
     package_dir=package_dir,
+    package_data={"one_peace.models.kernels": ["cpu_fused.c"]},  # built on first use (models/kernels/cpu_build.py)
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

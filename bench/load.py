@@ -126,6 +126,22 @@ def conv_adapter_paths():
         yield
 
 
+@contextlib.contextmanager
+def torch_chains():
+    """The elementwise chains through torch's ops instead of the fused CPU kernels (``ONE_PEACE_CPU_FUSED=torch``,
+    models/kernels/cpu_fused.py), so both can be timed in one process."""
+    from one_peace.models.kernels import switches
+
+    switches.set_cpu_fused_impl("torch")
+    try:
+        yield
+    finally:
+        switches.set_cpu_fused_impl(None)
+
+
+BASELINES = {"conv_paths": conv_adapter_paths, "torch_chains": torch_chains}
+
+
 def throughput_inputs(hub, images, clips, seconds_audio):
     """Random 256 px images and ``seconds_audio`` clips as the processors give them (float32)."""
     import numpy as np
@@ -138,12 +154,13 @@ def throughput_inputs(hub, images, clips, seconds_audio):
             "clips": dict(src_audios=audios, audio_padding_masks=torch.zeros(clips, frames + 1, dtype=torch.bool))}
 
 
-def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, clips=2, conv_paths=False):
+def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, clips=2, baselines=()):
     """Per modality: items/s of ``extract_*_features``, FLOPs of a batch, GFLOP/s as a share of the GEMM rate
     in the precision, and the profiler's split.  Each timed batch is followed by a short GEMM timing; the
     fastest batch is set against the fastest GEMM timing: on a machine shared with other jobs, bursts of their
-    work slow single timings many times over, and the fastest of each is the least disturbed.  ``conv_paths``:
-    each batch is also run through the adapters' convolutions (:func:`conv_adapter_paths`), alternately."""
+    work slow single timings many times over, and the fastest of each is the least disturbed.  ``baselines`` (names in ``BASELINES``):
+    each batch is also run that way, alternately -- through the adapters' convolutions (``conv_paths``,
+    :func:`conv_adapter_paths`) or the elementwise chains through torch's ops (``torch_chains``)."""
     import rates
 
     from one_peace import from_pretrained
@@ -167,20 +184,20 @@ def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, cl
 
         run()  # warm-up
         flops = rates.count_flops(run)
-        times, conv_times = [], []
+        times, baseline_times = [], {baseline: [] for baseline in baselines}
         for _ in range(iters):
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
             gemms.append(rates.gemm_rate(gemm_dtype, seconds=0.25))
-            if conv_paths:
-                with conv_adapter_paths():
+            for baseline in baselines:
+                with BASELINES[baseline]():
                     start = time.perf_counter()
                     run()
-                    conv_times.append(time.perf_counter() - start)
+                    baseline_times[baseline].append(time.perf_counter() - start)
         seconds = min(times)
-        if conv_paths:
-            out[f"{name}_conv_paths"] = dict(per_s=count / min(conv_times), speedup=min(conv_times) / seconds)
+        for baseline, btimes in baseline_times.items():
+            out[f"{name}_{baseline}"] = dict(per_s=count / min(btimes), speedup=min(btimes) / seconds)
         split = rates.profile_split(run, regions=())
         out[name] = dict(per_s=count / seconds, batch=count, batch_s=seconds, gflop=flops / 1e9,
                          gflops=flops / 1e9 / seconds, gemm_share_of_profile=split["gemm_s"] / split["total_s"])
@@ -210,6 +227,10 @@ def machine():
             f"{datetime.date.today().isoformat()}")
 
 
+def baselines(args):
+    return [name for name in BASELINES if getattr(args, name)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", action="extend", nargs="+", choices=["tiny", "base", "4b"])
@@ -229,6 +250,9 @@ def main(argv=None):
     parser.add_argument("--conv-paths", action="store_true",
                         help="--throughput: also time each batch through the adapters' convolutions (the paths "
                              "before issue #28), alternately in the same process")
+    parser.add_argument("--torch-chains", action="store_true",
+                        help="--throughput: also time each batch with the elementwise chains through torch's ops "
+                             "instead of the fused CPU kernels (ONE_PEACE_CPU_FUSED=torch), alternately")
     parser.add_argument("--keep", action="store_true", help="keep the stand-in checkpoints")
     parser.add_argument("--child", choices=["load", "throughput"], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -244,7 +268,7 @@ def main(argv=None):
             if args.threads:
                 torch.set_num_threads(args.threads)
             result = measure_throughput(args.path, args.precision[0], iters=args.iters, images=args.images,
-                                        clips=args.clips, conv_paths=args.conv_paths)
+                                        clips=args.clips, baselines=baselines(args))
         print(json.dumps(result))
         return
     for option in ("threads", "images", "clips", "iters"):
@@ -262,7 +286,9 @@ def main(argv=None):
     if args.throughput:
         print(f"`{' '.join(['python', 'bench/load.py'] + (argv if argv is not None else sys.argv[1:]))}`; "
               f"{args.threads or torch.get_num_threads()} torch threads\n")
-        conv = (" images/s, conv paths | x | clips/s, conv paths | x |", "---|---|---|---|") if args.conv_paths else ("", "")
+        labels = {"conv_paths": "conv paths", "torch_chains": "torch chains"}
+        conv = ("".join(f" images/s, {labels[b]} | x | clips/s, {labels[b]} | x |" for b in baselines(args)),
+                "---|---|---|---|" * len(baselines(args)))
         print("| size | layers | precision | images/s | GFLOP / batch | GFLOP/s | of GEMM | GEMM in profile | "
               "5 s clips/s | GFLOP / batch | GFLOP/s | of GEMM | GEMM in profile | GEMM GFLOP/s |" + conv[0])
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + conv[1])
@@ -282,14 +308,14 @@ def main(argv=None):
             for precision in args.precision:
                 r = run_child("throughput", path, ["--precision", precision, "--iters", str(args.iters),
                                                    "--images", str(args.images), "--clips", str(args.clips)]
-                              + (["--conv-paths"] if args.conv_paths else [])
+                              + [f"--{b.replace('_', '-')}" for b in baselines(args)]
                               + (["--threads", str(args.threads)] if args.threads else []))
                 cells = [f"{r[k]['per_s']:.3f} | {r[k]['gflop']:.0f} | {r[k]['gflops']:.0f} | {r[k]['share']:.0%} | "
                          f"{r[k]['gemm_share_of_profile']:.0%}" for k in ("images", "clips")]
-                conv = [f" | {r[k + '_conv_paths']['per_s']:.3f} | {r[k + '_conv_paths']['speedup']:.2f}x"
-                        for k in ("images", "clips")] if args.conv_paths else ["", ""]
+                conv = "".join(f" | {r[f'{k}_{b}']['per_s']:.3f} | {r[f'{k}_{b}']['speedup']:.2f}x"
+                               for b in baselines(args) for k in ("images", "clips"))
                 print(f"| {size} | {r['layers']} | {precision} | {cells[0]} | {cells[1]} | {r['gemm_gflops']:.0f}"
-                      f"{conv[0]}{conv[1]} |", flush=True)
+                      f"{conv} |", flush=True)
         for dtype in ([] if args.throughput else dtypes):
             r = run_child("load", path, ["--dtype", dtype])
             fp32_gib = r["params"] * 4 / 2 ** 30

@@ -19,6 +19,10 @@ inside the fused Adam step (``supports_step_with_scale``, optim/fused_adam.py), 
     python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6 --alternate-grad-factors
     python bench/train_steps.py --arch base --stage 1 --precision bf16 --steps 6 --alternate-packing
     python bench/train_steps.py --arch tiny --stage 1 --precision bf16 --steps 40 --alternate-precision
+    python bench/train_steps.py --arch base --stage 1 --precision fp32 --steps 6 --alternate-cpu-fused
+
+``--alternate-cpu-fused`` times, in one process, steps alternated between the elementwise chains through torch's
+ops and the fused CPU kernels (``ONE_PEACE_CPU_FUSED``, models/kernels/cpu_fused.py), and reports the paired ratios.
 
 ``--alternate-precision`` builds two trainers in one process, fp32 and ``--precision`` (bf16 or
 bf16-memory-efficient), and alternates their steps: the bf16-against-fp32 ratio of issue #28 as a paired
@@ -47,9 +51,11 @@ def main():
     parser.add_argument("--alternate-grad-factors", action="store_true")
     parser.add_argument("--alternate-packing", action="store_true")
     parser.add_argument("--alternate-precision", action="store_true")
+    parser.add_argument("--alternate-cpu-fused", action="store_true")
     args = parser.parse_args()
-    if args.alternate_grad_factors + args.alternate_packing + args.alternate_precision > 1:
-        parser.error("--alternate-grad-factors, --alternate-packing, --alternate-precision: one comparison per run")
+    if args.alternate_grad_factors + args.alternate_packing + args.alternate_precision + args.alternate_cpu_fused > 1:
+        parser.error("--alternate-grad-factors, --alternate-packing, --alternate-precision, --alternate-cpu-fused: "
+                     "one comparison per run")
     if args.alternate_precision and args.precision == "fp32":
         parser.error("--alternate-precision: fp32 against --precision bf16 or bf16-memory-efficient")
     if args.precision == "amp":
@@ -89,6 +95,14 @@ def main():
             FusionEncoder.packs_passes = packs if on else (lambda self: False)
 
         alternate(trainer, sample, args, name, packing, ("one pass per view", "views packed"))
+        return
+    if args.alternate_cpu_fused:
+        from one_peace.models.kernels import switches
+
+        def cpu_fused(on):
+            switches.set_cpu_fused_impl("fused" if on else "torch")
+
+        alternate(trainer, sample, args, name, cpu_fused, ("torch's chains", "fused CPU kernels"))
         return
     for _ in range(args.warmup):
         trainer.train_step([sample])

@@ -1,10 +1,12 @@
-"""Fused Triton kernels: attention core (dense or bucketed bias) and LayerNorm.
+"""Fused Triton kernels: attention core (dense or bucketed bias) and LayerNorm; fused C kernels for the CPU.
 
-Opt-in only: the model uses them when asked to (``ONE_PEACE_ATTENTION=fused``,
+The Triton kernels are opt-in: the model uses them when asked to (``ONE_PEACE_ATTENTION=fused``,
 ``ONE_PEACE_LAYER_NORM=fused``, or ``set_attention_impl`` / ``set_layer_norm_impl``;
 see ``switches.py``).  Importable without triton: :func:`triton_available` is then
 False, ``FusedLayerNorm`` runs plain torch and ``fused_attention_supported`` returns
-False.  ``python -m one_peace.models.kernels_self_check`` checks them on a GPU.  See
+False.  ``python -m one_peace.models.kernels_self_check`` checks them on a GPU.  The CPU kernels
+(``cpu_fused.py``: GeGLU + sub-LayerNorm) are on by default wherever a C compiler builds them
+(``ONE_PEACE_CPU_FUSED=torch`` turns them off).  See
 docs/KERNELS.md.
 """
 from ._triton_utils import triton_available
@@ -18,8 +20,10 @@ from .layer_norm import FusedLayerNorm, fused_layer_norm, layer_norm_unsupported
 from .switches import (
     invalidate_kernel_caches,
     requested_attention_impl,
+    requested_cpu_fused_impl,
     requested_layer_norm_impl,
     set_attention_impl,
+    set_cpu_fused_impl,
     set_layer_norm_impl,
 )
 
@@ -37,4 +41,6 @@ __all__ = [
     "requested_attention_impl",
     "requested_layer_norm_impl",
     "invalidate_kernel_caches",
+    "set_cpu_fused_impl",
+    "requested_cpu_fused_impl",
 ]

@@ -1,7 +1,7 @@
-"""Which implementation the model uses: the opt-in switches for the Triton kernels.
+"""Which implementation the model uses: the switches for the fused kernels.
 
 The Triton kernels have only run under Triton's CPU interpreter and an AOT compile
-check, so the model never picks them on its own.  Two independent switches:
+check, so the model never picks them on its own.  Three independent switches:
 
 * ``ONE_PEACE_ATTENTION`` (or :func:`set_attention_impl`): ``auto`` (default), ``sdpa``,
   ``reference`` or ``fused``.  ``auto`` = ``sdpa``, or ``reference`` for float64 inputs
@@ -9,6 +9,11 @@ check, so the model never picks them on its own.  Two independent switches:
   the relative-position bias gathered in-kernel (see ``models/attention.py``).
 * ``ONE_PEACE_LAYER_NORM`` (or :func:`set_layer_norm_impl`): ``auto`` (default) =
   ``torch`` (``F.layer_norm``), or ``fused`` = the Triton LayerNorm kernel.
+
+* ``ONE_PEACE_CPU_FUSED`` (or :func:`set_cpu_fused_impl`): ``auto`` (default), ``torch`` or ``fused``:
+  the C kernels of ``cpu_fused.c`` for elementwise chains on a CPU (GeGLU + sub-LayerNorm).  They run
+  wherever they have been tested (this project's CPUs), so ``auto`` = ``fused`` where they apply and the
+  library builds, and ``torch`` with one warning where it does not build.
 
 An explicit ``fused`` is a demand, not a hint: it raises when the kernel cannot run on
 the inputs (CPU tensors without ``TRITON_INTERPRET=1``, float64, an unsupported
@@ -19,19 +24,21 @@ whether dropout is active) and cache it.  The environment variables are read whe
 cache is filled; every ``set_*`` call and :func:`invalidate_kernel_caches` bump a global
 version that makes every module resolve again on its next forward.  Call
 :func:`invalidate_kernel_caches` after changing ``ONE_PEACE_ATTENTION``,
-``ONE_PEACE_LAYER_NORM`` or ``TRITON_INTERPRET`` inside a running process.
+``ONE_PEACE_LAYER_NORM``, ``ONE_PEACE_CPU_FUSED`` or ``TRITON_INTERPRET`` inside a running process.
 """
 import os
 from typing import Optional
 
 ATTENTION_ENV = "ONE_PEACE_ATTENTION"
 LAYER_NORM_ENV = "ONE_PEACE_LAYER_NORM"
+CPU_FUSED_ENV = "ONE_PEACE_CPU_FUSED"
 ATTENTION_IMPLS = ("auto", "reference", "sdpa", "fused")
 LAYER_NORM_IMPLS = ("auto", "torch", "fused")
+CPU_FUSED_IMPLS = ("auto", "torch", "fused")
 
 # Bumped by every change of a switch; modules compare it with the version of their cache.
 version = 0
-_forced = {"attention": None, "layer_norm": None}
+_forced = {"attention": None, "layer_norm": None, "cpu_fused": None}
 _requested = {}  # (kind, version) -> resolved name, so the environment is read once per version
 
 
@@ -64,6 +71,14 @@ def set_layer_norm_impl(impl: Optional[str]):
     invalidate_kernel_caches()
 
 
+def set_cpu_fused_impl(impl: Optional[str]):
+    """Force the CPU fused kernels on (``fused``) or off (``torch``) for the process (None = env / auto)."""
+    if impl is not None:
+        _check(impl, CPU_FUSED_IMPLS, "cpu fused impl")
+    _forced["cpu_fused"] = impl
+    invalidate_kernel_caches()
+
+
 def _requested_impl(kind: str, env: str, allowed) -> str:
     key = (kind, version)
     impl = _requested.get(key)
@@ -83,3 +98,8 @@ def requested_attention_impl() -> str:
 def requested_layer_norm_impl() -> str:
     """The requested LayerNorm implementation: one of ``LAYER_NORM_IMPLS``."""
     return _requested_impl("layer_norm", LAYER_NORM_ENV, LAYER_NORM_IMPLS)
+
+
+def requested_cpu_fused_impl() -> str:
+    """The requested implementation of the CPU elementwise chains: one of ``CPU_FUSED_IMPLS``."""
+    return _requested_impl("cpu_fused", CPU_FUSED_ENV, CPU_FUSED_IMPLS)

@@ -1,0 +1,148 @@
+"""Builds ``cpu_fused.c`` with the machine's C compiler on first use and loads it through ctypes.
+
+The library is built for this machine (``-march=native``) into a cache folder keyed by the source, the
+compiler's version, the flags and the CPU: ``$ONE_PEACE_KERNEL_CACHE``, else
+``$XDG_CACHE_HOME/one_peace/cpu_kernels`` (``~/.cache/...``).  Builds go to a temporary name and are
+renamed into place, so ranks that build at once do not read a half-written file.
+
+Flag sets are tried from the fastest down (OpenMP and native instructions, then without each), because
+compilers differ (Apple clang has no ``-fopenmp``; some targets reject ``-march=native``).  A loaded
+library is checked against torch on a small input before it is used (:func:`load`).  Nothing here
+builds at import time.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import Optional
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_fused.c")
+CACHE_ENV = "ONE_PEACE_KERNEL_CACHE"
+# -fno-trapping-math lets the compiler turn the loops' selects into SIMD blends (without it the GELU loop stays
+# scalar, 3x slower than torch); -fno-math-errno keeps sqrtf / floorf inline.  Neither changes a result.
+_BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+_FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
+
+_lock = threading.Lock()
+_loaded = {}  # "lib" -> ctypes.CDLL, or "error" -> why it could not be built or loaded
+
+
+class KernelBuildError(RuntimeError):
+    """The C compiler is missing or every flag set failed; the message has the compiler's output."""
+
+
+def cache_dir() -> str:
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                            "one_peace", "cpu_kernels")
+    return root
+
+
+def compiler() -> Optional[str]:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cpu_identity() -> str:
+    # -march=native code must not run on another CPU that shares the cache folder (a home on NFS).
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features"))][:2]
+    except OSError:
+        lines = []
+    return platform.machine() + platform.processor() + "".join(lines)
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def build(cc: Optional[str] = None) -> str:
+    """Path of the built library for this machine, building it if the cache does not hold it."""
+    cc = cc or compiler()
+    if cc is None or shutil.which(cc) is None:
+        raise KernelBuildError(f"no C compiler{'' if cc is None else ' ' + repr(cc)} found "
+                               "(set CC, or install gcc or clang)")
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    errors = []
+    version = _compiler_version(cc)
+    for extra in _FLAG_SETS:
+        flags = _BASE_FLAGS + extra
+        key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
+                                         _cpu_identity().encode()])).hexdigest()[:20]
+        target = os.path.join(cache_dir(), f"cpu_fused_{key}.so")
+        if os.path.exists(target):
+            return target
+        try:
+            os.makedirs(cache_dir(), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+            os.close(fd)
+        except OSError as e:
+            raise KernelBuildError(f"cannot write the kernel cache {cache_dir()} (set {CACHE_ENV}): {e}") from e
+        try:
+            done = subprocess.run([cc, *flags, "-o", tmp, SOURCE, "-lm"], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            errors.append(f"{cc} {' '.join(flags)}: {done.stderr.strip()[-2000:]}")
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append(f"{cc} {' '.join(flags)}: {e}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise KernelBuildError("could not build " + SOURCE + ":\n" + "\n".join(errors))
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    for dtype in ("f32", "bf16"):
+        forward = getattr(lib, f"geglu_norm_forward_{dtype}")
+        forward.argtypes = [ptr] * 7 + [i64, i64, ctypes.c_float, ctypes.c_int]
+        forward.restype = None
+        backward = getattr(lib, f"geglu_norm_backward_{dtype}")
+        backward.argtypes = [ptr] * 10 + [i64, i64, ctypes.c_int]
+        backward.restype = None
+        forward = getattr(lib, f"norm_gelu_forward_{dtype}")
+        forward.argtypes = [ptr] * 6 + [i64, i64, ctypes.c_float, ctypes.c_int]
+        forward.restype = None
+        backward = getattr(lib, f"norm_gelu_backward_{dtype}")
+        backward.argtypes = [ptr] * 9 + [i64, i64, ctypes.c_int]
+        backward.restype = None
+    return lib
+
+
+def load(check=None) -> ctypes.CDLL:
+    """The loaded library (built once per process); raises ``KernelBuildError`` with the reason.
+
+    ``check(lib)`` runs once on a fresh load and raises if the library computes something else than torch
+    (a miscompile); the failure is remembered like a failed build.
+    """
+    with _lock:
+        if "lib" in _loaded:
+            return _loaded["lib"]
+        if "error" in _loaded:
+            raise KernelBuildError(_loaded["error"])
+        try:
+            lib = _declare(ctypes.CDLL(build()))
+            if check is not None:
+                check(lib)
+        except (KernelBuildError, OSError, AttributeError, AssertionError) as e:
+            _loaded["error"] = str(e)
+            raise KernelBuildError(str(e)) from e
+        _loaded["lib"] = lib
+        return lib
+
+
+def forget():
+    """Drop the loaded state (tests: build again, with another compiler or cache)."""
+    with _lock:
+        _loaded.clear()
