@@ -50,6 +50,7 @@ from ..data_utils.dataset import has_rows, skipped_rows
 from ..models.checkpoint import load_checkpoint_file, register_safe_globals
 from ..models.deferred_init import awaiting_load, current_load_target, loading_context, memory_map_for
 from ..models.model_dir import is_model_dir
+from ..models.precision import warn_if_bf16_is_slow_here
 from ..models.sharded_checkpoint import is_sharded_checkpoint
 from ..optim import fused_adam, master_weights
 from . import fsdp2
@@ -213,6 +214,9 @@ def _bf16_is_not_tpu(original):
     def convert_namespace_to_omegaconf(args):
         if getattr(args, "tpu", False) and getattr(args, "bf16", False) and "--tpu" not in sys.argv:
             args.tpu = False
+        if getattr(args, "bf16", False) and not getattr(args, "tpu", False) \
+                and (getattr(args, "cpu", False) or not torch.cuda.is_available()):
+            warn_if_bf16_is_slow_here("fairseq-train --bf16")
         return original(args)
 
     convert_namespace_to_omegaconf.one_peace_patched = True

@@ -15,6 +15,7 @@ import torch
 from ..data_utils.processors import load_images
 from ..models.checkpoint import load_checkpoint_file
 from ..models.modalities import get_modality, modalities_of, modality_names
+from ..models.precision import warn_if_bf16_is_slow_here
 from .loading import MODEL_TYPES, load_model
 from .pretrained_dir import check_preprocessor, model_type_of, resolve_pretrained, save_pretrained, task_settings
 from .task_methods import TaskMethods
@@ -53,6 +54,8 @@ def from_pretrained(model_name_or_path: str, model_type: Optional[str] = None, d
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     device = _checked_device(device)
+    if device.type == "cpu" and DTYPES[dtype] is torch.bfloat16:
+        warn_if_bf16_is_slow_here(f"from_pretrained(dtype={dtype!r}, device='cpu')")
     if modalities is not None and model_type is not None:
         modalities = _checked_modalities(modalities, model_type)
     path = resolve_pretrained(model_name_or_path, revision)  # a file, a directory, or a Hub snapshot

@@ -11,9 +11,12 @@ elementwise work and memory traffic, which bf16 does not speed up (issue #28), s
 ``BF16_FASTER_ON_CPU`` whether it was measured faster.  An explicit ``bf16`` or ``fp32`` always wins.
 """
 import argparse
+import logging
 import sys
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("cpu", "cuda", "auto")
@@ -65,6 +68,20 @@ def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return bool(_cpuinfo_flags(cpuinfo) & {"amx_bf16", "avx512_bf16"})
 
 
+def warn_if_bf16_is_slow_here(what: str) -> bool:
+    """Warn (once per call) that ``what`` runs bf16 on a CPU without bf16 matrix units; True if it warned.
+
+    There torch's CPU bf16 matrix multiplies take a slow path: 1.2 GFLOP/s against 96 in float32 at 512³
+    on a 2-core AVX2 AMD EPYC (``docs/BENCHMARKS.md``), so an explicit bf16 request is almost always a mistake.
+    """
+    if cpu_has_bf16_units():
+        return False
+    logger.warning("%s runs in bf16 on a CPU without bf16 matrix units (AMX-BF16 / AVX512-BF16): torch's bf16 "
+                   "matrix multiplies are about 100x slower than float32 on such CPUs (docs/BENCHMARKS.md); "
+                   "float32 is faster here", what)
+    return True
+
+
 def cuda_has_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
@@ -79,6 +96,8 @@ def training_precision(job: str, requested: str = "auto", device: str = "cpu") -
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if requested != "auto":
+        if requested == "bf16" and (device == "cpu" or (device == "auto" and not torch.cuda.is_available())):
+            warn_if_bf16_is_slow_here(f"PRECISION=bf16 ({job})")
         return requested
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -256,3 +256,28 @@ def test_video_quickstart_writes_bf16(tmp_path):
     assert re.search(r"3/4 video-text pretraining .*64px, bf16; log", proc.stdout), proc.stdout
     config = yaml.safe_load((work / "configs" / "video.yaml").read_text())
     assert config["common"]["bf16"] is True and config["task"]["_name"] == "video_text_pretrain"
+
+
+def test_bf16_asked_for_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch, caplog):
+    from one_peace.models import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: False)
+    with caplog.at_level("WARNING", logger=precision.__name__):
+        assert training_precision("finetune", "bf16") == "bf16"  # an explicit choice still wins
+        assert training_precision("finetune", "auto") == "fp32"
+        assert training_precision("finetune", "fp32") == "fp32"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "PRECISION=bf16 (finetune)" in messages[0] and "100x slower" in messages[0]
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
+    caplog.clear()
+    assert not precision.warn_if_bf16_is_slow_here("anything") and not caplog.records
+
+
+def test_the_hub_warns_about_bf16_on_a_cpu_without_bf16_units(monkeypatch, caplog, tmp_path):
+    from one_peace.hub import interface
+    from one_peace.models import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: False)
+    with caplog.at_level("WARNING", logger=precision.__name__), pytest.raises(FileNotFoundError):
+        interface.from_pretrained(str(tmp_path / "absent.pt"), device="cpu", dtype="bfloat16")
+    assert any("from_pretrained(dtype='bfloat16', device='cpu')" in r.getMessage() for r in caplog.records)
