@@ -7,6 +7,7 @@ import torch
 from one_peace.data_utils.feature_spec import OFFICIAL_FEATURE_ENCODER_SPEC, parse_feature_encoder_spec
 from one_peace.models.adapters.audio import ConvFeatureExtractor
 from one_peace.models.adapters.image import build_patch_embedding
+from one_peace.models.kernels import cpu_fused
 
 # bf16 keeps 8 bits of mantissa: sums taken in another order differ by a few units of the last place
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
@@ -60,14 +61,31 @@ def test_audio_front_end_is_the_convolutions(dtype, samples):
     torch.manual_seed(0)
     spec = parse_feature_encoder_spec(OFFICIAL_FEATURE_ENCODER_SPEC)
     spec = [(32, kernel, stride) for _, kernel, stride in spec]  # the official kernels and strides, narrower
-    extractor = ConvFeatureExtractor(spec, conv_bias=True).to(dtype)
+    extractor = ConvFeatureExtractor(spec, conv_bias=True)
+    exact = ConvFeatureExtractor(spec, conv_bias=True).double()
+    exact.load_state_dict(extractor.state_dict())
+    extractor = extractor.to(dtype)
     waves = torch.randn(2, samples).to(dtype)
     (matmuls, convs), grads = matmuls_and_convs(extractor, waves)
     assert matmuls.shape == convs.shape == (2, 32, convs.size(-1))
     assert_close(matmuls, convs, dtype)
     assert len(grads[0]) == 4 * len(spec)  # conv weight and bias, LayerNorm weight and bias
+    kernel = cpu_fused.applies((torch.ones(1, 32, dtype=dtype),), extractor.conv_layers[0][2][1])
+    if dtype == torch.float32 or not kernel:
+        for name in grads[0]:
+            assert_close(grads[0][name], grads[1][name], dtype)
+        return
+    # bf16: on a CPU each LayerNorm + GELU is a kernel that sums the LayerNorm's weight and bias gradients over
+    # the ~3200 frames in float (kernels/cpu_fused.py), torch's bf16 backward in bf16 (up to 9% off here).  So
+    # the matmul path is held to float64 convs of the same weights: within bf16's rounding, and for the
+    # LayerNorms' parameters (``conv_layers.i.2.1``) no farther off than the bf16 convs.
+    _, exact_grads = matmuls_and_convs(exact, waves.double())
     for name in grads[0]:
-        assert_close(grads[0][name], grads[1][name], dtype)
+        want = exact_grads[1][name]
+        assert_close(grads[0][name], want.to(dtype), dtype)
+        if ".2.1." in name:
+            assert (grads[0][name].double() - want).abs().max() <= \
+                1.1 * (grads[1][name].double() - want).abs().max() + 1e-3 * want.abs().max().item(), name
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
