@@ -69,7 +69,7 @@ def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def warn_if_bf16_is_slow_here(what: str) -> bool:
-    """Warn (once per call) that ``what`` runs bf16 on a CPU without bf16 matrix units; True if it warned.
+    """Log a warning that ``what`` runs bf16 on a CPU without bf16 matrix units; True if it warned.
 
     There torch's CPU bf16 matrix multiplies take a slow path: 1.2 GFLOP/s against 96 in float32 at 512³
     on a 2-core AVX2 AMD EPYC (``docs/BENCHMARKS.md``), so an explicit bf16 request is almost always a mistake.

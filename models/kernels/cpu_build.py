@@ -102,21 +102,17 @@ def build(cc: Optional[str] = None) -> str:
     raise KernelBuildError("could not build " + SOURCE + ":\n" + "\n".join(errors))
 
 
+# Each kernel's leading pointer arguments; then rows, width, (eps for a forward), threads.
+_POINTERS = {"geglu_norm_forward": 7, "geglu_norm_backward": 10, "norm_gelu_forward": 6, "norm_gelu_backward": 9}
+
+
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    for dtype in ("f32", "bf16"):
-        forward = getattr(lib, f"geglu_norm_forward_{dtype}")
-        forward.argtypes = [ptr] * 7 + [i64, i64, ctypes.c_float, ctypes.c_int]
-        forward.restype = None
-        backward = getattr(lib, f"geglu_norm_backward_{dtype}")
-        backward.argtypes = [ptr] * 10 + [i64, i64, ctypes.c_int]
-        backward.restype = None
-        forward = getattr(lib, f"norm_gelu_forward_{dtype}")
-        forward.argtypes = [ptr] * 6 + [i64, i64, ctypes.c_float, ctypes.c_int]
-        forward.restype = None
-        backward = getattr(lib, f"norm_gelu_backward_{dtype}")
-        backward.argtypes = [ptr] * 9 + [i64, i64, ctypes.c_int]
-        backward.restype = None
+    for name, pointers in _POINTERS.items():
+        eps = [ctypes.c_float] if name.endswith("forward") else []
+        for dtype in ("f32", "bf16"):
+            function = getattr(lib, f"{name}_{dtype}")
+            function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64, ctypes.c_int64, *eps, ctypes.c_int]
+            function.restype = None
     return lib
 
 
@@ -126,6 +122,9 @@ def load(check=None) -> ctypes.CDLL:
     ``check(lib)`` runs once on a fresh load and raises if the library computes something else than torch
     (a miscompile); the failure is remembered like a failed build.
     """
+    lib = _loaded.get("lib")
+    if lib is not None:  # every kernel call asks: no lock once loaded
+        return lib
     with _lock:
         if "lib" in _loaded:
             return _loaded["lib"]

@@ -75,6 +75,19 @@ static inline float normal_cdf(float a) {
 /* a * pdf(a), the second term of gelu'(a) = cdf(a) + a pdf(a). */
 static inline float x_normal_pdf(float a) { return a * 0.39894228040143268f * exp_nonpositive(-0.5f * a * a); }
 
+/* Adds each thread's (weight, bias) gradient sums, `threads` pairs of `width` floats, into dweight and dbias,
+ * and frees them. */
+static void add_partials(float *partial, int threads, int64_t width, float *dweight, float *dbias) {
+  for (int t = 0; t < threads; t++) {
+    const float *p = partial + (size_t)t * 2 * width;
+    for (int64_t j = 0; j < width; j++) {
+      dweight[j] += p[j];
+      dbias[j] += p[width + j];
+    }
+  }
+  free(partial);
+}
+
 #define GEGLU_NORM_FORWARD(NAME, T, LOAD, STORE)                                                          \
   void NAME(const T *A, const T *B, const T *weight, const T *bias, T *Y, float *mean_out, float *rstd_out, \
             int64_t rows, int64_t width, float eps, int threads) {                                        \
@@ -138,14 +151,7 @@ static inline float x_normal_pdf(float a) { return a * 0.39894228040143268f * ex
       }                                                                                                   \
       free(xhat);                                                                                         \
     }                                                                                                     \
-    for (int t = 0; t < threads; t++) {                                                                   \
-      const float *p = partial + (size_t)t * 2 * width;                                                   \
-      for (int64_t j = 0; j < width; j++) {                                                               \
-        dweight[j] += p[j];                                                                               \
-        dbias[j] += p[width + j];                                                                         \
-      }                                                                                                   \
-    }                                                                                                     \
-    free(partial);                                                                                        \
+    add_partials(partial, threads, width, dweight, dbias);                                                \
   }
 
 GEGLU_NORM_FORWARD(geglu_norm_forward_f32, float, load_f32, store_f32)
@@ -204,14 +210,7 @@ GEGLU_NORM_BACKWARD(geglu_norm_backward_bf16, uint16_t, load_bf16, store_bf16)
       }                                                                                                   \
       free(dxhat);                                                                                        \
     }                                                                                                     \
-    for (int t = 0; t < threads; t++) {                                                                   \
-      const float *p = partial + (size_t)t * 2 * width;                                                   \
-      for (int64_t j = 0; j < width; j++) {                                                               \
-        dweight[j] += p[j];                                                                               \
-        dbias[j] += p[width + j];                                                                         \
-      }                                                                                                   \
-    }                                                                                                     \
-    free(partial);                                                                                        \
+    add_partials(partial, threads, width, dweight, dbias);                                                \
   }
 
 NORM_GELU_FORWARD(norm_gelu_forward_f32, float, load_f32, store_f32)
