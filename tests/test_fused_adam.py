@@ -6,6 +6,7 @@ import torch
 from fairseq.optim import adam as fairseq_adam
 
 import one_peace.fairseq_glue.compat  # noqa: F401 -- installs the fused step
+from one_peace.optim import master_weights
 from one_peace.optim.fused_adam import fused_adam_step
 
 
@@ -104,28 +105,70 @@ def _bf16_optimizer(model, original_methods):
         cls = type("FairseqFP16Optimizer", (cls,), {
             name: getattr(mixin, name).__wrapped__
             for name in ("_sync_fp16_grads_to_fp32", "_sync_fp32_params_to_fp16", "zero_grad")})
-    return cls.build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    opt = cls.build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    if original_methods:  # never in direct mode (optim/master_weights.py)
+        opt._one_peace_direct_shape = False
+    return opt
 
 
-def test_bf16_master_weights_step_as_fairseqs():
+def _bf16_steps(original, steps=4):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)).to(torch.bfloat16)
+    opt = _bf16_optimizer(model, original)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    norms = []
+    for step in range(steps):
+        opt.zero_grad()
+        if step != 2:
+            out = model(x) if step != 1 else model[0](x)  # step 1: the second layer gets no gradient
+            opt.backward(out.float().square().sum())
+        norms.append(opt.clip_grad_norm(0.5))
+        opt.step()
+    return model, opt, torch.stack(norms)
+
+
+@pytest.fixture
+def switch():
+    from one_peace.models.kernels import switches
+
+    yield switches.set_cpu_fused_impl
+    switches.set_cpu_fused_impl(None)
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+def test_bf16_master_weights_step_as_fairseqs(impl, switch):
     """--bf16's fp32 masters: the same weights after steps with clipping, a parameter without a gradient
-    in one step, and a step with no backward at all (its gradients are zeros, as fairseq gives)."""
-    runs = []
-    for original in (False, True):
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)).to(torch.bfloat16)
-        opt = _bf16_optimizer(model, original)
-        x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-        for step in range(4):
-            opt.zero_grad()
-            if step != 2:
-                out = model(x) if step != 1 else model[0](x)  # step 1: the second layer gets no gradient
-                opt.backward(out.float().square().sum())
-            opt.clip_grad_norm(0.5)
-            opt.step()
-        runs.append([p.detach().clone() for p in model.parameters()])
-    for ours, theirs in zip(*runs):
-        assert torch.equal(ours, theirs)
+    in one step, and a step with no backward at all (its gradients are zeros, as fairseq gives).  ``auto``
+    updates from the bf16 gradients in one C pass (direct mode), ``torch`` through float32 gradients."""
+    switch(impl)
+    (ours, opt, our_norms), (theirs, their_opt, their_norms) = _bf16_steps(False), _bf16_steps(True)
+    assert master_weights.direct(opt) == (impl == "auto")
+    # direct mode never makes the float32 gradients (and drops fairseq's initial ones)
+    assert all((p32.grad is None) == (impl == "auto") for p32 in opt.fp32_params)
+    torch.testing.assert_close(our_norms, their_norms, rtol=1e-6, atol=0)
+    for a, b, ma, mb in zip(ours.parameters(), theirs.parameters(), opt.fp32_params, their_opt.fp32_params):
+        if impl == "torch":
+            assert torch.equal(a, b)
+        # the same float32 update (masters within float rounding), each rounded to bf16 once
+        torch.testing.assert_close(ma, mb, rtol=2e-6, atol=1e-7)
+        assert ((a.float() - b.float()).abs() <= b.float().abs() * 2 ** -7 + 1e-30).all()
+        assert torch.equal(a, ma.bfloat16())
+
+
+def test_bf16_direct_mode_follows_the_switch_mid_run(switch):
+    """Switching the kernels off between steps goes on through float32 gradients, which are made again."""
+    model, opt, _ = _bf16_steps(False, steps=2)
+    assert master_weights.direct(opt) and all(p32.grad is None for p32 in opt.fp32_params)
+    switch("torch")
+    opt.zero_grad()
+    opt.backward(model(torch.ones(2, 6, dtype=torch.bfloat16)).float().sum())
+    opt.clip_grad_norm(0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert not master_weights.direct(opt)
+    assert all(p32.grad is not None for p32 in opt.fp32_params)
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(torch.equal(p, p32.bfloat16()) for p, p32 in zip(model.parameters(), opt.fp32_params))
 
 
 def test_transposed_weights_and_gradients_get_fairseqs_update():

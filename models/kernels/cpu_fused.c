@@ -217,3 +217,110 @@ NORM_GELU_FORWARD(norm_gelu_forward_f32, float, load_f32, store_f32)
 NORM_GELU_FORWARD(norm_gelu_forward_bf16, uint16_t, load_bf16, store_bf16)
 NORM_GELU_BACKWARD(norm_gelu_backward_f32, float, load_f32, store_f32)
 NORM_GELU_BACKWARD(norm_gelu_backward_bf16, uint16_t, load_bf16, store_bf16)
+
+/* fairseq's Adam step (fairseq/optim/adam.py) in float over n values, for bf16 parameters on the CPU, in the
+ * order and with the roundings of its torch ops, so that the result is fairseq's to the bit:
+ *   g = grad * factor                                      (multiply_grads: the wrapper's gradient factor)
+ *   m = fma(g, 1 - beta1, m * beta1)                       (exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1))
+ *   v = fma((1 - beta2) * g, g, v * beta2)                 (exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2))
+ *   p = fma(p, -lr * weight_decay, p)                      (p.add_(p, alpha=-weight_decay * lr))
+ *   p = p + (-step_size * m) / (sqrt(v) + eps)             (p.addcdiv_(exp_avg, denom, value=-step_size))
+ * torch's vectorised add with alpha and addcmul end in one fused multiply-add; addcdiv rounds each operation.
+ * The loop has no multiply whose product is added outside fmaf, so the compiler's own contraction of a * b + c
+ * (-ffp-contract) cannot change a result.  The scalars come from the caller as float (torch casts them so for
+ * float tensors), computed there in double.  torch's CPU sqrt is not correctly rounded (off by up to 0.75 of a
+ * float step in 16% of values, torch 2.13 on AVX2); sqrtf here is, the one difference.
+ * grad: bf16, or NULL where the parameter got no gradient this step (zeros, as fairseq's --bf16 gives them);
+ * master: the float32 master weight (--bf16), or NULL where the bf16 weight is the parameter itself
+ * (--memory-efficient-bf16).  The bf16 weight is written from the new value, rounded once.  One pass reads
+ * the bf16 gradient where --bf16's wrapper made three: a float32 copy of the gradient, the update, and the copy
+ * of the master back into the model. */
+static inline void adam_span(const uint16_t *g, float *master, uint16_t *w, float *m, float *v, int64_t n,
+                             const int has_grad, const int has_master, float factor, float beta1, float beta2,
+                             float one_minus_beta1, float one_minus_beta2, float neg_lr_decay, float eps,
+                             float neg_step_size) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; j++) {
+    float grad = has_grad ? load_bf16(g[j]) * factor : 0.0f;
+    float p = has_master ? master[j] : load_bf16(w[j]);
+    float mj = fmaf(grad, one_minus_beta1, m[j] * beta1);
+    float vj = fmaf(one_minus_beta2 * grad, grad, v[j] * beta2);
+    p = fmaf(p, neg_lr_decay, p);
+    p = p + (neg_step_size * mj) / (sqrtf(vj) + eps);
+    m[j] = mj;
+    v[j] = vj;
+    if (has_master) master[j] = p;
+    w[j] = store_bf16(p);
+  }
+}
+
+/* Work over many tensors at once (one call per optimizer step or bucket, so a model of many small tensors pays
+ * one call and one thread team): each tensor is cut into blocks of BLOCK values, and the blocks are split over
+ * the threads.  first_blocks returns first[i] = tensor i's first block, first[count] = the number of blocks
+ * (malloc'ed); tensor_of finds the tensor that holds block b. */
+#define BLOCK 8192
+static int64_t *first_blocks(int64_t count, const int64_t *sizes) {
+  int64_t *first = (int64_t *)malloc(sizeof(int64_t) * (count + 1));
+  first[0] = 0;
+  for (int64_t i = 0; i < count; i++) first[i + 1] = first[i] + (sizes[i] + BLOCK - 1) / BLOCK;
+  return first;
+}
+static inline int64_t tensor_of(const int64_t *first, int64_t count, int64_t b) {
+  int64_t lo = 0, hi = count - 1; /* the last i with first[i] <= b */
+  while (lo < hi) {
+    int64_t mid = (lo + hi + 1) / 2;
+    if (first[mid] <= b) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/* grads[i] and masters[i] may be NULL (see adam_span). */
+void adam_step_bf16(int64_t count, const uint16_t *const *grads, float *const *masters, uint16_t *const *weights,
+                    float *const *exp_avgs, float *const *exp_avg_sqs, const int64_t *sizes, float factor,
+                    float beta1, float beta2, float one_minus_beta1, float one_minus_beta2, float neg_lr_decay,
+                    float eps, float neg_step_size, int threads) {
+  int64_t *first = first_blocks(count, sizes), blocks = first[count];
+  int team = blocks < threads ? (int)blocks : threads; /* one small tensor stays on one thread */
+  _Pragma("omp parallel for num_threads(team) schedule(static)") for (int64_t b = 0; b < blocks; b++) {
+    int64_t i = tensor_of(first, count, b), start = (b - first[i]) * BLOCK;
+    int64_t len = sizes[i] - start < BLOCK ? sizes[i] - start : BLOCK;
+    const uint16_t *g = grads[i] ? grads[i] + start : NULL;
+    float *ms = masters[i] ? masters[i] + start : NULL;
+    uint16_t *w = weights[i] + start;
+#define ADAM_ARGS exp_avgs[i] + start, exp_avg_sqs[i] + start, len
+#define ADAM_SCALARS factor, beta1, beta2, one_minus_beta1, one_minus_beta2, neg_lr_decay, eps, neg_step_size
+    if (g && ms) adam_span(g, ms, w, ADAM_ARGS, 1, 1, ADAM_SCALARS);
+    else if (g) adam_span(g, NULL, w, ADAM_ARGS, 1, 0, ADAM_SCALARS);
+    else if (ms) adam_span(NULL, ms, w, ADAM_ARGS, 0, 1, ADAM_SCALARS);
+    else adam_span(NULL, NULL, w, ADAM_ARGS, 0, 0, ADAM_SCALARS);
+  }
+  free(first);
+}
+
+/* out[i] = the sum of the squares of bf16 tensor i, for the gradient norm before clipping: each block summed
+ * in float, the blocks of a tensor in double and in order, so the result does not depend on the threads. */
+void sum_squares_bf16(int64_t count, const uint16_t *const *tensors, const int64_t *sizes, double *out,
+                      int threads) {
+  int64_t *first = first_blocks(count, sizes), blocks = first[count];
+  double *partial = (double *)malloc(sizeof(double) * (blocks ? blocks : 1));
+  int team = blocks < threads ? (int)blocks : threads;
+  _Pragma("omp parallel for num_threads(team) schedule(static)") for (int64_t b = 0; b < blocks; b++) {
+    int64_t i = tensor_of(first, count, b), start = (b - first[i]) * BLOCK;
+    int64_t len = sizes[i] - start < BLOCK ? sizes[i] - start : BLOCK;
+    const uint16_t *t = tensors[i] + start;
+    float sum = 0.0f;
+    _Pragma("omp simd reduction(+ : sum)") for (int64_t j = 0; j < len; j++) {
+      float x = load_bf16(t[j]);
+      sum += x * x;
+    }
+    partial[b] = sum;
+  }
+  for (int64_t i = 0; i < count; i++) {
+    double sum = 0.0;
+    for (int64_t b = first[i]; b < first[i + 1]; b++) sum += partial[b];
+    out[i] = sum;
+  }
+  free(partial);
+  free(first);
+}
