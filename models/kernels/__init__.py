@@ -5,7 +5,7 @@ The Triton kernels are opt-in: the model uses them when asked to (``ONE_PEACE_AT
 see ``switches.py``).  Importable without triton: :func:`triton_available` is then
 False, ``FusedLayerNorm`` runs plain torch and ``fused_attention_supported`` returns
 False.  ``python -m one_peace.models.kernels_self_check`` checks them on a GPU.  The CPU kernels
-(``cpu_fused.py``: GeGLU + sub-LayerNorm) are on by default wherever a C compiler builds them
+(``cpu_fused.py``: GeGLU + sub-LayerNorm; ``cpu_adam.py``: the bf16 Adam step) are on by default wherever a C compiler builds them
 (``ONE_PEACE_CPU_FUSED=torch`` turns them off).  See
 docs/KERNELS.md.
 """

@@ -11,7 +11,8 @@ check, so the model never picks them on its own.  Three independent switches:
   ``torch`` (``F.layer_norm``), or ``fused`` = the Triton LayerNorm kernel.
 
 * ``ONE_PEACE_CPU_FUSED`` (or :func:`set_cpu_fused_impl`): ``auto`` (default), ``torch`` or ``fused``:
-  the C kernels of ``cpu_fused.c`` for elementwise chains on a CPU (GeGLU + sub-LayerNorm).  They run
+  the C kernels of ``cpu_fused.c`` for elementwise chains on a CPU (GeGLU + sub-LayerNorm) and for the
+  bf16 Adam step (``cpu_adam.py``).  They run
   wherever they have been tested (this project's CPUs), so ``auto`` = ``fused`` where they apply and the
   library builds, and ``torch`` with one warning where it does not build.
 
