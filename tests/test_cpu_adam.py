@@ -198,3 +198,10 @@ def test_memory_efficient_clipping_takes_fairseqs_norm(switch):
     assert their_norm * 0.5 > 0.1, "clipping was active"
     torch.testing.assert_close(norm, their_norm, rtol=1e-6, atol=0)
     torch.testing.assert_close(factor, their_factor, rtol=1e-6, atol=0)
+
+
+def test_empty_parameters_are_no_work():
+    empty = [torch.empty(0, dtype=torch.bfloat16)]
+    cpu_adam.adam_step_bf16(empty, [torch.empty(0, dtype=torch.bfloat16)], None, [torch.empty(0)],
+                            [torch.empty(0)], **HYPER)
+    assert cpu_adam.norms_bf16(empty).tolist() == [0.0]

@@ -9,10 +9,12 @@ all (4 bytes per parameter less memory).  With ``--memory-efficient-bf16`` the b
 and the kernel updates it in float, rounding once, without float32 copies of the weight and the gradient.
 
 The update is fairseq's Adam (``fairseq/optim/adam.py``), computed in float:
-``p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g²;  p -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps)``
-with ``g`` the bf16 gradient divided by the wrapper's ``grad_scale``, or zero where a parameter got no gradient
-(fairseq's ``--bf16`` gives those zero gradients too).  It follows the switch ``ONE_PEACE_CPU_FUSED`` like the
-other CPU kernels (``cpu_fused.applies``).
+``p -= lr*wd*p;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g²;  p -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps)``
+with ``g`` the bf16 gradient times 1/``grad_scale`` (the wrapper's gradient factor), or zero where a parameter
+got no gradient (fairseq's ``--bf16`` gives those zero gradients too).  Each operation rounds as torch's op in
+fairseq's code does (``cpu_fused.c``), so the result is fairseq's to the bit but for the square root, which is
+correctly rounded here and not in torch.  It follows the switch ``ONE_PEACE_CPU_FUSED`` like the other CPU
+kernels (``cpu_fused.applies``).
 """
 import logging
 import math

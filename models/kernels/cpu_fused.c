@@ -281,7 +281,7 @@ void adam_step_bf16(int64_t count, const uint16_t *const *grads, float *const *m
                     float beta1, float beta2, float one_minus_beta1, float one_minus_beta2, float neg_lr_decay,
                     float eps, float neg_step_size, int threads) {
   int64_t *first = first_blocks(count, sizes), blocks = first[count];
-  int team = blocks < threads ? (int)blocks : threads; /* one small tensor stays on one thread */
+  int team = blocks < threads ? (blocks > 0 ? (int)blocks : 1) : threads; /* one small tensor: one thread */
   _Pragma("omp parallel for num_threads(team) schedule(static)") for (int64_t b = 0; b < blocks; b++) {
     int64_t i = tensor_of(first, count, b), start = (b - first[i]) * BLOCK;
     int64_t len = sizes[i] - start < BLOCK ? sizes[i] - start : BLOCK;
@@ -304,7 +304,7 @@ void sum_squares_bf16(int64_t count, const uint16_t *const *tensors, const int64
                       int threads) {
   int64_t *first = first_blocks(count, sizes), blocks = first[count];
   double *partial = (double *)malloc(sizeof(double) * (blocks ? blocks : 1));
-  int team = blocks < threads ? (int)blocks : threads;
+  int team = blocks < threads ? (blocks > 0 ? (int)blocks : 1) : threads;
   _Pragma("omp parallel for num_threads(team) schedule(static)") for (int64_t b = 0; b < blocks; b++) {
     int64_t i = tensor_of(first, count, b), start = (b - first[i]) * BLOCK;
     int64_t len = sizes[i] - start < BLOCK ? sizes[i] - start : BLOCK;
