@@ -134,7 +134,8 @@ class AdjustPolynomialDecayConfig(_RatioConfig):
     force_anneal: Optional[int] = field(default=None, metadata={"help": "force annealing at specified epoch"})
     end_learning_rate: float = field(default=0.0, metadata={"help": "learning rate to decay to"})
     power: float = field(default=1.0, metadata={"help": "decay exponent"})
-    total_num_update: float = field(default=1000000, metadata={"help": "total updates (replaced when warmup_ratio > 0)"})
+    total_num_update: float = field(default=1000000,
+                                    metadata={"help": "total updates (replaced when warmup_ratio > 0)"})
 
 
 @register_lr_scheduler("adjust_polynomial_decay", dataclass=AdjustPolynomialDecayConfig)
