@@ -141,10 +141,10 @@ class TextTokenizer:
         return torch.cat([ids, ids.new_tensor([self.eos])])
 
     @staticmethod
-    def _check(text, original) -> None:
+    def _check(text, original, allow_empty: bool = False) -> None:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(original).__name__}: {original!r}")
-        if not text.strip():
+        if not allow_empty and not text.strip():
             raise ValueError(f"cannot encode empty or whitespace-only text: {original!r}")
         try:
             text.encode("utf-8")
@@ -158,9 +158,11 @@ class TextTokenizer:
         self._check(processed, text)
         return self._encode_raw(processed)
 
-    def encode_hub(self, text: str) -> torch.LongTensor:
-        """Hub encoding (official ``process_text``): BPE(' ' + text.lower()), no other cleaning."""
-        self._check(text, text)
+    def encode_hub(self, text: str, allow_empty: bool = False) -> torch.LongTensor:
+        """Hub encoding (official ``process_text``): BPE(' ' + text.lower()), no other cleaning.  Empty or
+        whitespace-only text is an error unless ``allow_empty``; then it is encoded as the official code does
+        (the BPE of the spaces, then EOS)."""
+        self._check(text, text, allow_empty)
         return self._encode_raw(text.lower())
 
     def decode(self, ids) -> str:

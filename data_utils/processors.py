@@ -30,13 +30,15 @@ def as_paths(items, argument: str) -> list:
     return [os.fspath(p) for p in paths]
 
 
-def process_text(hub, texts) -> Dict[str, torch.Tensor]:
+def process_text(hub, texts, allow_empty: bool = False) -> Dict[str, torch.Tensor]:
+    """``src_tokens`` of ``texts``; an empty or whitespace-only text is an error naming it, unless
+    ``allow_empty`` (then encoded as the official ``process_text`` does: ``TextTokenizer.encode_hub``)."""
     from .collate import collate_tokens
 
     tokens = []
     for i, text in enumerate(as_list(texts, "texts")):
         try:
-            tokens.append(hub.task.tokenizer.encode_hub(text))
+            tokens.append(hub.task.tokenizer.encode_hub(text, allow_empty))
         except (TypeError, ValueError) as err:
             raise type(err)(f"texts[{i}]: {err}") from None
     # Token ids stay integers whatever the model dtype (the official hub cast them).

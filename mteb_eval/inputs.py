@@ -3,7 +3,9 @@
 MTEB names a batch's input columns after modalities (``text``, ``image``, ``audio``, ``video``:
 ``mteb.types._encoder_io``); they are this project's registry names, so a column is embedded by the
 modality it names.  Text and images go to the modality's hub processor as they are (strings; PIL
-images or paths), as does any other registered modality.  Audio and video reach a wrapper decoded,
+images or paths), as does any other registered modality.  Empty or whitespace-only texts, which the hub refuses
+and some MTEB datasets hold, are embedded as the official ``process_text`` embeds them (the BPE of the spaces,
+then EOS); the wrapper counts and logs them per task.  Audio and video reach a wrapper decoded,
 which the hub processors (file paths) do not take, so they are converted here to what the processors
 would have produced from the file:
 
@@ -25,6 +27,7 @@ import torch
 
 from ..data_utils.audio import SAMPLE_RATE, audio_padding_mask, load_audio, prepare_waveform, resample
 from ..data_utils.collate import collate_audios
+from ..data_utils.processors import process_text
 from ..data_utils.video import sample_indices, video_to_tensor
 
 
@@ -35,7 +38,14 @@ def net_input(hub, modality: str, items: list, column: str) -> Dict[str, torch.T
     if modality == "video":
         return {"src_videos": torch.stack([_video_tensor(hub, item, f"{column}[{i}]")
                                            for i, item in enumerate(items)]).to(hub.device, hub.dtype)}
+    if modality == "text":  # MTEB's datasets hold empty strings: embedded as the official code embeds them
+        return process_text(hub, items, allow_empty=True)
     return hub.process(modality, items)
+
+
+def empty_texts(items: list) -> int:
+    """How many of a text column's items are empty or whitespace-only strings."""
+    return sum(isinstance(t, str) and not t.strip() for t in items)
 
 
 def audio_waveform(item, where: str) -> np.ndarray:

@@ -15,6 +15,7 @@ modality and sums, PE-AV and others sum); ONE-PEACE's joint ``[text; image]`` pa
 the classification heads (VQA, NLVR2, grounding) and has no projection into the retrieval space.
 Rows may lack a modality (``None``); a row with no input at all is an error naming the row.
 """
+import logging
 import math
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -24,7 +25,9 @@ from tqdm.auto import tqdm
 
 from ..hub import from_pretrained
 from ..models.modalities import modality_names
-from .inputs import net_input
+from .inputs import empty_texts, net_input
+
+logger = logging.getLogger(__name__)
 
 
 class OnePeaceEncoder(AbsEncoder):
@@ -47,6 +50,7 @@ class OnePeaceEncoder(AbsEncoder):
         self.hub = hub
         self.model = hub.model
         self.fusion_weights = checked_fusion_weights(fusion_weights or {}, self.modalities)
+        self.empty_texts = 0  # of the last encode() (logged there)
 
     @property
     def modalities(self) -> tuple:
@@ -61,7 +65,7 @@ class OnePeaceEncoder(AbsEncoder):
         """(rows, embed_dim) float32 numpy embeddings of every row of ``inputs`` (an MTEB DataLoader).
         ONE-PEACE takes no instructions: the task, split and prompt type do not change an embedding."""
         show = kwargs.get("show_progress_bar", True)
-        parts, first = [], 0
+        parts, first, self.empty_texts = [], 0, 0
         for batch in tqdm(inputs, disable=not show, desc=f"ONE-PEACE {task_metadata.name}"):
             try:
                 parts.append(self.embed_batch(batch))
@@ -69,6 +73,10 @@ class OnePeaceEncoder(AbsEncoder):
                 raise type(err)(f"{task_metadata.name} {hf_subset}/{hf_split}, the batch of rows from {first}: "
                                 f"{err}") from err
             first += len(parts[-1])
+        if self.empty_texts:
+            logger.warning("%s %s/%s: %d empty or whitespace-only texts embedded as the official process_text "
+                           "embeds them (the BPE of the spaces, then EOS)", task_metadata.name, hf_subset, hf_split,
+                           self.empty_texts)
         if not parts:
             return torch.empty(0, self.embed_dim).numpy()
         return torch.cat(parts).float().cpu().numpy()
@@ -95,6 +103,8 @@ class OnePeaceEncoder(AbsEncoder):
             present = [i for i, item in enumerate(batch[m]) if item is not None]
             if present:
                 items = [batch[m][i] for i in present]
+                if m == "text":
+                    self.empty_texts += empty_texts(items)
                 parts[m] = (present, self.hub.extract_features(m, **net_input(self.hub, m, items, m)))
         if not parts:
             raise ValueError(f"batch rows {list(range(rows))} have no input in any column ({', '.join(columns)})")

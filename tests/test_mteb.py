@@ -6,7 +6,9 @@ Scores of the fixture model are near chance: the tests check that MTEB ran and w
 """
 import hashlib
 import json
+import logging
 import os
+import types
 
 import datasets
 import datasets.config
@@ -126,6 +128,24 @@ def test_embeddings_through_mteb_loaders_are_the_hubs(encoder, hub):
     audio = encode(encoder, test, sounds, input_column="audio")
     files = [os.path.join(STAMPS, rel) for rel in test["sound"]]
     assert_scaled_close(audio, hub.extract_audio_features(*hub.process_audio(files)), rel=1e-5, msg="audio")
+
+
+def test_empty_texts_are_embedded_as_the_official_code_embeds_them(hub, caplog):
+    """Some MTEB datasets hold empty strings, which the hub refuses: the encoder embeds them as the official
+    process_text does (BPE(' ' + text) + EOS), and logs how many per task."""
+    encoder = OnePeaceEncoder("x", hub=hub)
+    task = types.SimpleNamespace(name="SomeTask")
+    with caplog.at_level(logging.WARNING):
+        got = torch.from_numpy(encoder.encode([{"text": ["", "a dog"]}, {"text": ["  "]}], task_metadata=task,
+                                              hf_split="test", hf_subset="default", show_progress_bar=False))
+    tok = hub.task.tokenizer
+    official = [torch.cat([tok.dictionary.encode_line(tok.bpe.encode(" " + t), append_eos=False).long(),
+                           torch.tensor([tok.eos])]) for t in ("", "a dog", "  ")]
+    want = torch.cat([hub.extract_features("text", src_tokens=t[None]) for t in official])
+    assert_scaled_close(got, want, rel=1e-5)
+    assert encoder.empty_texts == 2 and "SomeTask default/test: 2 empty or whitespace-only texts" in caplog.text
+    with pytest.raises(ValueError, match=r"texts\[0\]: cannot encode empty"):
+        hub.process_text([""])  # the hub itself still refuses them
 
 
 @real_media
@@ -279,10 +299,11 @@ def test_bad_encoder_options(hub, fixture_bpe_dir):
         OnePeaceEncoder("x", hub=classifier)
     with pytest.raises(ValueError, match="has no video branch|no such branch"):
         OnePeaceEncoder("x", hub=hub).embed_batch({"video": ["clip.mp4"]})
-    # a bad item inside MTEB's loop names the task, split and rows, and the item within its batch
+    # a bad item inside MTEB's loop names the task, split and rows, and the item within its batch (an empty
+    # string is not one: test_empty_texts_are_embedded_as_the_official_code_embeds_them)
     task = mteb.get_task("MSCOCOT2IRetrieval")
-    loader = create_dataloader(datasets.Dataset.from_dict({"text": ["a dog", "a cat", "   "]}),
-                               task_metadata=task.metadata, batch_size=2)
-    with pytest.raises(ValueError, match=r"MSCOCOT2IRetrieval default/test, the batch of rows from 2: texts\[0\]"):
-        OnePeaceEncoder("x", hub=hub).encode(loader, task_metadata=task.metadata, hf_split="test",
+    batches = [{"text": ["a dog", "a cat"]}, {"text": [42]}]
+    with pytest.raises(TypeError, match=r"MSCOCOT2IRetrieval default/test, the batch of rows from 2: texts\[0\]: "
+                                        r"text must be a str, got int"):
+        OnePeaceEncoder("x", hub=hub).encode(batches, task_metadata=task.metadata, hf_split="test",
                                              hf_subset="default", show_progress_bar=False)
