@@ -16,17 +16,12 @@ fairseq's code does (``cpu_fused.c``), so the result is fairseq's to the bit but
 correctly rounded here and not in torch.  It follows the switch ``ONE_PEACE_CPU_FUSED`` like the other CPU
 kernels (``cpu_fused.applies``).
 """
-import logging
 import math
 from typing import Optional, Sequence
 
 import torch
 
 from . import cpu_build, switches
-
-logger = logging.getLogger(__name__)
-_warned = set()
-
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
@@ -143,17 +138,8 @@ def available() -> bool:
     impl = switches.requested_cpu_fused_impl()
     if impl == "torch":
         return False
-    try:
-        cpu_build.load(_self_check)
-        return True
-    except cpu_build.KernelBuildError as e:
-        reason = f"the library could not be built or loaded: {e}"
-    if impl == "fused":
-        raise RuntimeError(f"{switches.CPU_FUSED_ENV}=fused (or set_cpu_fused_impl('fused')) but {reason}")
-    if reason not in _warned:
-        _warned.add(reason)
-        logger.warning("the bf16 Adam kernel is off, torch's ops instead: %s", reason)
-    return False
+    problem = cpu_build.library_problem(_self_check)
+    return problem is None or cpu_build.without_library(problem, impl, "the bf16 Adam kernel")
 
 
 @torch.no_grad()

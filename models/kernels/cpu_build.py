@@ -12,6 +12,7 @@ builds at import time.
 """
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -19,6 +20,10 @@ import subprocess
 import tempfile
 import threading
 from typing import Optional
+
+from . import switches
+
+logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_fused.c")
 CACHE_ENV = "ONE_PEACE_KERNEL_CACHE"
@@ -30,6 +35,7 @@ _FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []
 _lock = threading.Lock()
 _loaded = {}  # "lib" -> ctypes.CDLL, or "error" -> why it could not be built or loaded
 _passed = set()  # the checks the loaded library passed
+_warned = set()  # (kernels, reason) already logged by without_library
 
 
 class KernelBuildError(RuntimeError):
@@ -152,8 +158,34 @@ def load(check=None) -> ctypes.CDLL:
         return lib
 
 
+def library_problem(check) -> Optional[str]:
+    """None when the library is built, loaded and passes ``check``; else why not, for the switch's messages."""
+    try:
+        load(check)
+        return None
+    except KernelBuildError as e:
+        return f"the library could not be built or loaded: {e}"
+
+
+def demanded_but(reason: str) -> RuntimeError:
+    """The error for a call that ``ONE_PEACE_CPU_FUSED=fused`` demands a kernel for and that cannot take one."""
+    return RuntimeError(f"{switches.CPU_FUSED_ENV}=fused (or set_cpu_fused_impl('fused')) but {reason}")
+
+
+def without_library(reason: str, impl: str, kernels: str) -> bool:
+    """A caller's answer where the library is unusable (``reason`` from :func:`library_problem`): raises under the
+    switch's ``fused``; otherwise logs one warning per ``kernels`` and reason, and returns False (torch's ops)."""
+    if impl == "fused":
+        raise demanded_but(reason)
+    if (kernels, reason) not in _warned:
+        _warned.add((kernels, reason))
+        logger.warning("%s off, torch's ops instead: %s", kernels, reason)
+    return False
+
+
 def forget():
-    """Drop the loaded state (tests: build again, with another compiler or cache)."""
+    """Drop the loaded state and the warnings given (tests: build again, with another compiler or cache)."""
     with _lock:
         _loaded.clear()
         _passed.clear()
+        _warned.clear()

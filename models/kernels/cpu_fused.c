@@ -274,6 +274,17 @@ static inline int64_t tensor_of(const int64_t *first, int64_t count, int64_t b) 
   }
   return lo;
 }
+/* Block b's tensor (*i), its first value in that tensor (*start) and its length (returned). */
+static inline int64_t block_span(const int64_t *first, const int64_t *sizes, int64_t count, int64_t b, int64_t *i,
+                                 int64_t *start) {
+  *i = tensor_of(first, count, b);
+  *start = (b - first[*i]) * BLOCK;
+  return sizes[*i] - *start < BLOCK ? sizes[*i] - *start : BLOCK;
+}
+/* The threads for `blocks` blocks: no more than blocks, at least one (OpenMP needs one). */
+static inline int team_for(int64_t blocks, int threads) {
+  return blocks < threads ? (blocks > 0 ? (int)blocks : 1) : threads;
+}
 
 /* grads[i] and masters[i] may be NULL (see adam_span). */
 void adam_step_bf16(int64_t count, const uint16_t *const *grads, float *const *masters, uint16_t *const *weights,
@@ -281,10 +292,9 @@ void adam_step_bf16(int64_t count, const uint16_t *const *grads, float *const *m
                     float beta1, float beta2, float one_minus_beta1, float one_minus_beta2, float neg_lr_decay,
                     float eps, float neg_step_size, int threads) {
   int64_t *first = first_blocks(count, sizes), blocks = first[count];
-  int team = blocks < threads ? (blocks > 0 ? (int)blocks : 1) : threads; /* one small tensor: one thread */
-  _Pragma("omp parallel for num_threads(team) schedule(static)") for (int64_t b = 0; b < blocks; b++) {
-    int64_t i = tensor_of(first, count, b), start = (b - first[i]) * BLOCK;
-    int64_t len = sizes[i] - start < BLOCK ? sizes[i] - start : BLOCK;
+  _Pragma("omp parallel for num_threads(team_for(blocks, threads)) schedule(static)")
+  for (int64_t b = 0; b < blocks; b++) {
+    int64_t i, start, len = block_span(first, sizes, count, b, &i, &start);
     const uint16_t *g = grads[i] ? grads[i] + start : NULL;
     float *ms = masters[i] ? masters[i] + start : NULL;
     uint16_t *w = weights[i] + start;
@@ -304,10 +314,9 @@ void sum_squares_bf16(int64_t count, const uint16_t *const *tensors, const int64
                       int threads) {
   int64_t *first = first_blocks(count, sizes), blocks = first[count];
   double *partial = (double *)malloc(sizeof(double) * (blocks ? blocks : 1));
-  int team = blocks < threads ? (blocks > 0 ? (int)blocks : 1) : threads;
-  _Pragma("omp parallel for num_threads(team) schedule(static)") for (int64_t b = 0; b < blocks; b++) {
-    int64_t i = tensor_of(first, count, b), start = (b - first[i]) * BLOCK;
-    int64_t len = sizes[i] - start < BLOCK ? sizes[i] - start : BLOCK;
+  _Pragma("omp parallel for num_threads(team_for(blocks, threads)) schedule(static)")
+  for (int64_t b = 0; b < blocks; b++) {
+    int64_t i, start, len = block_span(first, sizes, count, b, &i, &start);
     const uint16_t *t = tensors[i] + start;
     float sum = 0.0f;
     _Pragma("omp simd reduction(+ : sum)") for (int64_t j = 0; j < len; j++) {

@@ -13,7 +13,6 @@ for the backward, not the chain's intermediates.
 CPU tensors, outside autocast, tracing and ``torch.compile``.  Under ``auto`` a library that cannot be built
 (no C compiler) means torch's ops, with one warning; ``fused`` raises instead.
 """
-import logging
 from typing import Optional, Sequence
 
 import torch
@@ -22,9 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from . import cpu_build, switches
 
-logger = logging.getLogger(__name__)
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
-_warned = set()
 
 
 def _call(lib, name, dtype, *args):
@@ -184,14 +181,8 @@ def applies(inputs: Sequence[torch.Tensor], norm) -> bool:
         return False  # a demanded Triton LayerNorm stays the Triton LayerNorm
     reason = unsupported_reason(inputs, getattr(norm, "weight", None), getattr(norm, "bias", None))
     if reason is None:
-        try:
-            cpu_build.load(_self_check)
-            return True
-        except cpu_build.KernelBuildError as e:
-            reason = f"the library could not be built or loaded: {e}"
+        problem = cpu_build.library_problem(_self_check)
+        return problem is None or cpu_build.without_library(problem, impl, "CPU fused kernels")
     if impl == "fused" and reason != "empty input":
-        raise RuntimeError(f"{switches.CPU_FUSED_ENV}=fused (or set_cpu_fused_impl('fused')) but {reason}")
-    if reason.startswith("the library") and reason not in _warned:
-        _warned.add(reason)
-        logger.warning("CPU fused kernels off, torch's ops instead: %s", reason)
+        raise cpu_build.demanded_but(reason)
     return False
