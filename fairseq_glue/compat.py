@@ -15,10 +15,8 @@
 * fairseq's trainer catalogues shared parameters by identity, and every ``bias=None`` slot is the
   same ``None``: it logged ~30 "detected shared parameter" lines per start and "re-tied" them.
   Slots holding no parameter are left out of that catalogue.
-* A DataLoader iterator copied into a forked process (the next loader's worker forks while the last
-  epoch's iterator is still referenced) ran its ``__del__`` there and printed "AssertionError: can only
-  test a child process" tracebacks at epoch ends of multi-process CPU runs.  A forked copy now leaves
-  the workers, which are not its own, alone.
+* DataLoader workers stop when their epoch ends, and a forked copy of a loader iterator leaves them
+  alone (``fairseq_glue/loader_workers.py``).
 * The epoch length reaches the lr scheduler explicitly (:func:`install_epoch_length_hook`): the trainer
   keeps the length of the training epoch iterator it builds (``get_train_iterator``) and hands it to a
   scheduler that takes one (``set_epoch_length``, ``optim/lr_schedulers.py``'s ``warmup_ratio``) right
@@ -38,7 +36,6 @@ import contextlib
 import functools
 import io
 import logging
-import os
 import sys
 
 import torch
@@ -53,7 +50,7 @@ from ..models.model_dir import is_model_dir
 from ..models.precision import warn_if_bf16_is_slow_here
 from ..models.sharded_checkpoint import is_sharded_checkpoint
 from ..optim import fused_adam, master_weights
-from . import fsdp2
+from . import fsdp2, loader_workers
 from .checkpoint_state import prepare_state
 
 logger = logging.getLogger(__name__)
@@ -164,29 +161,8 @@ def _parameter_at(module, path: str):
     return module.get_submodule(owner)._parameters.get(name) if owner else module._parameters.get(name)
 
 
-def _owner_only_iterator_cleanup(iterator_class):
-    original_init, original_del = iterator_class.__init__, iterator_class.__del__
-    getpid = os.getpid  # held here: at interpreter exit this module's globals may already be None
-
-    @functools.wraps(original_init)
-    def __init__(self, *args, **kwargs):
-        self._one_peace_owner_pid = getpid()
-        original_init(self, *args, **kwargs)
-
-    @functools.wraps(original_del)
-    def __del__(self):
-        if getattr(self, "_one_peace_owner_pid", getpid()) == getpid():
-            original_del(self)
-
-    __del__.one_peace_patched = True
-    iterator_class.__init__, iterator_class.__del__ = __init__, __del__
-
-
 def install():
-    from torch.utils.data import dataloader
-
-    if not getattr(dataloader._MultiProcessingDataLoaderIter.__del__, "one_peace_patched", False):
-        _owner_only_iterator_cleanup(dataloader._MultiProcessingDataLoaderIter)
+    loader_workers.install()
     if not getattr(fairseq_trainer._catalog_shared_params, "one_peace_patched", False):
         fairseq_trainer._catalog_shared_params = _real_shared_params(fairseq_trainer._catalog_shared_params)
     if not getattr(checkpoint_utils._upgrade_state_dict, "one_peace_patched", False):

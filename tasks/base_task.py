@@ -218,10 +218,16 @@ class BaseTask(FairseqTask):
         batches = [order[i:i + max_sentences] for i in range(0, len(order), max_sentences)]
         if skip_remainder_batch and batches and len(batches[-1]) < max_sentences and len(batches) > 1:
             batches = batches[:-1]
+        # The dataset's epoch set before any loader exists, as fairseq's own get_batch_iterator does (masks and
+        # augmentations are drawn per (seed, epoch, index)).
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        # A new loader per epoch, its workers forked after set_epoch and stopped at the epoch's end
+        # (fairseq_glue/loader_workers.py): workers kept across epochs would keep their first epoch.
         return iterators.EpochBatchIterator(
             dataset=dataset, collate_fn=dataset.collater, batch_sampler=batches, seed=seed,
             num_shards=num_shards, shard_id=shard_id, num_workers=num_workers, epoch=epoch,
-            buffer_size=data_buffer_size, skip_remainder_batch=skip_remainder_batch,
+            buffer_size=data_buffer_size, skip_remainder_batch=skip_remainder_batch, persistent_workers=False,
         )
 
     def is_training(self, dataset) -> bool:

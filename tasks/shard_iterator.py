@@ -25,6 +25,7 @@ from fairseq.data import iterators
 
 from ..data_utils.shard_dataset import LoaderLayout, ShardDataset
 from ..data_utils.shards import consumed_batches, round_robin
+from ..fairseq_glue.loader_workers import stop_workers
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,9 @@ class ShardEpochBatchIterator(iterators.EpochBatchIterating):
                 self.dataset, batch_size=self.batch_size, collate_fn=self.dataset.collater,
                 num_workers=self.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
             # A new loader starts its round-robin at worker 0: put its batches back in the uninterrupted order.
-            batches = _reordered(iter(loader), round_robin(left), round_robin(mine)[offset:])
+            loader_itr = iter(loader)
+            batches = _reordered(loader_itr, round_robin(left), round_robin(mine)[offset:],
+                                 last=lambda: stop_workers(loader_itr))
         empty = self.dataset.collater([])  # a rank out of batches: fairseq runs its dummy batch
         padding = length - max(sum(mine), offset)
         itr = _Sized(itertools.chain(batches, itertools.repeat(empty, padding)), length - offset)
@@ -169,14 +172,18 @@ class ShardEpochBatchIterator(iterators.EpochBatchIterating):
         return iterators.CountingIterator(itr, start=offset, total=length)
 
 
-def _reordered(batches, given, wanted):
-    """``batches`` come from the workers in the order ``given``; yield them in the order ``wanted``."""
+def _reordered(batches, given, wanted, last=None):
+    """``batches`` come from the workers in the order ``given``; yield them in the order ``wanted``.  ``last()``
+    runs once the last one is in hand (the loader then stops its workers, before the batch is used)."""
     waiting = collections.defaultdict(collections.deque)
-    given = iter(given)
-    for worker in wanted:
+    given, wanted = iter(given), list(wanted)
+    for number, worker in enumerate(wanted, start=1):
         while not waiting[worker]:
             waiting[next(given)].append(next(batches))
-        yield waiting[worker].popleft()
+        batch = waiting[worker].popleft()
+        if number == len(wanted) and last is not None:
+            last()
+        yield batch
 
 
 def _recorded(batches, path: str, rank: int, epoch: int, offset: int):

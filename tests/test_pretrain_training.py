@@ -30,14 +30,14 @@ def images(tmp_path_factory):
     return out
 
 
-def write_config(path: Path, data: Path, save_dir: Path, bpe_dir, max_update=40, **task):
+def write_config(path: Path, data: Path, save_dir: Path, bpe_dir, max_update=40, num_workers=0, **task):
     task_fields = dict(_name="image_text_pretrain", data=str(data / "image_text_train.tsv"),
                        valid_data=str(data / "image_text_valid.tsv"), bpe_dir=str(bpe_dir), patch_image_size=32,
                        **task)
     config = {
         "common": {"cpu": True, "seed": 3, "log_format": "json", "log_interval": 1,
                    "user_dir": str(REPO / "user_src")},
-        "dataset": {"batch_size": 4, "num_workers": 0, "disable_validation": True},
+        "dataset": {"batch_size": 4, "num_workers": num_workers, "disable_validation": True},
         "optimization": {"max_update": max_update, "lr": [1e-3], "clip_norm": 1.0},
         "optimizer": {"_name": "adam", "adam_betas": "(0.9, 0.98)"},
         "lr_scheduler": {"_name": "cosine", "warmup_updates": 3},
@@ -77,14 +77,15 @@ def losses_by_update(log: str):
 
 
 def test_sigkill_then_restart_continues_like_an_uninterrupted_run(images, tmp_path, fixture_bpe_dir):
+    """With a loader worker (fairseq's default): masks and augmentations are drawn in the worker."""
     # Uninterrupted reference.
-    ref_cmd = write_config(tmp_path / "ref", images, tmp_path / "ref" / "ckpt", fixture_bpe_dir)
+    ref_cmd = write_config(tmp_path / "ref", images, tmp_path / "ref" / "ckpt", fixture_bpe_dir, num_workers=1)
     _, ref_log = run(ref_cmd, tmp_path)
     reference = losses_by_update(ref_log)
     assert sorted(reference) == list(range(1, 41)), sorted(reference)
 
     # Same run, killed with SIGKILL right after a mid-epoch checkpoint of epoch 2 (40 rows / 4 = 10 per epoch).
-    cmd = write_config(tmp_path / "run", images, tmp_path / "run" / "ckpt", fixture_bpe_dir)
+    cmd = write_config(tmp_path / "run", images, tmp_path / "run" / "ckpt", fixture_bpe_dir, num_workers=1)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first_log = []
     for line in proc.stdout:

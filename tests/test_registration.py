@@ -112,40 +112,6 @@ def test_shared_parameter_catalogue_ignores_empty_slots():
     assert trainer._catalog_shared_params(model) == [["2.weight", "3.weight"]]
 
 
-FORKED_ITERATOR = r"""
-import gc, os, sys
-import torch
-import one_peace.fairseq_glue.compat  # noqa: F401 - what the registry installs
-from torch.utils.data import DataLoader
-
-it = iter(DataLoader(list(range(8)), batch_size=2, num_workers=1))
-next(it)
-pid = os.fork()
-if pid == 0:  # a forked process holding a copy of the iterator, as a new loader's worker does
-    del it
-    gc.collect()
-    sys.stderr.flush()
-    os._exit(0)
-os.waitpid(pid, 0)
-print(sum(len(b) for b in it))
-"""
-
-
-def test_forked_copies_of_loader_iterators_leave_the_workers_alone(tmp_path):
-    """Two-process CPU training printed 'AssertionError: can only test a child process' tracebacks at
-    every epoch end: a DataLoader iterator copied into a forked process tried to stop workers it does
-    not own.  The copy is now left alone and the owner still stops its workers."""
-    import subprocess
-    import sys
-
-    script = tmp_path / "forked.py"
-    script.write_text(FORKED_ITERATOR)
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert "can only test a child process" not in run.stderr and "Traceback" not in run.stderr, run.stderr
-    assert run.stdout.split() == ["6"]
-
-
 RETRIEVAL_CRITERIA = ["audio_text_retrieval_criterion", "image_text_retrieval_criterion",
                       "video_text_retrieval_criterion"]
 FITTING = {
