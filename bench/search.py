@@ -17,7 +17,7 @@ does; the lowest of 3 passes after a first one that faults the pages in), recall
 search, the file's size and the resident memory the loaded index added after the queries.
 
 Checkpoint hashing: the SHA-256 of a whole checkpoint identifies an index's model
-(``one_peace.search.identity``); MB/s of a first hash (the file just written, so in the page cache:
+(``one_peace.hub.file_identity``); MB/s of a first hash (the file just written, so in the page cache:
 the CPU's rate; a cold read is bounded by the disk too) and the time of a cached lookup.
 
     python bench/search.py                                  # everything (~20 min on 2 cores)
@@ -97,7 +97,7 @@ def bench_indexing(sizes, dtypes, workdir, counts, batch_size):
 # ---- checkpoint hashing ------------------------------------------------------------------------
 def bench_hash(workdir, megabytes):
     os.environ["ONE_PEACE_CACHE"] = os.path.join(workdir, "cache")  # not the user's hash cache
-    from one_peace.search import identity
+    from one_peace.hub import file_identity
 
     path = os.path.join(workdir, "checkpoint.bin")
     block = np.random.default_rng(0).bytes(1 << 20)
@@ -105,10 +105,10 @@ def bench_hash(workdir, megabytes):
         for _ in range(megabytes):
             fh.write(block)
     start = time.perf_counter()
-    identity.whole_file_sha256(path)
+    file_identity.whole_file_sha256(path)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    identity.whole_file_sha256(path)
+    file_identity.whole_file_sha256(path)
     cached = time.perf_counter() - start
     os.remove(path)
     print("| file MB | first hash s | MB/s | cached lookup ms |")

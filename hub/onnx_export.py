@@ -29,13 +29,13 @@ import torch
 import torch.nn as nn
 
 from ..models.kernels import switches
+from .file_identity import checkpoint_identity
 from .onnx_runtime import (
     EXPORTED_MODALITIES,
     FORMAT,
     META_PREFIX,
     OUTPUT_NAME,
     OnnxEncoder,
-    checkpoint_identity,
     config_path_for,
 )
 

@@ -5,14 +5,13 @@
     vectors = enc.embed_items(["dog.jpg", "cat.png"])                    # (2, D) float32, L2-normalised
 
 A graph carries the identity of the checkpoint it was exported from (size + SHA-256 of the file, or of
-every file of a model directory) in its ``metadata_props`` and in the preprocessing config beside it
+every file of a model directory: ``hub/file_identity.py``, the rule search indexes use too) in its ``metadata_props`` and in the preprocessing config beside it
 (``<modality>.preprocessing.json``).  Naming a checkpoint whose identity differs is an error naming the
 graph file and both identities: its vectors would live in another embedding space.
 
 Audio runs as the hub does by default: clips of equal frame count together, each group trimmed to its
 length, so a clip's embedding is the one it gets alone (``AudioAdapter.length_groups``).
 """
-import hashlib
 import json
 import os
 from typing import Dict, Optional, Sequence, Union
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..data_utils.bpe_files import sha256_of
 from ..data_utils.feature_spec import conv_output_frames, samples_for_frames
+from .file_identity import checkpoint_identity, describe_identity  # noqa: F401 - the identity exports record
 
 FORMAT = "one_peace_onnx/1"
 META_PREFIX = "one_peace."
@@ -31,30 +31,6 @@ EXPORTED_MODALITIES = ("text", "image", "audio")
 
 class OnnxCheckpointMismatch(ValueError):
     """An exported graph used with another checkpoint than the one it was exported from."""
-
-
-def checkpoint_identity(path: str) -> Dict:
-    """``{path, size, sha256}`` of a checkpoint file, or of a model directory: its size is the sum of its
-    files' sizes and its digest the SHA-256 of the sorted ``relative-name sha256`` lines of its files."""
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if os.path.isfile(path):
-        return {"path": path, "size": os.path.getsize(path), "sha256": sha256_of(path)}
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    lines, size = [], 0
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(f for f in files if not f.startswith(".")):
-            full = os.path.join(root, name)
-            size += os.path.getsize(full)
-            lines.append(f"{os.path.relpath(full, path)} {sha256_of(full)}\n")
-    if not lines:
-        raise FileNotFoundError(f"model directory {path} holds no file")
-    return {"path": path, "size": size, "sha256": hashlib.sha256("".join(lines).encode()).hexdigest()}
-
-
-def describe_identity(identity: Dict) -> str:
-    return f"{identity.get('path', '?')} ({identity.get('size')} bytes, sha256 {str(identity.get('sha256'))[:16]})"
 
 
 def config_path_for(graph_path: str) -> str:

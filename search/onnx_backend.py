@@ -13,9 +13,9 @@ from typing import Dict, Sequence
 
 import torch
 
+from ..hub.file_identity import checkpoint_identity
 from ..hub.onnx_export import export_modality
-from ..hub.onnx_runtime import OnnxEncoder, checkpoint_identity
-from .identity import whole_file_sha256
+from ..hub.onnx_runtime import OnnxEncoder
 
 GRAPH_DIR = "onnx"  # under the index directory
 ONNX_MODALITIES = ("text", "audio")  # faster than torch fp32 here (module docstring)
@@ -43,11 +43,7 @@ def onnx_hub(hub, identity: Dict, index_dir: str, modalities: Sequence[str]) -> 
     if identity.get("dtype", "float32") != "float32" or hub.device.type != "cpu":
         raise ValueError(f"--backend onnx runs float32 graphs on the CPU; index {index_dir} embeds in "
                          f"{identity.get('dtype')} on {hub.device} (use --backend torch)")
-    path = identity["checkpoint"]
-    if os.path.isdir(path):  # a model directory: the hub's identity of its files
-        checkpoint = checkpoint_identity(path)
-    else:  # the whole-file SHA-256 the index records, from its cache
-        checkpoint = {"path": path, "size": os.path.getsize(path), "sha256": whole_file_sha256(path)}
+    checkpoint = checkpoint_identity(identity["checkpoint"])  # the identity the index records, from the cache
     graph_dir = os.path.join(index_dir, GRAPH_DIR)
     encoders = {}
     for modality in modalities:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from search_helpers import index_main, write_checkpoint, write_png
 
+from one_peace.hub import file_identity
 from one_peace.search import identity
 from one_peace.search.query import main as search_main
 
@@ -71,20 +72,41 @@ def test_the_whole_file_hash_is_cached_until_the_file_changes(tmp_path, monkeypa
     path = tmp_path / "model.pt"
     path.write_bytes(os.urandom(3 << 20))
     calls = []
-    real = identity.file_sha256
-    monkeypatch.setattr(identity, "file_sha256", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = file_identity.file_sha256
+    monkeypatch.setattr(file_identity, "file_sha256", lambda *a, **k: calls.append(a) or real(*a, **k))
     first = identity.checkpoint_identity(str(path))
     assert first["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and len(calls) == 1
     link = tmp_path / "link.pt"
     link.symlink_to(path)  # the cache is keyed by the real path
     assert identity.checkpoint_identity(str(link))["sha256"] == first["sha256"] and len(calls) == 1
-    cache = json.loads(open(identity.cache_path()).read())
-    assert identity.cache_path().startswith(str(tmp_path / "cache")) and str(path) in cache
+    cache = json.loads(open(file_identity.cache_path()).read())
+    assert file_identity.cache_path().startswith(str(tmp_path / "cache")) and str(path) in cache
     with open(path, "r+b") as fh:  # same size, new content and mtime: hashed again
         fh.write(b"changed")
     os.utime(path, ns=(0, path.stat().st_mtime_ns + 10 ** 9))
     second = identity.checkpoint_identity(str(path))
     assert len(calls) == 2 and second["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != first["sha256"]
+
+
+def test_indexes_and_onnx_exports_record_one_identity_hashed_once(tmp_path, monkeypatch):
+    """An index and an exported graph name a checkpoint the same way (``hub/file_identity.py``), and the
+    ONNX side reads the same cache: a checkpoint is hashed once, not once per graph opened."""
+    from one_peace.hub.onnx_runtime import checkpoint_identity as onnx_identity
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(os.urandom(1 << 20))
+    calls = []
+    real = file_identity.file_sha256
+    monkeypatch.setattr(file_identity, "file_sha256", lambda *a, **k: calls.append(a) or real(*a, **k))
+    record, graph = identity.checkpoint_identity(str(path)), onnx_identity(str(path))
+    assert (record["size"], record["sha256"]) == (graph["size"], graph["sha256"]) and len(calls) == 1
+    assert onnx_identity(str(path)) == graph and len(calls) == 1
+    folder = tmp_path / "model_dir"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(os.urandom(1 << 16))
+    record, graph = identity.checkpoint_identity(str(folder)), onnx_identity(str(folder))
+    assert (record["size"], record["sha256"]) == (graph["size"], graph["sha256"]) and len(calls) == 3
 
 
 def test_an_index_with_a_16_mib_record_is_accepted_with_a_warning(tmp_path, photos, capsys, caplog,

@@ -126,11 +126,11 @@ def test_stats_list_and_clear_failures_need_no_checkpoint(tmp_path, capsys, fixt
     run(capsys, index, root, "--checkpoint", search_checkpoint, "--bpe-dir", fixture_bpe_dir, "--tsv-column", "text")
     moved = tmp_path / "moved.pt"
     os.rename(search_checkpoint, moved)  # not needed: nothing is embedded
-    from one_peace.search import identity as identity_module
+    from one_peace.hub import file_identity
 
     with monkeypatch.context() as patch:
         for module, name in ((embed_module, "load_hub"), (indexer_module, "checkpoint_modalities"),
-                             (identity_module, "file_sha256")):
+                             (file_identity, "file_sha256")):
             patch.setattr(module, name, lambda *a, **k: pytest.fail("the checkpoint was read"))
         stats, _ = run(capsys, index, "--stats")
         assert stats["roots"] == [{"path": str(root), "exists": True}]
