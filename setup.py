@@ -70,7 +70,7 @@ setup(
     entry_points={
         "console_scripts": [
             "one-peace-evaluate=one_peace.evaluate:cli_main",
-            "one-peace-hydra-train=one_peace.optim.common_config:hydra_train_main",
+            "one-peace-hydra-train=one_peace.fairseq_glue.hydra_train:main",
             "one-peace-index=one_peace.search.indexer:cli_main",
             "one-peace-search=one_peace.search.query:cli_main",
             "one-peace-serve=one_peace.search.server:cli_main",

@@ -25,6 +25,9 @@
   fairseq's formula and state (``optim/fused_adam.py``): one pass over the weights instead of ten.
   ``--bf16``'s float32 master copies are no longer zeroed before being overwritten, and are synced
   with one foreach copy each way (``optim/master_weights.py``).
+* torchrun without GPUs (``_torchrun_without_gpus``): fairseq's torchrun branch divided the rank by the
+  GPU count and kept nccl; it now takes the launcher's rank and gloo.  (``one-peace-hydra-train`` installs
+  the shims before fairseq sets up distributed training: ``fairseq_glue/hydra_train.py``.)
 * ``--ddp-backend fully_sharded`` trains with torch's FSDP2 instead of fairscale (``fairseq_glue/fsdp2.py``,
   installed here).
 * Batches whose every row was bad (:func:`install_empty_batch_handling`): fairseq runs its dummy batch
@@ -36,6 +39,7 @@ import contextlib
 import functools
 import io
 import logging
+import os
 import sys
 
 import torch
@@ -126,6 +130,28 @@ def _broadcast_unpickled_freely(original):
     return _broadcast_object_slow
 
 
+def _torchrun_without_gpus(original):
+    """fairseq's torchrun branch (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set) takes the
+    device as the rank modulo the GPU count and keeps the nccl default: without GPUs it raised
+    ZeroDivisionError, so CPU runs under torchrun needed four overrides.  Without GPUs it now takes the
+    launcher's rank and world size and gloo; with GPUs it is fairseq's own."""
+    @functools.wraps(original)
+    def _infer_torch_distributed_launch_init(cfg):
+        if torch.cuda.device_count() > 0:
+            return original(cfg)
+        cfg.distributed_init_method = "env://"
+        cfg.distributed_world_size = int(os.environ["WORLD_SIZE"])
+        cfg.distributed_rank = int(os.environ["RANK"])
+        cfg.device_id = 0
+        cfg.distributed_no_spawn = True  # torchrun made the processes
+        if cfg.distributed_backend == "nccl":
+            logger.info("torchrun without GPUs: distributed backend gloo (fairseq's default nccl needs GPUs)")
+            cfg.distributed_backend = "gloo"
+
+    _infer_torch_distributed_launch_init.one_peace_patched = True
+    return _infer_torch_distributed_launch_init
+
+
 @contextlib.contextmanager
 def _model_dir_as_file(path):
     """fairseq's ``Trainer.load_checkpoint`` asks ``PathManager.isfile`` and starts from scratch,
@@ -176,6 +202,9 @@ def install():
         fairseq_trainer.Trainer.load_checkpoint = _awaited_loading(fairseq_trainer.Trainer.load_checkpoint)
     if not getattr(distributed_utils._broadcast_object_slow, "one_peace_patched", False):
         distributed_utils._broadcast_object_slow = _broadcast_unpickled_freely(distributed_utils._broadcast_object_slow)
+    if not getattr(distributed_utils._infer_torch_distributed_launch_init, "one_peace_patched", False):
+        distributed_utils._infer_torch_distributed_launch_init = _torchrun_without_gpus(
+            distributed_utils._infer_torch_distributed_launch_init)
     train_cli = sys.modules.get("fairseq_cli.train")  # fairseq-train is running: its flags were just parsed
     if train_cli is not None and not getattr(train_cli.convert_namespace_to_omegaconf, "one_peace_patched", False):
         train_cli.convert_namespace_to_omegaconf = _bf16_is_not_tpu(train_cli.convert_namespace_to_omegaconf)

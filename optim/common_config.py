@@ -6,8 +6,8 @@ files are not edited).  ``fairseq-train`` imports the user dir before it builds 
 so importing the plugin is enough there (``--layer-decay``, ``--no-bias-decay``);
 ``fairseq-hydra-train`` checks the yaml against the schema it stored before the user dir is
 imported, so the Hydra plugin ``hydra_plugins/one_peace`` (found by Hydra's plugin scan, which runs
-before the yaml is composed) adds them first; ``one-peace-hydra-train`` does the same where the plugin
-scan cannot see the package (editable installs).
+before the yaml is composed) adds them first; ``one-peace-hydra-train`` (``fairseq_glue/hydra_train.py``)
+does the same where the plugin scan cannot see the package (editable installs).
 """
 import dataclasses
 
@@ -59,15 +59,3 @@ def refresh_hydra_schemas() -> None:
             store.store(name=file_name[: -len(".yaml")], node=FairseqConfig)
     if isinstance(store.repo.get("common.yaml"), ConfigNode):
         store.store(name="common", node=FairseqConfig.__dataclass_fields__["common"].default)
-
-
-def hydra_train_main() -> None:
-    """``one-peace-hydra-train``: ``fairseq-hydra-train`` with the two fields in its schema.
-
-    Stock ``fairseq-hydra-train`` gets them from the Hydra plugin, which Hydra only finds in a
-    regular install: its plugin scan cannot list modules through setuptools' editable-install
-    finder (``pip install -e``).  This entry point works in both."""
-    extend_common_config()
-    from fairseq_cli.hydra_train import cli_main
-
-    cli_main()

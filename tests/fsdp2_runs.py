@@ -86,18 +86,10 @@ def finetune(folder: Path, train_tsv: str, save_dir: Path, world: int, *override
 
     folder.mkdir(parents=True, exist_ok=True)
     script = "vggsound/finetune.sh"
-    cmd = ["bash", str(REPO / "run_scripts" / script), tiny_model(script), *TINY, "task.num_classes=3",
-           *overrides, *(CPU_TORCHRUN if num_gpus > 1 else [])]
+    cmd = ["bash", str(REPO / "run_scripts" / script), tiny_model(script), *TINY, "task.num_classes=3", *overrides]
     return launch(cmd, world, folder, TRAIN_TSV=train_tsv, VALID_TSV=train_tsv, BATCH="2", UPDATE_FREQ="1",
                   EPOCHS="1", SAVE_DIR=str(save_dir), NUM_GPUS=str(num_gpus), MASTER_PORT=str(free_port()),
                   BPE_DIR=str(BPE_DIR))
-
-
-# torchrun without GPUs: fairseq's torchrun branch takes the rank modulo the GPU count (ZeroDivisionError) and
-# uses nccl, so the init method and the rank (torchrun's RANK) are given; with GPUs none of these is needed.
-CPU_TORCHRUN = ["distributed_training.distributed_init_method=env://",
-                "distributed_training.distributed_rank=${oc.env:RANK}",
-                "distributed_training.distributed_no_spawn=true", "distributed_training.distributed_backend=gloo"]
 
 
 def torchrun(folder: Path, config: dict, save_dir: Path, nodes: int, *overrides: str):
@@ -106,7 +98,7 @@ def torchrun(folder: Path, config: dict, save_dir: Path, nodes: int, *overrides:
     cmd = write_config(folder, config, save_dir)
     cmd[0] = str(VENV_BIN / "one-peace-hydra-train")
     port = free_port()
-    train_args = [*cmd, "distributed_training.distributed_world_size=2", *overrides, *CPU_TORCHRUN]
+    train_args = [*cmd, "distributed_training.distributed_world_size=2", *overrides]
     if nodes == 1:
         launches = [["--nproc_per_node=2", f"--master_port={port}"]]
     else:
