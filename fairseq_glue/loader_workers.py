@@ -3,13 +3,13 @@ the garbage collector, and never stopped from a forked copy.
 
 * fairseq's ``CountingIterator`` (and the ``GroupedIterator`` over it) stop after their ``total``
   batches without asking the DataLoader for one more, so a loader never saw its own end and never
-  stopped its workers.  They were stopped when the
-  garbage collector found the epoch's iterators, in a reference cycle, at whatever call it was running:
-  by then the collector had already closed the index queues' feeder threads, the "stop" message never
-  reached the workers, and ``_shutdown_workers`` waited out its 5 s join timeout before killing them.  That
-  was 5 s per validation pass and per epoch, inside a checkpoint's ``state_dict`` as often as not
-  ("writing took 5.6 seconds" for a 59 MB tiny checkpoint).  An epoch's last batch now stops its loader's
-  workers at once (:func:`_workers_stopped_at_epoch_end`; tar shards: ``tasks/shard_iterator.py``).
+  stopped its workers.  The garbage collector stopped them, when it found the epoch's iterators in a
+  reference cycle, at whatever call was running: by then it had closed the index queues' feeder threads,
+  the "stop" message never reached the workers, and ``_shutdown_workers`` waited out its 5 s join
+  timeout before killing them.  That was 5 s per validation pass and per epoch, inside a checkpoint's
+  ``state_dict`` as often as not ("writing took 5.6 seconds" for a 59 MB tiny checkpoint).  An epoch's
+  last batch now stops its loader's workers at once (:func:`_workers_stopped_at_epoch_end`; tar shards:
+  ``tasks/shard_iterator.py``).
 * A DataLoader iterator copied into a forked process (the next loader's worker forks while the last
   epoch's iterator is still referenced) ran its ``__del__`` there and printed "AssertionError: can only
   test a child process" tracebacks at epoch ends of multi-process CPU runs.  A forked copy now leaves
