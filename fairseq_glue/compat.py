@@ -46,6 +46,7 @@ import torch
 from fairseq import checkpoint_utils, metrics
 from fairseq import trainer as fairseq_trainer
 from fairseq.distributed import utils as distributed_utils
+from fairseq.models import distributed_fairseq_model
 
 from ..data_utils.dataset import has_rows, skipped_rows
 from ..models.checkpoint import load_checkpoint_file, register_safe_globals
@@ -152,6 +153,32 @@ def _torchrun_without_gpus(original):
     return _infer_torch_distributed_launch_init
 
 
+def _ddp_for_one_peace(ddp_class):
+    """fairseq's ``pytorch_ddp`` (``c10d``; its default ``--ddp-backend``) builds torch's DDP.
+
+    * A ONE-PEACE step leaves the adapters and FFNs of the modalities it does not see without gradients,
+      which DDP refuses one step in ("Expected to have finished reduction..."): the run stops at start
+      instead, naming the backends that work.  (``--find-unused-parameters`` is left to DDP: pretraining
+      still fails there, its criteria running the model's parts several times per backward.)
+    * fairseq hands DDP a GPU index (``device_ids=[0]``), which DDP refuses for a module on the CPU: CPU
+      processes get DDP without device ids."""
+    def DistributedDataParallel(module, device_ids=None, output_device=None, find_unused_parameters=False,
+                                **kwargs):
+        if not find_unused_parameters and type(module).__module__.startswith("one_peace.") \
+                and hasattr(module, "encoder_wrapper"):
+            raise ValueError(
+                "--ddp-backend pytorch_ddp (fairseq's default; distributed_training.ddp_backend): each ONE-PEACE "
+                "step leaves the adapters and FFNs of the modalities it does not see unused, which torch's DDP "
+                "refuses; use --ddp-backend legacy_ddp (the official recipe's) or fully_sharded")
+        if all(p.device.type == "cpu" for p in module.parameters()):
+            device_ids = output_device = None
+        return ddp_class(module, device_ids=device_ids, output_device=output_device,
+                         find_unused_parameters=find_unused_parameters, **kwargs)
+
+    DistributedDataParallel.one_peace_patched = True
+    return DistributedDataParallel
+
+
 @contextlib.contextmanager
 def _model_dir_as_file(path):
     """fairseq's ``Trainer.load_checkpoint`` asks ``PathManager.isfile`` and starts from scratch,
@@ -202,6 +229,9 @@ def install():
         fairseq_trainer.Trainer.load_checkpoint = _awaited_loading(fairseq_trainer.Trainer.load_checkpoint)
     if not getattr(distributed_utils._broadcast_object_slow, "one_peace_patched", False):
         distributed_utils._broadcast_object_slow = _broadcast_unpickled_freely(distributed_utils._broadcast_object_slow)
+    if not getattr(distributed_fairseq_model.DistributedDataParallel, "one_peace_patched", False):
+        distributed_fairseq_model.DistributedDataParallel = _ddp_for_one_peace(
+            distributed_fairseq_model.DistributedDataParallel)
     if not getattr(distributed_utils._infer_torch_distributed_launch_init, "one_peace_patched", False):
         distributed_utils._infer_torch_distributed_launch_init = _torchrun_without_gpus(
             distributed_utils._infer_torch_distributed_launch_init)

@@ -98,6 +98,34 @@ def test_fairseq_train_flags_build_the_preset_model(user_dir, fixture_bpe_dir):
     assert model.encoder_wrapper.fusion_model.layers[0].self_attn.embed_dim == 64
 
 
+def test_pytorch_ddp_stops_at_start_and_cpu_processes_get_ddp_without_device_ids(user_dir, fixture_bpe_dir,
+                                                                                 tmp_path):
+    """fairseq's default --ddp-backend (pytorch_ddp) failed one step into a ONE-PEACE run (unused adapters and
+    FFNs), and on CPU processes at once (a GPU index handed to DDP): it now stops at start naming the
+    backends that work; a module that DDP can take gets it without device ids on the CPU."""
+    import torch.distributed as dist
+    from fairseq import models, options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser(default_task="audio_classify")
+    args = options.parse_args_and_arch(parser, input_args=[
+        "train.tsv", "--task", "audio_classify", "--num-classes", "3", "--arch", "one_peace_classify_tiny",
+        "--bpe-dir", fixture_bpe_dir, "--cpu"])
+    model = tasks.setup_task(convert_namespace_to_omegaconf(args).task).build_model(
+        convert_namespace_to_omegaconf(args).model)
+    assert args.ddp_backend == "pytorch_ddp" and args.device_id == 0
+    with pytest.raises(ValueError, match=r"--ddp-backend pytorch_ddp .* use --ddp-backend legacy_ddp .* or "
+                                         r"fully_sharded"):
+        models.DistributedFairseqModel(args, model, process_group=None, device=torch.device("cpu"))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = models.DistributedFairseqModel(args, torch.nn.Linear(2, 2), process_group=None,
+                                                 device=torch.device("cpu"))
+        assert wrapped.module.device_ids is None
+    finally:
+        dist.destroy_process_group()
+
+
 def test_shared_parameter_catalogue_ignores_empty_slots():
     """fairseq's trainer took every bias=None slot for one shared parameter (31 log lines per start);
     real sharing is still found."""
