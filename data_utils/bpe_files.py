@@ -72,11 +72,17 @@ def resolve_bpe_dir(bpe_dir: Optional[str] = None) -> str:
     return directory
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
+def sha256_of(path: str, limit: Optional[int] = None) -> str:
+    """SHA-256 of the file, or of its first ``limit`` bytes."""
+    digest, left = hashlib.sha256(), limit
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        while left is None or left > 0:
+            chunk = fh.read(8 << 20 if left is None else min(left, 8 << 20))
+            if not chunk:
+                break
             digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
     return digest.hexdigest()
 
 

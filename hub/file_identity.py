@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Dict
 
 from ..data_utils.bpe_files import ENV_CACHE
+from ..data_utils.bpe_files import sha256_of as file_sha256  # whole file, or its first ``limit`` bytes
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +28,6 @@ CACHE_ENTRIES = 64  # most recently hashed files kept
 def cache_path() -> str:
     root = os.environ.get(ENV_CACHE) or os.path.join("~", ".cache", "one_peace")
     return os.path.join(os.path.expanduser(root), CACHE_NAME)
-
-
-def file_sha256(path: str, limit: Optional[int] = None) -> str:
-    """SHA-256 of the file, or of its first ``limit`` bytes."""
-    digest, left = hashlib.sha256(), limit
-    with open(path, "rb") as fh:
-        while left is None or left > 0:
-            chunk = fh.read(8 << 20 if left is None else min(left, 8 << 20))
-            if not chunk:
-                break
-            digest.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    return digest.hexdigest()
 
 
 def _stamp(st: os.stat_result) -> list:

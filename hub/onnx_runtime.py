@@ -5,8 +5,8 @@
     vectors = enc.embed_items(["dog.jpg", "cat.png"])                    # (2, D) float32, L2-normalised
 
 A graph carries the identity of the checkpoint it was exported from (size + SHA-256 of the file, or of
-every file of a model directory: ``hub/file_identity.py``, the rule search indexes use too) in its ``metadata_props`` and in the preprocessing config beside it
-(``<modality>.preprocessing.json``).  Naming a checkpoint whose identity differs is an error naming the
+every file of a model directory: ``hub/file_identity.py``, the rule search indexes use too) in its
+``metadata_props`` and in the preprocessing config beside it (``<modality>.preprocessing.json``).  Naming a checkpoint whose identity differs is an error naming the
 graph file and both identities: its vectors would live in another embedding space.
 
 Audio runs as the hub does by default: clips of equal frame count together, each group trimmed to its
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data_utils.bpe_files import sha256_of
 from ..data_utils.feature_spec import conv_output_frames, samples_for_frames
-from .file_identity import checkpoint_identity, describe_identity  # noqa: F401 - the identity exports record
+from .file_identity import checkpoint_identity, describe_identity
 
 FORMAT = "one_peace_onnx/1"
 META_PREFIX = "one_peace."
