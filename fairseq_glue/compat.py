@@ -30,6 +30,8 @@
   the shims before fairseq sets up distributed training: ``fairseq_glue/hydra_train.py``.)
 * ``--ddp-backend fully_sharded`` trains with torch's FSDP2 instead of fairscale (``fairseq_glue/fsdp2.py``,
   installed here).
+* ``--fp16`` / ``--memory-efficient-fp16`` / ``--amp`` on a CPU (``_half_precision_needs_cuda``): fairseq built
+  the model and then crashed in its fp16 optimizer; refused at start, naming the option.
 * Batches whose every row was bad (:func:`install_empty_batch_handling`): fairseq runs its dummy batch
   (an earlier real batch) in their place and, in a single process, logged its outputs into the metrics
   that pick ``checkpoint_best``; their skipped rows were never counted.  Such a batch now stays out of
@@ -235,6 +237,8 @@ def install():
     if not getattr(distributed_utils._infer_torch_distributed_launch_init, "one_peace_patched", False):
         distributed_utils._infer_torch_distributed_launch_init = _torchrun_without_gpus(
             distributed_utils._infer_torch_distributed_launch_init)
+    if not getattr(distributed_utils.call_main, "one_peace_patched", False):
+        distributed_utils.call_main = _half_precision_needs_cuda(distributed_utils.call_main)
     train_cli = sys.modules.get("fairseq_cli.train")  # fairseq-train is running: its flags were just parsed
     if train_cli is not None and not getattr(train_cli.convert_namespace_to_omegaconf, "one_peace_patched", False):
         train_cli.convert_namespace_to_omegaconf = _bf16_is_not_tpu(train_cli.convert_namespace_to_omegaconf)
@@ -256,6 +260,26 @@ def _bf16_is_not_tpu(original):
 
     convert_namespace_to_omegaconf.one_peace_patched = True
     return convert_namespace_to_omegaconf
+
+
+def _half_precision_needs_cuda(original):
+    """fairseq's fp16 (and its amp) runs on CUDA only.  With ``--cpu`` or without a GPU, ``fairseq-train --fp16``
+    built the model and then crashed in fairseq's fp16 optimizer ("Torch not compiled with CUDA enabled"):
+    refused before anything is built, naming the option and what runs on a CPU.  ``call_main`` is where both
+    front ends (``fairseq-train``, ``fairseq-hydra-train``) hand over the parsed config."""
+    @functools.wraps(original)
+    def call_main(cfg, main, **kwargs):
+        common = cfg.common
+        chosen = [name for name in ("fp16", "memory_efficient_fp16", "amp") if getattr(common, name, False)]
+        if chosen and (common.cpu or not torch.cuda.is_available()):
+            options = ", ".join(f"--{name.replace('_', '-')} (common.{name})" for name in chosen)
+            where = "--cpu is set" if common.cpu else "torch sees no CUDA device"
+            raise ValueError(f"{options}: fairseq computes in fp16 on a CUDA GPU only, and {where}; on a CPU train "
+                             "in fp32 or with --bf16 / --memory-efficient-bf16")
+        return original(cfg, main, **kwargs)
+
+    call_main.one_peace_patched = True
+    return call_main
 
 
 def _remember_epoch_length(original):
