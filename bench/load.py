@@ -12,6 +12,7 @@ it survives ``exec`` and would report the parent's size at ``fork``.)
     python bench/load.py --size base --dtype bfloat16
     python bench/load.py --throughput --size base          # embeddings/s, fp32 vs bf16 (CPU)
     python bench/load.py --throughput --size base 4b --precision fp32 bf16 amp --layers 4b=8
+    python bench/load.py --throughput --size base 4b --precision fp32 bf16 --device cuda --images 64 --clips 32
 
 ``--throughput`` rows give, per precision (``amp``: fp32 weights under ``torch.autocast`` in bf16),
 images/s (256 px) and 5 s clips/s of the hub's ``extract_*_features``, the FLOPs of one batch
@@ -93,16 +94,16 @@ def peak_rss_gib() -> float:
     return kib / 2 ** 20
 
 
-def measure_load(path, dtype):
+def measure_load(path, dtype, device="cpu"):
     """In this process: from_pretrained + one text embedding; returns a result dict."""
     from one_peace import from_pretrained
 
     start = time.perf_counter()
-    hub = from_pretrained(path, model_type="one_peace_retrieval", device="cpu", dtype=dtype, bpe_dir=bpe_dir())
+    hub = from_pretrained(path, model_type="one_peace_retrieval", device=device, dtype=dtype, bpe_dir=bpe_dir())
     loaded = time.perf_counter()
     emb = hub.extract_text_features(hub.process_text(["a dog barks at the mailman"]))
+    assert torch.isfinite(emb.float()).all()  # on a GPU this also waits for the embedding
     done = time.perf_counter()
-    assert torch.isfinite(emb.float()).all()
     return {"load_s": loaded - start, "first_embedding_s": done - start,
             "peak_rss_gib": peak_rss_gib(),
             "params": sum(p.numel() for p in hub.model.parameters())}
@@ -154,19 +155,21 @@ def throughput_inputs(hub, images, clips, seconds_audio):
             "clips": dict(src_audios=audios, audio_padding_masks=torch.zeros(clips, frames + 1, dtype=torch.bool))}
 
 
-def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, clips=2, baselines=()):
+def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, clips=2, baselines=(), device="cpu"):
     """Per modality: items/s of ``extract_*_features``, FLOPs of a batch, GFLOP/s as a share of the GEMM rate
     in the precision, and the profiler's split.  Each timed batch is followed by a short GEMM timing; the
     fastest batch is set against the fastest GEMM timing: on a machine shared with other jobs, bursts of their
     work slow single timings many times over, and the fastest of each is the least disturbed.  ``baselines`` (names in ``BASELINES``):
     each batch is also run that way, alternately -- through the adapters' convolutions (``conv_paths``,
-    :func:`conv_adapter_paths`) or the elementwise chains through torch's ops (``torch_chains``)."""
+    :func:`conv_adapter_paths`) or the elementwise chains through torch's ops (``torch_chains``).  On a GPU
+    each timed batch ends with a synchronisation, and the profile's split is of device time."""
     import rates
 
     from one_peace import from_pretrained
 
     torch.manual_seed(0)
-    hub = from_pretrained(path, model_type="one_peace_retrieval", device="cpu", dtype=PRECISIONS[precision],
+    device = torch.device(device)
+    hub = from_pretrained(path, model_type="one_peace_retrieval", device=device, dtype=PRECISIONS[precision],
                           bpe_dir=bpe_dir(), modalities=("text", "image", "audio"))
     inputs = throughput_inputs(hub, images, clips, seconds_audio)
     modality = {"images": "image", "clips": "audio"}
@@ -178,9 +181,12 @@ def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, cl
         count = next(iter(net_input.values())).size(0)
 
         def run(which=modality[name], net_input=net_input):
-            context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp" else contextlib.nullcontext()
+            context = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "amp"
+                       else contextlib.nullcontext())
             with context:
-                return hub.extract_features(which, **net_input)
+                out = hub.extract_features(which, **net_input)
+            rates.synchronize(device)
+            return out
 
         run()  # warm-up
         flops = rates.count_flops(run)
@@ -189,7 +195,7 @@ def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, cl
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
-            gemms.append(rates.gemm_rate(gemm_dtype, seconds=0.25))
+            gemms.append(rates.gemm_rate(gemm_dtype, device, seconds=0.25))
             for baseline in baselines:
                 with BASELINES[baseline]():
                     start = time.perf_counter()
@@ -198,7 +204,7 @@ def measure_throughput(path, precision, seconds_audio=5.0, iters=3, images=2, cl
         seconds = min(times)
         for baseline, btimes in baseline_times.items():
             out[f"{name}_{baseline}"] = dict(per_s=count / min(btimes), speedup=min(btimes) / seconds)
-        split = rates.profile_split(run, regions=())
+        split = rates.profile_split(run, device, regions=())
         out[name] = dict(per_s=count / seconds, batch=count, batch_s=seconds, gflop=flops / 1e9,
                          gflops=flops / 1e9 / seconds, gemm_share_of_profile=split["gemm_s"] / split["total_s"])
     out["gemm_gflops"] = max(gemms)
@@ -215,7 +221,9 @@ def run_child(mode, path, options):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine():
+def machine(device="cpu"):
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}, {datetime.date.today()}"
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -253,13 +261,17 @@ def main(argv=None):
     parser.add_argument("--torch-chains", action="store_true",
                         help="--throughput: also time each batch with the elementwise chains through torch's ops "
                              "instead of the fused CPU kernels (ONE_PEACE_CPU_FUSED=torch), alternately")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: load and embed on the GPU (the GEMM rate "
+                        "is then the GPU's; peak RSS stays the host process's)")
     parser.add_argument("--keep", action="store_true", help="keep the stand-in checkpoints")
     parser.add_argument("--child", choices=["load", "throughput"], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
     if args.child:
         if args.child == "load":
-            result = measure_load(args.path, args.dtype[0])
+            result = measure_load(args.path, args.dtype[0], args.device)
         else:
             sys.path.insert(0, HERE)  # bench/rates.py
             from one_peace.models.host_memory import keep_freed_host_memory
@@ -268,7 +280,7 @@ def main(argv=None):
             if args.threads:
                 torch.set_num_threads(args.threads)
             result = measure_throughput(args.path, args.precision[0], iters=args.iters, images=args.images,
-                                        clips=args.clips, baselines=baselines(args))
+                                        clips=args.clips, baselines=baselines(args), device=args.device)
         print(json.dumps(result))
         return
     for option in ("threads", "images", "clips", "iters"):
@@ -282,7 +294,7 @@ def main(argv=None):
             parser.error(f"--layers {item!r}: expected SIZE=N with SIZE tiny, base or 4b and N >= 1")
         layers[size] = int(count)
     os.makedirs(args.workdir, exist_ok=True)
-    print(f"Machine: {machine()}\n")
+    print(f"Machine: {machine(args.device)}\n")
     if args.throughput:
         print(f"`{' '.join(['python', 'bench/load.py'] + (argv if argv is not None else sys.argv[1:]))}`; "
               f"{args.threads or torch.get_num_threads()} torch threads\n")
@@ -307,6 +319,7 @@ def main(argv=None):
         if args.throughput:
             for precision in args.precision:
                 r = run_child("throughput", path, ["--precision", precision, "--iters", str(args.iters),
+                                                   "--device", args.device,
                                                    "--images", str(args.images), "--clips", str(args.clips)]
                               + [f"--{b.replace('_', '-')}" for b in baselines(args)]
                               + (["--threads", str(args.threads)] if args.threads else []))
@@ -317,7 +330,7 @@ def main(argv=None):
                 print(f"| {size} | {r['layers']} | {precision} | {cells[0]} | {cells[1]} | {r['gemm_gflops']:.0f}"
                       f"{conv} |", flush=True)
         for dtype in ([] if args.throughput else dtypes):
-            r = run_child("load", path, ["--dtype", dtype])
+            r = run_child("load", path, ["--dtype", dtype, "--device", args.device])
             fp32_gib = r["params"] * 4 / 2 ** 30
             print(f"| {size} | {r['params'] / 1e9:.3f} | {file_gib:.2f} | {dtype} | {r['load_s']:.1f} | "
                   f"{r['first_embedding_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['peak_rss_gib'] / file_gib:.2f} | "

@@ -50,9 +50,10 @@ def bpe_dir():
 
 USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "user_src")
 # --precision -> fairseq-train's flags (amp: fp32 weights, the step under torch.autocast in bf16;
-# fairseq 0.12's --amp is CUDA-only).
+# fairseq 0.12's --amp is CUDA-only); fp16 (--fp16, fairseq's dynamic loss scaling) on a GPU only.
 PRECISION_FLAGS = {"fp32": [], "bf16": ["--bf16"], "bf16-memory-efficient": ["--memory-efficient-bf16"],
-                   "amp": []}
+                   "amp": [], "fp16": ["--fp16"]}
+GEMM_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # the rest: bfloat16
 
 
 def write_data(stage, n, image_size, audio_seconds, tmp):
@@ -144,7 +145,7 @@ def measure(args):
     rates.synchronize(device)
     # The GEMM rate right before and right after the timed steps: on a shared machine the load moves,
     # and a rate from another moment would make the share meaningless.
-    gemm_dtype = torch.float32 if args.precision == "fp32" else torch.bfloat16
+    gemm_dtype = GEMM_DTYPES.get(args.precision, torch.bfloat16)
     gemm_before = rates.gemm_rate(gemm_dtype, device)
     times = []
     for _ in range(args.steps):
@@ -175,7 +176,8 @@ def main():
     parser.add_argument("--stage", nargs="+", type=int, default=[1, 2], choices=[1, 2])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=sorted(PRECISION_FLAGS),
                         help="fp32; bf16 (fairseq-train --bf16: bf16 model, fp32 master weights); "
-                             "bf16-memory-efficient (--memory-efficient-bf16); amp (fp32 weights under autocast)")
+                             "bf16-memory-efficient (--memory-efficient-bf16); amp (fp32 weights under autocast); "
+                             "fp16 (--fp16, GPU only)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--audio-seconds", type=float, default=None)
@@ -185,6 +187,8 @@ def main():
     parser.add_argument("--json", help="also write the rows as JSON lines to this file")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args()
+    if "fp16" in args.precision and not args.device.startswith("cuda"):
+        parser.error("--precision fp16 runs on a GPU only (--device cuda); fairseq has no fp16 on the CPU")
     if args.single:
         args.arch, args.stage, args.precision = args.arch[0], args.stage[0], args.precision[0]
         measure(args)
@@ -199,6 +203,7 @@ def main():
           f"| GFLOP/step | GFLOP/s | GEMM GFLOP/s (same process) | share of GEMM rate | profile: GEMM / other / optimizer "
           f"| {mem} |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    failed = []
     for arch in args.arch:
         for stage in args.stage:
             fp32_step = None
@@ -209,8 +214,11 @@ def main():
                     if getattr(args, flag):
                         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
                 out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    sys.exit(f"{arch} stage {stage} {precision} failed:\n{out.stderr[-3000:]}")
+                if out.returncode != 0:  # reported, and the other configurations still run
+                    failed.append(f"{arch} stage {stage} {precision} failed:\n{out.stderr[-3000:]}")
+                    last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+                    print(f"| {arch} | {stage} | {precision} | failed: {last[:200]} |", flush=True)
+                    continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 if args.json:
                     with open(args.json, "a") as f:
@@ -227,6 +235,8 @@ def main():
                       f"| {r['gflop']:.0f} | {r['gflops']:.0f} | {r['gemm_gflops']:.0f} | {r['gemm_share']:.0%} "
                       f"| {gemm_part:.0%} / {other:.0%} / {optim:.0%} | {r['peak_mib']:.0f} |",
                       flush=True)
+    if failed:
+        sys.exit("\n\n".join(failed))
 
 
 if __name__ == "__main__":

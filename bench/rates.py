@@ -40,9 +40,11 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def gemm_rate(dtype: torch.dtype, device="cpu", n: int = 2048, seconds: float = 1.0) -> float:
-    """GFLOP/s of an ``n``-cubed ``torch.mm`` in ``dtype`` on ``device``, here and now (median of repeats)."""
+def gemm_rate(dtype: torch.dtype, device="cpu", n: int = None, seconds: float = 1.0) -> float:
+    """GFLOP/s of an ``n``-cubed ``torch.mm`` in ``dtype`` on ``device``, here and now (median of repeats).
+    ``n`` defaults to 2048 on a CPU and 8192 on a GPU, where a 2048-cubed product is too short to fill the chip."""
     device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)
@@ -86,7 +88,8 @@ def profile_split(fn: Callable[[], object], device="cpu", regions=("optimizer",)
 
     ``gemm_s``: the ops of :data:`GEMM_OPS`; ``other_s``: every other op; ``total_s``: their sum; for
     each name in ``regions`` (``record_function`` labels, such as fairseq's ``optimizer``), the
-    region's own total in ``<name>_s``.  CPU self times on the CPU, device times on a GPU.
+    region's own total in ``<name>_s``.  CPU self times on the CPU, device times on a GPU (the ops' own device
+    time: the kernels they launched).
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -98,8 +101,11 @@ def profile_split(fn: Callable[[], object], device="cpu", regions=("optimizer",)
     gemm = other = 0.0
     region_s = {f"{name}_s": 0.0 for name in regions}
     for event in prof.key_averages():
+        if device.type == "cuda" and event.device_type != torch.autograd.DeviceType.CPU:
+            continue  # a kernel's own row: its time is already its launching op's self device time
         if event.key in regions:
-            region_s[f"{event.key}_s"] += event.cpu_time_total / 1e6
+            region_s[f"{event.key}_s"] += (event.device_time_total if device.type == "cuda"
+                                           else event.cpu_time_total) / 1e6
             continue
         own = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
         if event.key in GEMM_OPS:
