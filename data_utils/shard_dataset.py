@@ -4,7 +4,7 @@ collater): one code path for TSV rows and shard samples.
 A shard sample becomes a row of the TSV layout: in the id column the id of its ``.json`` member (the
 original row's, as ``tsv_to_shards`` writes it) or else its key, its ``.txt`` member in the text column and
 its media member (the first of the modality's extensions it has) in the media column,
-as a file in a RAM folder (``/dev/shm`` where there is one), so the media decoders, their checks and
+as a file in a RAM folder (``/dev/shm`` where there is one; ``member_files.py``), so the media decoders, their checks and
 their errors are the TSV path's (errors name the member, ``shard.tar/key.jpg``, not the scratch file).
 
 Per worker: the worker's shards (``shards.worker_shards``) -> raw samples with exact counts
@@ -16,9 +16,7 @@ A bad sample or a missing one (truncated tar) is a ``None`` item: the collater d
 import contextlib
 import itertools
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -26,6 +24,7 @@ import torch
 from webdataset.filters import shuffle
 
 from .dataset import BadSampleError, has_rows
+from .member_files import member_file
 from .shards import MissingSample, ShardList, batch_counts, epoch_order, read_shard, split_epoch
 
 
@@ -180,28 +179,3 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if has_rows(batch):
             batch["keys"] = [s["__key__"] for s in samples if s is not None]
         return batch
-
-
-def _scratch_dir() -> Optional[str]:
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-
-
-@contextlib.contextmanager
-def member_file(data: bytes, name: str) -> Iterator[str]:
-    """``data`` as a file for the media decoders (removed afterwards); errors raised while it is used name
-    ``name`` (the tar member) instead of the scratch file."""
-    suffix = os.path.splitext(name)[1]
-    fd, path = tempfile.mkstemp(prefix="one_peace_shard_", suffix=suffix, dir=_scratch_dir())
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        try:
-            yield path
-        except (FileNotFoundError, ValueError, OSError, KeyError) as err:
-            message = str(err)
-            if path not in message:
-                raise
-            raise ValueError(message.replace(path, name)) from None
-    finally:
-        os.unlink(path)

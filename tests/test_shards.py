@@ -5,15 +5,19 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import tarfile
+import time
 
 import pytest
 import torch
 from webdataset import TarWriter
 
-from one_peace.data_utils import synthetic
+from one_peace.data_utils import member_files, synthetic
 from one_peace.data_utils.dataset import BadSampleError, TSVDataset
-from one_peace.data_utils.shard_dataset import LoaderLayout, SampleFields, ShardDataset, ShardRows, member_file
+from one_peace.data_utils.member_files import member_file
+from one_peace.data_utils.shard_dataset import LoaderLayout, SampleFields, ShardDataset, ShardRows
 from one_peace.data_utils.shards import (
     ShardList,
     consumed_batches,
@@ -204,6 +208,48 @@ def test_member_files_are_removed_and_errors_name_the_member(tmp_path):
         raise ValueError(f"cannot read image {path}: broken")
     assert str(err.value) == "cannot read image shards/00001.tar/k.png: broken"
     assert not os.path.exists(path)
+
+
+def test_a_full_ram_folder_spills_member_files_to_the_temporary_folder(tmp_path, monkeypatch):
+    """Docker's 64 MB /dev/shm holds less than one long video: such a member goes to the temporary folder
+    instead of the sample being skipped as bad."""
+    full, spill = tmp_path / "shm", tmp_path / "tmp"
+    full.mkdir(), spill.mkdir()
+    monkeypatch.setattr(member_files, "scratch_dirs", lambda: [str(full), str(spill)])
+    real_mkstemp = member_files.tempfile.mkstemp
+
+    def mkstemp(**kwargs):
+        fd, path = real_mkstemp(**kwargs)
+        if kwargs["dir"] == str(full):  # this folder is full: writes fail as on a full tmpfs
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, path
+
+    monkeypatch.setattr(member_files.tempfile, "mkstemp", mkstemp)
+    with member_file(b"x" * 100_000, "shards/00000.tar/clip.mp4") as path:
+        assert os.path.dirname(path) == str(spill) and open(path, "rb").read() == b"x" * 100_000
+        assert os.listdir(full) == []  # the failed file is gone
+    assert os.listdir(spill) == []
+
+
+def test_member_files_left_by_killed_workers_are_removed(tmp_path, monkeypatch):
+    """A worker killed while it decodes cannot remove its member file; the next process's first member file
+    removes the old files of processes that no longer run, and leaves those of running ones."""
+    monkeypatch.setattr(member_files, "scratch_dirs", lambda: [str(tmp_path)])
+    monkeypatch.setattr(member_files, "_swept_in", None)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    old = time.time() - 2 * member_files.STALE_SECONDS
+    left = tmp_path / f"{member_files.PREFIX}{gone.pid}_abc.jpg"
+    recent = tmp_path / f"{member_files.PREFIX}{gone.pid}_def.jpg"  # could be another PID namespace's, in use
+    running = tmp_path / f"{member_files.PREFIX}{os.getppid()}_ghi.jpg"
+    for path in (left, recent, running):
+        path.write_bytes(b"x")
+    for path in (left, running):
+        os.utime(path, (old, old))
+    with member_file(b"data", "shards/00000.tar/k.jpg"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, running.name])
 
 
 @pytest.fixture(scope="module")
