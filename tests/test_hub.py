@@ -83,14 +83,20 @@ def test_audio_any_rate_and_channels(hub, tmp_path):
 
 
 @pytest.mark.parametrize("dtype,torch_dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
-def test_half_precision_keeps_integer_tokens(retrieval_checkpoint, fixture_bpe_dir, dtype, torch_dtype):
-    hub = from_pretrained(retrieval_checkpoint, device="cpu", dtype=dtype, bpe_dir=fixture_bpe_dir)
-    tokens = hub.process_text(["a dog on the street"])
+def test_half_precision_embeds_every_modality_as_float32_does(retrieval_checkpoint, fixture_bpe_dir, hub, media_files,
+                                                              dtype, torch_dtype):
+    """fp16 is what a GPU user picks first; the dtype paths (token ids kept integer, float inputs and
+    padding masks cast, attention biases in the computing dtype) run here on the CPU."""
+    half = from_pretrained(retrieval_checkpoint, device="cpu", dtype=dtype, bpe_dir=fixture_bpe_dir)
+    images, audios = media_files
+    tokens = half.process_text(["a dog on the street"])
     assert tokens.dtype == torch.int64
-    emb = hub.extract_text_features(tokens)
-    assert emb.dtype == torch_dtype and torch.isfinite(emb.float()).all()
-    ref = from_pretrained(retrieval_checkpoint, device="cpu", bpe_dir=fixture_bpe_dir).extract_text_features(tokens)
-    assert (emb.float() - ref).abs().max() < 0.05
+    for name, inputs in (("text", (tokens,)), ("image", (half.process_image(images),)),
+                         ("audio", half.process_audio(audios))):
+        emb = getattr(half, f"extract_{name}_features")(*inputs)
+        assert emb.dtype == torch_dtype and torch.isfinite(emb.float()).all(), name
+        ref = getattr(hub, f"extract_{name}_features")(*inputs)
+        assert (emb.float() - ref).abs().max() < 0.05, (name, (emb.float() - ref).abs().max())
 
 
 def test_bad_inputs_name_the_input(hub, tmp_path):
