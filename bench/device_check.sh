@@ -83,8 +83,8 @@ done
 
 T0=$(date +%s)
 if [ -d "$CARRY/wheels" ]; then  # what the image lacks (bench/device_carry.sh); the plugin itself through a link
-  python3 -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$CARRY"/wheels/*.whl || { echo "device_check: the carried wheels did not install"; exit 1; }
+  python3 -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$CARRY"/wheels/*.whl || { echo "device_check: the carried wheels did not install"; exit 1; }
 fi
 mkdir -p /tmp/plugin && ln -sfn "$REPO" /tmp/plugin/one_peace
 export PYTHONPATH=/tmp/plugin:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
