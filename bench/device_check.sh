@@ -69,7 +69,7 @@ declare -A LIMIT=([env]=60 [self_check]=150 [gpu_tests]=120 [attention]=90 [trai
 declare -A COMMAND=(
   [env]="bash $REPO/bench/device_check.sh --inner env"
   [self_check]="python3 -m one_peace.models.kernels_self_check"
-  [gpu_tests]="python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels.py tests/test_layer_norm_kernel.py"
+  [gpu_tests]="python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_layer_norm_kernel.py"
   [attention]="python3 bench/attention.py --iters 10"
   [train]="bash $REPO/bench/device_check.sh --inner train"
   [pretrain]="python3 bench/pretrain.py --device cuda --arch base --stage 1 2 --precision fp32 bf16 --steps 5"

@@ -8,6 +8,23 @@ from helpers import BPE_ASSETS, FIXTURES, MEDIA, REPO, load_fixture
 from helpers import require as _require
 
 
+@pytest.fixture
+def interpret(monkeypatch):
+    """The Triton kernels under Triton's interpreter (CPU) for this test; they pick compiled or interpreted code
+    at launch time (``models/kernels/_triton_utils.py``), so other tests are not switched."""
+    from one_peace.models.kernels import triton_available
+
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """The Triton kernels compiled (GPU tests)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir():
     return _require(FIXTURES)

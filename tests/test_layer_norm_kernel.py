@@ -1,38 +1,20 @@
 """FusedLayerNorm (its Triton kernel forced with ``impl="fused"``): values and gradients vs float64 torch.
 
 CPU: kernels under Triton's interpreter (``TRITON_INTERPRET=1`` set per test by the
-``interpret`` fixture; see tests/test_kernels.py).  GPU: model-sized rows, compiled.
+``interpret`` fixture in conftest.py).  GPU: model-sized rows, compiled.
 The model uses the kernel only when asked (``ONE_PEACE_LAYER_NORM=fused``).
 """
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from kernel_helpers import needs_cuda, needs_triton
 
-from one_peace.models.kernels import FusedLayerNorm, fused_layer_norm, triton_available
-
-_skip_no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
-
-
-def needs_cuda(test):  # the project's ``gpu`` marker + skipped (with the reason) without CUDA
-    return pytest.mark.gpu(_skip_no_cuda(test))
-needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+from one_peace.models.kernels import FusedLayerNorm, fused_layer_norm
 
 # Max abs error relative to max(1, max |reference|).
 TOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3.2e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-@pytest.fixture
-def interpret(monkeypatch):
-    if not triton_available():
-        pytest.skip("triton is not installed")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-@pytest.fixture
-def compiled(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
 def assert_close(actual, expected, dtype, name):
