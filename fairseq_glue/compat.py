@@ -30,8 +30,9 @@
   the shims before fairseq sets up distributed training: ``fairseq_glue/hydra_train.py``.)
 * ``--ddp-backend fully_sharded`` trains with torch's FSDP2 instead of fairscale (``fairseq_glue/fsdp2.py``,
   installed here).
-* ``--fp16`` / ``--memory-efficient-fp16`` / ``--amp`` on a CPU (``_half_precision_needs_cuda``): fairseq built
-  the model and then crashed in its fp16 optimizer; refused at start, naming the option.
+* ``--fp16`` (flat float32 copy) or ``--amp`` on a CPU (``_half_precision_needs_cuda``): fairseq built the model
+  and then crashed in its fp16 optimizer, or trained in float32 under a warning; refused at start, naming
+  the option.
 * Batches whose every row was bad (:func:`install_empty_batch_handling`): fairseq runs its dummy batch
   (an earlier real batch) in their place and, in a single process, logged its outputs into the metrics
   that pick ``checkpoint_best``; their skipped rows were never counted.  Such a batch now stays out of
@@ -263,19 +264,25 @@ def _bf16_is_not_tpu(original):
 
 
 def _half_precision_needs_cuda(original):
-    """fairseq's fp16 (and its amp) runs on CUDA only.  With ``--cpu`` or without a GPU, ``fairseq-train --fp16``
-    built the model and then crashed in fairseq's fp16 optimizer ("Torch not compiled with CUDA enabled"):
-    refused before anything is built, naming the option and what runs on a CPU.  ``call_main`` is where both
-    front ends (``fairseq-train``, ``fairseq-hydra-train``) hand over the parsed config."""
+    """fairseq's ``--fp16`` keeps its flat float32 copy of the weights on the current CUDA device: with ``--cpu``
+    or without a GPU, ``fairseq-train --fp16`` built the model and then crashed in fairseq's fp16 optimizer
+    ("Torch not compiled with CUDA enabled").  Refused before anything is built, naming the option and the
+    variants that run on a CPU (``--memory-efficient-fp16``, ``--fp16-no-flatten-grads``: no flat copy; the
+    layer-decay tests train with them on the CPU).  ``--amp`` is CUDA autocast, which torch turns off on a CPU:
+    it trained in float32 under a warning; refused the same way.  ``call_main`` is where both front ends
+    (``fairseq-train``, ``fairseq-hydra-train``) hand over the parsed config."""
     @functools.wraps(original)
     def call_main(cfg, main, **kwargs):
         common = cfg.common
-        chosen = [name for name in ("fp16", "memory_efficient_fp16", "amp") if getattr(common, name, False)]
-        if chosen and (common.cpu or not torch.cuda.is_available()):
-            options = ", ".join(f"--{name.replace('_', '-')} (common.{name})" for name in chosen)
-            where = "--cpu is set" if common.cpu else "torch sees no CUDA device"
-            raise ValueError(f"{options}: fairseq computes in fp16 on a CUDA GPU only, and {where}; on a CPU train "
-                             "in fp32 or with --bf16 / --memory-efficient-bf16")
+        on_cpu = common.cpu or not torch.cuda.is_available()
+        where = "--cpu is set" if common.cpu else "torch sees no CUDA device"
+        if on_cpu and common.fp16 and not common.memory_efficient_fp16 and not common.fp16_no_flatten_grads:
+            raise ValueError(f"--fp16 (common.fp16) keeps fairseq's flat float32 copy of the weights on a CUDA GPU, "
+                             f"and {where}; on a CPU train with --bf16, or add --memory-efficient-fp16 or "
+                             "--fp16-no-flatten-grads")
+        if on_cpu and common.amp:
+            raise ValueError(f"--amp (common.amp) is fairseq's CUDA autocast, and {where}: torch would turn it off "
+                             "and train in float32; on a CPU train with --bf16 or --memory-efficient-bf16")
         return original(cfg, main, **kwargs)
 
     call_main.one_peace_patched = True

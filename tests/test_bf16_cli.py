@@ -1,6 +1,6 @@
 """``fairseq-train --cpu --bf16``, the flag a user tries first: fairseq 0.12's argparse turned it into TPU
 mode (``'NoneType' object has no attribute 'xla_device'``); it now trains in bf16 on the CPU.  ``--fp16`` on a
-CPU, which fairseq only reached after building the model, stops at start naming the option."""
+CPU (a crash once the model was built) and ``--amp`` (float32 under a warning) stop at start naming the option."""
 import os
 import subprocess
 import sys
@@ -37,13 +37,18 @@ def test_fairseq_train_bf16_on_cpu_trains(tmp_path, flag, stage):
     assert weights and all(torch.isfinite(v.float()).all() for v in weights)
 
 
-def test_fairseq_train_fp16_on_cpu_stops_at_start_naming_the_option(tmp_path):
-    flag, save_dir = "--fp16", tmp_path / "ckpt"
+@pytest.mark.parametrize("flag", ["--fp16", "--amp"])
+def test_fairseq_train_fp16_or_amp_on_cpu_stops_at_start_naming_the_option(tmp_path, flag):
+    """``--fp16`` crashed after building the model (fairseq's flat float32 copy is made on the CUDA device);
+    ``--amp`` (CUDA autocast, turned off by torch on a CPU) trained in float32 under a warning.  The fp16
+    variants without the flat copy train on the CPU (``test_optim_training.py``)."""
+    save_dir = tmp_path / "ckpt"
     proc = subprocess.run(train_command(tmp_path, "image_text", flag, save_dir), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-2]  # the error line, above the ONE_PEACE_TRACEBACK hint
-    assert last.startswith("fairseq-train: error: ") and flag in last and "--cpu is set" in last, proc.stderr[-2000:]
+    assert last.startswith(f"fairseq-train: error: {flag} (common.{flag[2:]})") and "--cpu is set" in last, \
+        proc.stderr[-2000:]
     assert "--bf16" in last and "Traceback" not in proc.stderr
     assert "ModelWrapper" not in proc.stderr  # refused before the model was built (fairseq prints it once built)
     assert not save_dir.exists()
