@@ -1,11 +1,12 @@
 """The README's 20-update training example, timed: the command's wall time, fairseq's "done training in"
 and the time each checkpoint took to write ("writing took").
 
-    python bench/readme_example.py [--rounds 2] [--before COMMIT]
+    python bench/readme_example.py [--rounds 2] [--before COMMIT] [--processes 2]
 
 With ``--before``, the code of COMMIT (``git archive``, imported through PYTHONPATH) runs alternately with
 this checkout's, in the same data folder: a paired comparison on a noisy machine.  The data loader runs
-with fairseq's default of one worker, as in the README.
+with fairseq's default of one worker, as in the README.  ``--processes 2`` runs the README's two-process block
+(gloo, one command per rank; fairseq's numbers are rank 0's).
 """
 import argparse
 import os
@@ -31,7 +32,7 @@ def checkout(commit: str, into: Path) -> Path:
     return into
 
 
-def run(work: Path, name: str, code_root: Path | None) -> dict:
+def run(work: Path, name: str, code_root: Path | None, processes: int = 1, port: int = 29517) -> dict:
     env = dict(os.environ, ONE_PEACE_BPE_DIR=os.environ.get("ONE_PEACE_BPE_DIR", str(REPO.parent / "shared/assets/bpe")))
     user_dir = REPO / "user_src"
     if code_root is not None:
@@ -39,12 +40,18 @@ def run(work: Path, name: str, code_root: Path | None) -> dict:
         user_dir = code_root / "one_peace" / "user_src"
     cmd = [str(BIN / "fairseq-train"), "example_data/image_text_train.tsv", "--valid-data",
            "example_data/image_text_valid.tsv", "--user-dir", str(user_dir), *ARGS, "--save-dir", f"checkpoints/{name}"]
+    ranks = [cmd] if processes == 1 else [  # the README's "as two workers" block: one command per process
+        cmd + ["--distributed-world-size", str(processes), "--distributed-rank", str(rank), "--distributed-no-spawn",
+               "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-backend", "gloo",
+               "--ddp-backend", "legacy_ddp"] for rank in range(processes)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    procs = [subprocess.Popen(c, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c in ranks]
+    outputs = [p.communicate()[0] for p in procs]
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    log = proc.stdout + proc.stderr
+    if any(p.returncode != 0 for p in procs):
+        raise SystemExit(f"{name} failed:\n" + "\n".join(o[-3000:] for o in outputs))
+    log = outputs[0]
     trained = re.search(r"done training in ([0-9.]+) seconds", log)
     writes = [float(w) for w in re.findall(r"writing took ([0-9.]+) seconds", log)]
     return {"wall": wall, "trained": float(trained.group(1)) if trained else float("nan"), "writes": writes}
@@ -54,7 +61,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--before", help="a commit to compare with, run alternately")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="run the example as this many CPU processes (the README's two-worker block)")
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         subprocess.run([sys.executable, "-m", "one_peace.data_utils.synthetic", "--out", str(work / "example_data"),
@@ -68,7 +79,7 @@ def main():
         print("|---|---|---|---|---|")
         for round_ in range(1, args.rounds + 1):
             for n, (label, root) in enumerate(codes.items()):
-                result = run(work, f"r{round_}c{n}", root)
+                result = run(work, f"r{round_}c{n}", root, args.processes)
                 writes = ", ".join(f"{w:.2f}" for w in result["writes"])
                 print(f"| {round_} | {label} | {result['wall']:.1f} | {result['trained']:.1f} | {writes} |", flush=True)
 

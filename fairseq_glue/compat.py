@@ -33,6 +33,8 @@
 * ``--fp16`` (flat float32 copy) or ``--amp`` on a CPU (``_half_precision_needs_cuda``): fairseq built the model
   and then crashed in its fp16 optimizer, or trained in float32 under a warning; refused at start, naming
   the option.
+* CPU processes of one run on one machine take a share of its cores each (``cpu_threads.py``, from the same
+  ``call_main``): with one thread per core in each, the README's two-process example ran 4x slower.
 * Batches whose every row was bad (:func:`install_empty_batch_handling`): fairseq runs its dummy batch
   (an earlier real batch) in their place and, in a single process, logged its outputs into the metrics
   that pick ``checkpoint_best``; their skipped rows were never counted.  Such a batch now stays out of
@@ -58,7 +60,7 @@ from ..models.model_dir import is_model_dir
 from ..models.precision import warn_if_bf16_is_slow_here
 from ..models.sharded_checkpoint import is_sharded_checkpoint
 from ..optim import fused_adam, master_weights
-from . import fsdp2, loader_workers
+from . import cpu_threads, fsdp2, loader_workers
 from .checkpoint_state import prepare_state
 
 logger = logging.getLogger(__name__)
@@ -283,6 +285,7 @@ def _half_precision_needs_cuda(original):
         if on_cpu and common.amp:
             raise ValueError(f"--amp (common.amp) is fairseq's CUDA autocast, and {where}: torch would turn it off "
                              "and train in float32; on a CPU train with --bf16 or --memory-efficient-bf16")
+        cpu_threads.share_cores(cfg)  # several CPU processes on this machine: a share of the cores each
         return original(cfg, main, **kwargs)
 
     call_main.one_peace_patched = True
