@@ -58,13 +58,15 @@ def _write(data: bytes, suffix: str) -> str:
         for directory in dirs:
             remove_stale_files(directory)
     for i, directory in enumerate(dirs):
-        fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}_", suffix=suffix, dir=directory)
-        try:
+        path = None
+        try:  # a full tmpfs can refuse the file itself (no inodes left) or its bytes
+            fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}_", suffix=suffix, dir=directory)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             return path
         except OSError as err:
-            os.unlink(path)
+            if path is not None:
+                os.unlink(path)
             if err.errno not in (errno.ENOSPC, errno.EDQUOT) or i == len(dirs) - 1:
                 raise
     raise AssertionError("unreachable: the last folder raises")

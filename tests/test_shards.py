@@ -1,6 +1,7 @@
 """WebDataset tar shards as training data (``data_utils/shards.py``, ``shard_dataset.py``, ``tsv_to_shards.py``,
 ``tasks/shard_iterator.py``): brace patterns, the split over ranks and workers, the shuffle buffer, bad
 samples and truncated tars, the converter, and resuming an epoch.  Training runs: ``test_shards_training.py``."""
+import errno
 import io
 import json
 import logging
@@ -230,6 +231,15 @@ def test_a_full_ram_folder_spills_member_files_to_the_temporary_folder(tmp_path,
         assert os.path.dirname(path) == str(spill) and open(path, "rb").read() == b"x" * 100_000
         assert os.listdir(full) == []  # the failed file is gone
     assert os.listdir(spill) == []
+
+    def no_inodes(**kwargs):  # a tmpfs out of inodes refuses the file itself
+        if kwargs["dir"] == str(full):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(**kwargs)
+
+    monkeypatch.setattr(member_files.tempfile, "mkstemp", no_inodes)
+    with member_file(b"data", "shards/00000.tar/k.jpg") as path:
+        assert os.path.dirname(path) == str(spill)
 
 
 def test_member_files_left_by_killed_workers_are_removed(tmp_path, monkeypatch):
