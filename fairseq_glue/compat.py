@@ -30,7 +30,7 @@
   the shims before fairseq sets up distributed training: ``fairseq_glue/hydra_train.py``.)
 * ``--ddp-backend fully_sharded`` trains with torch's FSDP2 instead of fairscale (``fairseq_glue/fsdp2.py``,
   installed here).
-* ``--fp16`` (flat float32 copy) or ``--amp`` on a CPU (``_half_precision_needs_cuda``): fairseq built the model
+* ``--fp16`` (flat float32 copy) or ``--amp`` on a CPU (``_checked_run_start``): fairseq built the model
   and then crashed in its fp16 optimizer, or trained in float32 under a warning; refused at start, naming
   the option.
 * CPU processes of one run on one machine take a share of its cores each (``cpu_threads.py``, from the same
@@ -241,7 +241,7 @@ def install():
         distributed_utils._infer_torch_distributed_launch_init = _torchrun_without_gpus(
             distributed_utils._infer_torch_distributed_launch_init)
     if not getattr(distributed_utils.call_main, "one_peace_patched", False):
-        distributed_utils.call_main = _half_precision_needs_cuda(distributed_utils.call_main)
+        distributed_utils.call_main = _checked_run_start(distributed_utils.call_main)
     train_cli = sys.modules.get("fairseq_cli.train")  # fairseq-train is running: its flags were just parsed
     if train_cli is not None and not getattr(train_cli.convert_namespace_to_omegaconf, "one_peace_patched", False):
         train_cli.convert_namespace_to_omegaconf = _bf16_is_not_tpu(train_cli.convert_namespace_to_omegaconf)
@@ -256,8 +256,7 @@ def _bf16_is_not_tpu(original):
     def convert_namespace_to_omegaconf(args):
         if getattr(args, "tpu", False) and getattr(args, "bf16", False) and "--tpu" not in sys.argv:
             args.tpu = False
-        if getattr(args, "bf16", False) and not getattr(args, "tpu", False) \
-                and (getattr(args, "cpu", False) or not torch.cuda.is_available()):
+        if getattr(args, "bf16", False) and not getattr(args, "tpu", False) and cpu_threads.trains_on_cpu(args):
             warn_if_bf16_is_slow_here("fairseq-train --bf16")
         return original(args)
 
@@ -265,18 +264,21 @@ def _bf16_is_not_tpu(original):
     return convert_namespace_to_omegaconf
 
 
-def _half_precision_needs_cuda(original):
-    """fairseq's ``--fp16`` keeps its flat float32 copy of the weights on the current CUDA device: with ``--cpu``
+def _checked_run_start(original):
+    """Where both front ends (``fairseq-train``, ``fairseq-hydra-train``) hand over the parsed config
+    (``call_main``), before anything is built: precisions a CPU cannot run are refused, and CPU processes
+    sharing a machine take their share of its cores (``cpu_threads.py``).
+
+    fairseq's ``--fp16`` keeps its flat float32 copy of the weights on the current CUDA device: with ``--cpu``
     or without a GPU, ``fairseq-train --fp16`` built the model and then crashed in fairseq's fp16 optimizer
     ("Torch not compiled with CUDA enabled").  Refused before anything is built, naming the option and the
     variants that run on a CPU (``--memory-efficient-fp16``, ``--fp16-no-flatten-grads``: no flat copy; the
     layer-decay tests train with them on the CPU).  ``--amp`` is CUDA autocast, which torch turns off on a CPU:
-    it trained in float32 under a warning; refused the same way.  ``call_main`` is where both front ends
-    (``fairseq-train``, ``fairseq-hydra-train``) hand over the parsed config."""
+    it trained in float32 under a warning; refused the same way."""
     @functools.wraps(original)
     def call_main(cfg, main, **kwargs):
         common = cfg.common
-        on_cpu = common.cpu or not torch.cuda.is_available()
+        on_cpu = cpu_threads.trains_on_cpu(common)
         where = "--cpu is set" if common.cpu else "torch sees no CUDA device"
         if on_cpu and common.fp16 and not common.memory_efficient_fp16 and not common.fp16_no_flatten_grads:
             raise ValueError(f"--fp16 (common.fp16) keeps fairseq's flat float32 copy of the weights on a CUDA GPU, "

@@ -41,6 +41,12 @@ def processes_on_this_machine(cfg) -> Optional[int]:
     return None
 
 
+def trains_on_cpu(common) -> bool:
+    """fairseq's rule: a run trains on the CPU with ``--cpu`` (``common.cpu``) or when torch sees no CUDA device
+    (``common``: the config's ``common`` group, or fairseq-train's parsed flags)."""
+    return bool(getattr(common, "cpu", False)) or not torch.cuda.is_available()
+
+
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -50,7 +56,7 @@ def share_cores(cfg) -> Optional[int]:
     machine; returns the new count, or None where nothing was changed."""
     if cfg.distributed_training.distributed_world_size <= 1 or "OMP_NUM_THREADS" in os.environ:
         return None
-    if not (cfg.common.cpu or not torch.cuda.is_available()):
+    if not trains_on_cpu(cfg.common):
         return None
     local = processes_on_this_machine(cfg)
     if not local or local <= 1:

@@ -43,6 +43,7 @@ from ..models import sharded_checkpoint as sharded
 from ..models.deferred_init import finish_loading
 from ..models.fsdp2 import device_mesh, is_sharded, shard_model
 from .checkpoint_state import prepare_state
+from .cpu_threads import trains_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _sharding_init(original):
         if not uses_fsdp2(cfg):
             return original(self, cfg, task, model, criterion, quantizer)
         check_options(cfg)
-        device_type = "cuda" if torch.cuda.is_available() and not cfg.common.cpu else "cpu"
+        device_type = "cpu" if trains_on_cpu(cfg.common) else "cuda"
         _ensure_process_group(device_type)
         if getattr(model, "_deferred_init", None) is not None:
             # Built awaiting a checkpoint: sharding copies the weights, so they are initialised first.

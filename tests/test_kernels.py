@@ -4,9 +4,8 @@ CPU: the Triton kernels run under Triton's interpreter.  ``TRITON_INTERPRET=1`` 
 per test (``interpret`` fixture) rather than for the whole process: the kernels pick
 compiled or interpreted code at launch time (see ``kernels/_triton_utils.py``), so the
 order in which pytest imported triton does not matter, and other test modules are not
-silently switched to the interpreter.
-
-GPU (``torch.cuda.is_available()``): full ONE-PEACE shapes, compiled kernels.
+silently switched to the interpreter.  The kernels inside the model: ``test_kernel_dispatch.py``; the
+self-check script and the compiled kernels at full ONE-PEACE shapes on a GPU: ``test_kernels_gpu.py``.
 """
 import subprocess
 import sys
